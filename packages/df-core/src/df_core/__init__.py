@@ -1,0 +1,61 @@
+"""df-core: DualForce's pure math.
+
+Noise schedules and Diffusion Forcing noise sampling, flow-matching algebra and samplers,
+scheduling matrices for autoregressive sampling, frame masks (FlexAttention and dense), RoPE,
+the multi-modal KV cache and attention dispatch. Depends only on torch and einops.
+"""
+
+from df_core.attention import BACKENDS, attention, resolve_backend, xformers_available
+from df_core.flow import (
+    add_noise,
+    eps_from_velocity,
+    euler_step,
+    expand_sigma,
+    frame_mse,
+    heun_step,
+    reduce_frame_loss,
+    velocity_target,
+    x0_from_velocity,
+)
+from df_core.kv_cache import KVCache, StreamSpec
+from df_core.masks import (
+    EMPTY_FRAME,
+    NO_WINDOW,
+    SINK_FRAME,
+    FrameMask,
+    block_causal_mask,
+    bridge_mask,
+    modality_mask,
+    multimodal_layout,
+    same_frame_mask,
+    token_frames,
+)
+from df_core.noise import (
+    clean_prefix_lengths,
+    sample_base_sigmas,
+    sample_dual_sigmas,
+    sample_frame_sigmas,
+)
+from df_core.rope import (
+    apply_rope,
+    grid_positions,
+    is_sink,
+    rope_cos_sin,
+    slot_positions,
+    split_head_dim,
+    window_positions,
+)
+from df_core.scheduling import active_frames, finished_frames, scheduling_matrix, scheduling_steps
+from df_core.schedules import flow_sigmas, shift_sigma, struct_sigmas, unshift_sigma
+
+__all__ = [
+    "BACKENDS", "EMPTY_FRAME", "NO_WINDOW", "SINK_FRAME", "FrameMask", "KVCache", "StreamSpec",
+    "active_frames", "add_noise", "apply_rope", "attention", "block_causal_mask", "bridge_mask",
+    "clean_prefix_lengths", "eps_from_velocity", "euler_step", "expand_sigma", "finished_frames",
+    "flow_sigmas", "frame_mse", "grid_positions", "heun_step", "is_sink", "modality_mask",
+    "multimodal_layout", "reduce_frame_loss", "resolve_backend", "rope_cos_sin",
+    "same_frame_mask", "sample_base_sigmas", "sample_dual_sigmas", "sample_frame_sigmas",
+    "scheduling_matrix", "scheduling_steps", "shift_sigma", "slot_positions", "split_head_dim",
+    "struct_sigmas", "token_frames", "unshift_sigma", "velocity_target", "window_positions",
+    "x0_from_velocity", "xformers_available",
+]

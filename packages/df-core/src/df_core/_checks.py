@@ -1,0 +1,48 @@
+"""Argument checks shared by df-core: every user error is a ``ValueError`` naming the argument."""
+
+from __future__ import annotations
+
+import torch
+
+
+def positive_int(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def non_negative_int(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def unit_float(name: str, value: float) -> float:
+    """A noise level or probability: a finite float in [0, 1]."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def positive_float(name: str, value: float) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0.0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def one_of(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
+
+
+def unit_tensor(name: str, value: torch.Tensor) -> torch.Tensor:
+    """Checks that a tensor of noise levels lies in [0, 1].
+
+    This reads the tensor on the host, so it is for setup code only, never the hot loop.
+    """
+    if value.numel() and not bool(((value >= 0) & (value <= 1)).all()):
+        raise ValueError(
+            f"{name} must lie in [0, 1], got values in [{value.min().item()}, {value.max().item()}]"
+        )
+    return value

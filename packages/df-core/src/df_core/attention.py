@@ -1,0 +1,123 @@
+"""One attention function over the backends DualForce uses.
+
+Backends (``backend=``):
+
+- ``sdpa``: ``F.scaled_dot_product_attention``. With no mask this is cuDNN or flash attention
+  on the GPU (the fastest path for one chunk of queries against a full window); with a mask
+  it receives the dense boolean form.
+- ``flex``: FlexAttention with the mask's ``BlockMask`` (block-sparse, skips masked blocks);
+  compiled on the GPU.
+- ``dense``: SDPA with the dense boolean mask, the CPU fallback.
+- ``math``: an explicit ``softmax(q k^T * scale) v`` in float32, the reference in tests.
+- ``xformers``: ``memory_efficient_attention`` when xformers imports and works (optional).
+- ``auto``: ``sdpa`` without a mask; with a mask, ``flex`` on CUDA and ``dense`` elsewhere.
+
+All take ``q_BHLD`` ``[B, Hd, Lq, Dh]`` and ``k_BHSD``, ``v_BHSD`` ``[B, Hd, Lkv, Dh]`` and
+return ``[B, Hd, Lq, Dh]``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+from df_core._checks import one_of
+from df_core.masks import FrameMask
+
+BACKENDS = ("auto", "sdpa", "flex", "dense", "math", "xformers")
+
+
+@functools.cache
+def _compiled_flex():
+    return torch.compile(flex_attention, dynamic=False)
+
+
+@functools.cache
+def xformers_available() -> bool:
+    """Whether xformers imports and runs a tiny attention on this machine."""
+    try:
+        import xformers.ops as xops  # noqa: PLC0415 - optional backend
+
+        q = torch.zeros(1, 8, 1, 8, device="cuda" if torch.cuda.is_available() else "cpu")
+        xops.memory_efficient_attention(q, q, q)
+        return True
+    except Exception:  # any failure means the optional backend is unusable here
+        return False
+
+
+def resolve_backend(backend: str, mask: FrameMask | None, device: torch.device) -> str:
+    """The backend ``auto`` picks for a mask on a device."""
+    one_of("backend", backend, BACKENDS)
+    if backend != "auto":
+        return backend
+    if mask is None:
+        return "sdpa"
+    return "flex" if device.type == "cuda" else "dense"
+
+
+def attention(
+    q_BHLD: torch.Tensor,
+    k_BHSD: torch.Tensor,
+    v_BHSD: torch.Tensor,
+    mask: FrameMask | None = None,
+    *,
+    backend: str = "auto",
+    block_mask: BlockMask | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Scaled dot-product attention with an optional frame mask.
+
+    Args:
+        mask: the :class:`~df_core.masks.FrameMask`; ``None`` attends to every key.
+        block_mask: a prebuilt ``BlockMask`` for ``flex`` (build it once per layout and reuse
+            it across layers); built from ``mask`` when omitted.
+        scale: logit scale, ``1 / sqrt(Dh)`` by default.
+    """
+    if q_BHLD.dim() != 4 or k_BHSD.dim() != 4 or v_BHSD.dim() != 4:
+        raise ValueError(
+            "q, k, v must be [B, Hd, L, Dh]; got "
+            f"{tuple(q_BHLD.shape)}, {tuple(k_BHSD.shape)}, {tuple(v_BHSD.shape)}"
+        )
+    if mask is not None and mask.shape != (q_BHLD.shape[2], k_BHSD.shape[2]):
+        raise ValueError(
+            f"mask '{mask.name}' is {mask.shape} but q has {q_BHLD.shape[2]} and k "
+            f"{k_BHSD.shape[2]} tokens"
+        )
+    scale = 1.0 / math.sqrt(q_BHLD.shape[-1]) if scale is None else scale
+    chosen = resolve_backend(backend, mask, q_BHLD.device)
+
+    if chosen == "flex":
+        if block_mask is None and mask is not None:
+            block_mask = mask.block_mask()
+        fn = _compiled_flex() if q_BHLD.device.type == "cuda" else flex_attention
+        return fn(q_BHLD, k_BHSD, v_BHSD, block_mask=block_mask, scale=scale)
+    dense = None if mask is None else mask.dense()
+    if chosen in ("sdpa", "dense"):
+        return F.scaled_dot_product_attention(q_BHLD, k_BHSD, v_BHSD, attn_mask=dense, scale=scale)
+    if chosen == "math":
+        logits = torch.einsum("bhqd,bhkd->bhqk", q_BHLD.float(), k_BHSD.float()) * scale
+        if dense is not None:
+            logits = logits.masked_fill(~dense, float("-inf"))
+        out = torch.einsum("bhqk,bhkd->bhqd", logits.softmax(dim=-1), v_BHSD.float())
+        return out.to(q_BHLD.dtype)
+    return _xformers(q_BHLD, k_BHSD, v_BHSD, dense, scale)
+
+
+def _xformers(q, k, v, dense: torch.Tensor | None, scale: float) -> torch.Tensor:
+    if not xformers_available():
+        raise ValueError("backend='xformers' needs a working xformers install; use 'auto' instead")
+    import xformers.ops as xops  # noqa: PLC0415 - optional backend
+
+    bias = None
+    if dense is not None:
+        bias = torch.zeros(dense.shape, dtype=q.dtype, device=q.device).masked_fill(~dense, float("-inf"))
+        bias = bias.expand(q.shape[0], q.shape[1], *dense.shape)
+    # xformers takes [B, L, Hd, Dh].
+    out = xops.memory_efficient_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias, scale=scale
+    )
+    return out.transpose(1, 2)

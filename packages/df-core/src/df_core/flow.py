@@ -1,0 +1,115 @@
+"""Rectified-flow (flow matching) algebra with per-frame noise levels.
+
+One convention everywhere (DESIGN.md):
+
+    x_sigma = (1 - sigma) * x0 + sigma * eps          (noising)
+    v       = eps - x0                                  (the network's target)
+    x0_hat  = x_sigma - sigma * v_hat                   (clean estimate)
+    x_next  = x + (sigma_next - sigma) * v_hat          (Euler step, Liu et al. 2022)
+
+Noise levels are per frame: ``sigma_BT`` broadcasts over every dimension after ``T``, so the
+same functions serve video latents ``[B, T, C, H, W]`` and structure ``[B, T, Ds]``.
+Samplers share one signature ``step(model_fn, x, sigma_BT, sigma_next_BT) -> x_next`` where
+``model_fn(x, sigma_BT) -> v_hat`` is any callable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def expand_sigma(sigma_BT: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Views ``sigma_BT`` ``[B, T]`` as ``[B, T, 1, ...]`` to broadcast against ``x`` ``[B, T, ...]``."""
+    if x.shape[:2] != sigma_BT.shape:
+        raise ValueError(
+            f"sigma_BT has shape {tuple(sigma_BT.shape)} but x has leading dims {tuple(x.shape[:2])}"
+        )
+    return sigma_BT.reshape(*sigma_BT.shape, *([1] * (x.dim() - 2))).to(x.dtype)
+
+
+def add_noise(x0: torch.Tensor, eps: torch.Tensor, sigma_BT: torch.Tensor) -> torch.Tensor:
+    """``x_sigma = (1 - sigma) * x0 + sigma * eps``; ``x0``, ``eps`` ``[B, T, ...]``."""
+    s = expand_sigma(sigma_BT, x0)
+    return (1.0 - s) * x0 + s * eps
+
+
+def velocity_target(x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """The flow-matching target ``v = eps - x0`` (independent of sigma)."""
+    return eps - x0
+
+
+def x0_from_velocity(x: torch.Tensor, v: torch.Tensor, sigma_BT: torch.Tensor) -> torch.Tensor:
+    """Clean estimate ``x0 = x_sigma - sigma * v``; exact when ``v`` is the true velocity."""
+    return x - expand_sigma(sigma_BT, x) * v
+
+
+def eps_from_velocity(x: torch.Tensor, v: torch.Tensor, sigma_BT: torch.Tensor) -> torch.Tensor:
+    """Noise estimate ``eps = x_sigma + (1 - sigma) * v``."""
+    return x + (1.0 - expand_sigma(sigma_BT, x)) * v
+
+
+def euler_step(
+    model_fn: VelocityFn, x: torch.Tensor, sigma_BT: torch.Tensor, sigma_next_BT: torch.Tensor
+) -> torch.Tensor:
+    """One Euler step ``x + (sigma_next - sigma) * v_hat``: one model call.
+
+    Frames whose level does not change (``sigma_next == sigma``) are left exactly as they are.
+    """
+    v = model_fn(x, sigma_BT)
+    return x + expand_sigma(sigma_next_BT - sigma_BT, x) * v
+
+
+def heun_step(
+    model_fn: VelocityFn, x: torch.Tensor, sigma_BT: torch.Tensor, sigma_next_BT: torch.Tensor
+) -> torch.Tensor:
+    """One Heun (2nd-order trapezoid) step: two model calls (Karras et al. 2022, Alg. 1).
+
+    Frames that step to sigma 0 take the Euler update, as in EDM, chosen with ``torch.where``
+    so there is no host sync.
+    """
+    v1 = model_fn(x, sigma_BT)
+    dt = expand_sigma(sigma_next_BT - sigma_BT, x)
+    x_euler = x + dt * v1
+    v2 = model_fn(x_euler, sigma_next_BT)
+    x_heun = x + dt * 0.5 * (v1 + v2)
+    to_zero = expand_sigma((sigma_next_BT == 0).to(x.dtype), x) > 0
+    return torch.where(to_zero, x_euler, x_heun)
+
+
+def frame_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per frame: ``[B, T, ...]`` -> ``[B, T]`` (mean over tokens/channels)."""
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+    return (pred.float() - target.float()).pow(2).flatten(2).mean(dim=2)
+
+
+def reduce_frame_loss(
+    loss_BT: torch.Tensor,
+    weight_BT: torch.Tensor | None = None,
+    valid_BT: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Weighted mean of per-frame losses over the frames that count.
+
+    Args:
+        loss_BT: ``[B, T]`` per-frame losses.
+        weight_BT: optional ``[B, T]`` non-negative weights (e.g. a per-sigma loss weight).
+        valid_BT: optional ``[B, T]`` bool; frames outside it (clean context, padding) do not
+            contribute. If no frame counts the result is 0, not NaN.
+
+    Returns:
+        A scalar: ``sum(w * loss) / sum(w)`` over valid frames.
+    """
+    w = torch.ones_like(loss_BT) if weight_BT is None else weight_BT.to(loss_BT.dtype)
+    if w.shape != loss_BT.shape:
+        raise ValueError(f"weight_BT {tuple(w.shape)} must match loss_BT {tuple(loss_BT.shape)}")
+    if valid_BT is not None:
+        if valid_BT.shape != loss_BT.shape:
+            raise ValueError(
+                f"valid_BT {tuple(valid_BT.shape)} must match loss_BT {tuple(loss_BT.shape)}"
+            )
+        w = w * valid_BT.to(loss_BT.dtype)
+    return (w * loss_BT).sum() / w.sum().clamp_min(torch.finfo(loss_BT.dtype).tiny)

@@ -1,0 +1,211 @@
+"""The multi-modal KV cache for streaming generation: a sink plus a rolling window of frames.
+
+Layout, per stream (``video``, ``struct``, ...) and layer, preallocated once::
+
+    k[stream]: [L_stream, B, Hd, S + P * N, Dh]      (v alike)
+               |-- S sink tokens --|-- P ring slots of N tokens each --|
+
+``S`` is the stream's sink tokens (the clean reference frame, written once), ``N`` its tokens
+per frame and ``P = window - 1 + max_chunk`` frame slots: enough for the ``window - 1`` past
+frames the oldest query of a chunk may see, plus the chunk itself. ``kv_frames[stream]``
+holds the frame id of every slot (:data:`~df_core.masks.SINK_FRAME`,
+:data:`~df_core.masks.EMPTY_FRAME` or the frame index), which is all the masks and RoPE need.
+
+A pass over one chunk of ``C`` frames:
+
+1. ``q_frames = cache.begin_chunk(C)``: the chunk's frame ids; their ring slots (the oldest
+   ones, which no query of this chunk may see any more) are labelled with them.
+2. Per layer and stream: ``cache.write(...)`` the chunk's keys/values into those slots, then
+   ``cache.view(...)`` returns everything a query may attend to, chunk included, with the
+   frame ids to build the mask from. Writing before reading means no concatenation.
+3. ``cache.commit(n)`` after the clean pass (sigma = 0): the first ``n`` frames of the chunk
+   become part of the cache. Denoising steps never commit, so the next pass overwrites their
+   keys: the committed cache only ever holds clean frames (DESIGN.md, correction 4).
+
+The write pointer and next frame id are 0-dim device tensors and the slots are computed with
+tensor arithmetic, so a pass has no host sync and no allocation that grows with the stream,
+and it traces under ``torch.compile``. ``frames_committed`` is a host-side counter kept for
+reporting; it is only ever advanced by ints the caller already has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from df_core._checks import non_negative_int, positive_int
+from df_core.masks import EMPTY_FRAME, SINK_FRAME
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """Shape of one stream's cache."""
+
+    num_layers: int  # attention layers of this stream that cache keys/values
+    heads: int  # Hd, key/value heads
+    head_dim: int  # Dh
+    tokens_per_frame: int  # N
+    sink_tokens: int = 0  # S, tokens of the reference sink frame
+
+    def __post_init__(self) -> None:
+        positive_int("num_layers", self.num_layers)
+        positive_int("heads", self.heads)
+        positive_int("head_dim", self.head_dim)
+        positive_int("tokens_per_frame", self.tokens_per_frame)
+        non_negative_int("sink_tokens", self.sink_tokens)
+
+
+class KVCache:
+    """Preallocated keys/values of the sink plus a rolling window, per stream and layer."""
+
+    def __init__(
+        self,
+        streams: Mapping[str, StreamSpec],
+        *,
+        batch: int,
+        window: int,
+        max_chunk: int = 1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if not streams:
+            raise ValueError("streams must name at least one stream")
+        positive_int("batch", batch)
+        positive_int("window", window)
+        positive_int("max_chunk", max_chunk)
+        self.streams = dict(streams)
+        self.batch = batch
+        self.window = window
+        self.max_chunk = max_chunk
+        self.slots = window - 1 + max_chunk  # P
+        self.k: dict[str, torch.Tensor] = {}
+        self.v: dict[str, torch.Tensor] = {}
+        self.kv_frames: dict[str, torch.Tensor] = {}
+        self._in_frame: dict[str, torch.Tensor] = {}
+        for name, s in self.streams.items():
+            shape = (s.num_layers, batch, s.heads, s.sink_tokens + self.slots * s.tokens_per_frame, s.head_dim)
+            self.k[name] = torch.zeros(shape, device=device, dtype=dtype)
+            self.v[name] = torch.zeros(shape, device=device, dtype=dtype)
+            self.kv_frames[name] = torch.full((shape[3],), EMPTY_FRAME, dtype=torch.long, device=device)
+            self._in_frame[name] = torch.arange(s.tokens_per_frame, device=device)
+        self._ptr = torch.zeros((), dtype=torch.long, device=device)  # next ring slot
+        self._next_frame = torch.zeros((), dtype=torch.long, device=device)  # next frame id
+        self._chunk_slots = torch.zeros(max_chunk, dtype=torch.long, device=device)
+        self._chunk_len = 0
+        self.frames_committed = 0
+
+    # Step-free verbs -------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forgets every frame and the sink; buffers are reused, nothing is reallocated."""
+        for name in self.streams:
+            self.k[name].zero_()
+            self.v[name].zero_()
+            self.kv_frames[name].fill_(EMPTY_FRAME)
+        self._ptr.zero_()
+        self._next_frame.zero_()
+        self._chunk_len = 0
+        self.frames_committed = 0
+
+    def write_sink(self, stream: str, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Stores the sink's keys/values ``[B, Hd, S, Dh]`` for one layer (kept until reset)."""
+        s = self._spec(stream)
+        expected = (self.batch, s.heads, s.sink_tokens, s.head_dim)
+        self._check_kv("sink", k, v, expected)
+        self.k[stream][layer, :, :, : s.sink_tokens].copy_(k)
+        self.v[stream][layer, :, :, : s.sink_tokens].copy_(v)
+        self.kv_frames[stream][: s.sink_tokens] = SINK_FRAME
+
+    def begin_chunk(self, num_frames: int) -> torch.Tensor:
+        """Claims ring slots for the next ``num_frames`` frames and labels them.
+
+        Returns:
+            ``q_frames_C``: int64 ``[num_frames]``, the absolute frame ids of the chunk.
+        """
+        positive_int("num_frames", num_frames)
+        if num_frames > self.max_chunk:
+            raise ValueError(f"num_frames must be at most max_chunk={self.max_chunk}, got {num_frames}")
+        offsets = torch.arange(num_frames, device=self._ptr.device)
+        slots_C = (self._ptr + offsets) % self.slots
+        q_frames_C = self._next_frame + offsets
+        self._chunk_slots[:num_frames] = slots_C
+        self._chunk_len = num_frames
+        for name, s in self.streams.items():
+            self.kv_frames[name].index_copy_(0, self._token_slots(name, slots_C), q_frames_C.repeat_interleave(s.tokens_per_frame))
+        return q_frames_C
+
+    def write(self, stream: str, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Writes the current chunk's keys/values ``[B, Hd, C * N, Dh]`` (frame-major)."""
+        s = self._spec(stream)
+        if self._chunk_len == 0:
+            raise ValueError("write called before begin_chunk")
+        expected = (self.batch, s.heads, self._chunk_len * s.tokens_per_frame, s.head_dim)
+        self._check_kv("chunk", k, v, expected)
+        idx = self._token_slots(stream, self._chunk_slots[: self._chunk_len])
+        self.k[stream][layer].index_copy_(2, idx, k)
+        self.v[stream][layer].index_copy_(2, idx, v)
+
+    def view(self, stream: str, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Everything a query of the current chunk may attend to, in slot order.
+
+        Returns:
+            ``(k, v, kv_frames)``: ``[B, Hd, S + P*N, Dh]`` twice and int64 ``[S + P*N]``; slots
+            that must not be seen (empty, or too old for the window) are excluded by the mask
+            built from ``kv_frames``, not by slicing, so shapes are static.
+        """
+        self._spec(stream)
+        return self.k[stream][layer], self.v[stream][layer], self.kv_frames[stream]
+
+    def commit(self, num_frames: int) -> None:
+        """Makes the first ``num_frames`` frames of the current chunk part of the cache.
+
+        Call it after the pass that wrote them clean (sigma = 0 or the context level).
+        """
+        non_negative_int("num_frames", num_frames)
+        if num_frames > self._chunk_len:
+            raise ValueError(f"num_frames must be at most the chunk length {self._chunk_len}, got {num_frames}")
+        self._ptr.add_(num_frames).remainder_(self.slots)
+        self._next_frame.add_(num_frames)
+        self.frames_committed += num_frames
+        self._chunk_len = 0
+
+    def window_start(self) -> torch.Tensor:
+        """Oldest frame the current chunk may see: ``first chunk frame - (window - 1)``, as a
+        0-dim tensor (the base of window-relative RoPE positions)."""
+        return self._next_frame - (self.window - 1)
+
+    # Reporting -------------------------------------------------------------------------------
+
+    def memory_bytes(self) -> int:
+        """Bytes held by all buffers; constant for the life of the cache."""
+        tensors = [*self.k.values(), *self.v.values(), *self.kv_frames.values()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def memory_report(self) -> dict[str, int]:
+        """Bytes of keys+values per stream, plus ``total``."""
+        report = {
+            name: self.k[name].numel() * self.k[name].element_size() * 2 for name in self.streams
+        }
+        report["total"] = self.memory_bytes()
+        return report
+
+    # Helpers ---------------------------------------------------------------------------------
+
+    def _spec(self, stream: str) -> StreamSpec:
+        if stream not in self.streams:
+            raise ValueError(f"stream must be one of {sorted(self.streams)}, got {stream!r}")
+        return self.streams[stream]
+
+    def _token_slots(self, stream: str, slots_C: torch.Tensor) -> torch.Tensor:
+        s = self.streams[stream]
+        return (s.sink_tokens + slots_C[:, None] * s.tokens_per_frame + self._in_frame[stream][None, :]).flatten()
+
+    @staticmethod
+    def _check_kv(what: str, k: torch.Tensor, v: torch.Tensor, expected: tuple[int, ...]) -> None:
+        if tuple(k.shape) != expected or tuple(v.shape) != expected:
+            raise ValueError(
+                f"{what} keys/values must have shape {expected} [B, Hd, tokens, Dh], "
+                f"got k {tuple(k.shape)} and v {tuple(v.shape)}"
+            )

@@ -1,0 +1,243 @@
+"""Attention masks over DualForce's frame-structured token layouts.
+
+Every token carries the id of the frame it belongs to: ``0, 1, 2, ...`` for generated frames,
+:data:`SINK_FRAME` for the reference frame (the clean attention sink in front of frame 0), and
+:data:`EMPTY_FRAME` for KV-cache slots not yet written. A mask is a rule over the frame ids of a
+query token and a key token, and optionally over their modalities, so the same rule serves the
+training forward (the whole clip) and the streaming forward (a chunk of queries against the KV
+cache): only the id vectors differ. This is what makes the two forwards agree.
+
+Rules:
+
+- ``causal`` (block-causal, optional sliding window of ``W`` frames): a query of frame ``t``
+  sees the sink and every key of frames ``t - W + 1 .. t`` (all of its own frame, nothing
+  later). The sink sees only itself.
+- ``same_frame``: a query of frame ``t`` sees keys of frame ``t`` only (the bridge in its
+  default form; audio cross-attention, where each frame's audio tokens are its own window).
+
+Each factory returns a :class:`FrameMask`, which gives the FlexAttention ``BlockMask``
+(:meth:`FrameMask.block_mask`), the equivalent dense boolean mask (:meth:`FrameMask.dense`,
+the reference and the CPU fallback), and the ``mask_mod`` both are built from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from einops import repeat
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask
+
+from df_core._checks import non_negative_int, one_of, positive_int
+
+SINK_FRAME = -1
+EMPTY_FRAME = -(2**30)
+NO_WINDOW = 2**30
+RULES = ("causal", "same_frame")
+
+
+def token_frames(
+    num_frames: int,
+    tokens_per_frame: int,
+    *,
+    sink_tokens: int = 0,
+    first_frame: int = 0,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Frame id of every token of one stream: ``sink_tokens`` sink ids, then ``num_frames``
+    frames of ``tokens_per_frame`` tokens each, frame-major.
+
+    Returns:
+        int64 ``[sink_tokens + num_frames * tokens_per_frame]``.
+    """
+    non_negative_int("num_frames", num_frames)
+    positive_int("tokens_per_frame", tokens_per_frame)
+    non_negative_int("sink_tokens", sink_tokens)
+    non_negative_int("first_frame", first_frame)
+    sink = torch.full((sink_tokens,), SINK_FRAME, dtype=torch.long, device=device)
+    frames = torch.arange(first_frame, first_frame + num_frames, device=device)
+    return torch.cat([sink, repeat(frames, "t -> (t n)", n=tokens_per_frame)])
+
+
+def multimodal_layout(
+    num_frames: int,
+    tokens_per_frame: Sequence[int],
+    *,
+    sink_tokens: Sequence[int] | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame and modality ids of a joint sequence holding several modalities per frame.
+
+    The layout is the sink frame, then frames ``0 .. T-1``; inside each frame the modalities
+    follow in order (modality 0 = video with ``N_v`` tokens, 1 = structure with ``N_s``, ...).
+
+    Returns:
+        ``(frames_L, modality_L)``, both int64 ``[L]``.
+    """
+    non_negative_int("num_frames", num_frames)
+    counts = [positive_int("tokens_per_frame[i]", n) for n in tokens_per_frame]
+    sinks = [0] * len(counts) if sink_tokens is None else list(sink_tokens)
+    if len(sinks) != len(counts):
+        raise ValueError(
+            f"sink_tokens has {len(sinks)} entries but tokens_per_frame has {len(counts)}"
+        )
+    for n in sinks:
+        non_negative_int("sink_tokens[i]", n)
+    frame_ids = [SINK_FRAME] * sum(sinks) + [
+        t for t in range(num_frames) for n in counts for _ in range(n)
+    ]
+    modality = [m for m, n in enumerate(sinks) for _ in range(n)] + [
+        m for _ in range(num_frames) for m, n in enumerate(counts) for _ in range(n)
+    ]
+    return (
+        torch.tensor(frame_ids, dtype=torch.long, device=device),
+        torch.tensor(modality, dtype=torch.long, device=device),
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class FrameMask:
+    """A mask given by per-token frame ids (and optionally modality ids).
+
+    Attributes:
+        name: what the mask is for (shown in errors and benchmarks).
+        q_frames: int64 ``[Q]`` frame id of each query token.
+        kv_frames: int64 ``[KV]`` frame id of each key token.
+        rule: ``causal`` or ``same_frame``.
+        window: frames a query may look back, its own included (``NO_WINDOW`` for all).
+        q_modality, kv_modality: optional int64 ``[Q]`` / ``[KV]`` modality ids.
+        allowed: optional bool ``[M, M]``: ``allowed[mq, mk]`` says whether a query of modality
+            ``mq`` may attend to a key of modality ``mk``.
+    """
+
+    name: str
+    q_frames: torch.Tensor
+    kv_frames: torch.Tensor
+    rule: str = "causal"
+    window: int = NO_WINDOW
+    q_modality: torch.Tensor | None = None
+    kv_modality: torch.Tensor | None = None
+    allowed: torch.Tensor | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.q_frames.numel(), self.kv_frames.numel()
+
+    def _visible(self, qf: torch.Tensor, kf: torch.Tensor) -> torch.Tensor:
+        if self.rule == "causal":
+            past = (kf >= 0) & (kf <= qf) & (qf - kf < self.window)
+            return (kf == SINK_FRAME) | past
+        return (kf == qf) & (kf != EMPTY_FRAME)
+
+    @property
+    def mask_mod(self):
+        """FlexAttention ``mask_mod(b, h, q_idx, kv_idx)``: True where query ``q_idx`` may attend
+        to key ``kv_idx`` (a plain function, as ``create_block_mask`` requires)."""
+        visible, q_frames, kv_frames = self._visible, self.q_frames, self.kv_frames
+        allowed, q_mod, kv_mod = self.allowed, self.q_modality, self.kv_modality
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            keep = visible(q_frames[q_idx], kv_frames[kv_idx])
+            if allowed is not None:
+                keep = keep & allowed[q_mod[q_idx], kv_mod[kv_idx]]
+            return keep
+
+        mask_mod.__name__ = f"mask_mod_{self.name}"
+        return mask_mod
+
+    def dense(self) -> torch.Tensor:
+        """The same mask as a dense bool ``[Q, KV]`` tensor (True = may attend)."""
+        keep = self._visible(self.q_frames[:, None], self.kv_frames[None, :])
+        if self.allowed is not None:
+            keep = keep & self.allowed[self.q_modality[:, None], self.kv_modality[None, :]]
+        return keep
+
+    def block_mask(self, *, block_size: int = 128, compile: bool = False) -> BlockMask:
+        """The FlexAttention ``BlockMask`` (block-sparse form; fully masked blocks are skipped)."""
+        q_len, kv_len = self.shape
+        return create_block_mask(
+            self.mask_mod, None, None, q_len, kv_len,
+            device=self.q_frames.device, BLOCK_SIZE=block_size, _compile=compile,
+        )
+
+
+def _check_ids(name: str, ids: torch.Tensor) -> torch.Tensor:
+    if ids.dim() != 1 or ids.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"{name} must be a 1-D integer tensor, got {ids.dtype} {tuple(ids.shape)}")
+    return ids.long()
+
+
+def _window(window: int | None) -> int:
+    if window is None:
+        return NO_WINDOW
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be a positive integer or None, got {window!r}")
+    return window
+
+
+def block_causal_mask(
+    q_frames: torch.Tensor,
+    kv_frames: torch.Tensor | None = None,
+    *,
+    window: int | None = None,
+    name: str = "block_causal",
+) -> FrameMask:
+    """Block-causal attention with the sink and an optional sliding window of ``window`` frames.
+
+    Self-attention within one stream (pass the same ids twice, or ``kv_frames=None``), a chunk
+    of queries against the KV cache's view, or the causal form of the bridge (queries of one
+    stream, keys of the other).
+    """
+    q = _check_ids("q_frames", q_frames)
+    kv = q if kv_frames is None else _check_ids("kv_frames", kv_frames)
+    return FrameMask(name, q, kv, "causal", _window(window))
+
+
+def same_frame_mask(
+    q_frames: torch.Tensor, kv_frames: torch.Tensor, *, name: str = "same_frame"
+) -> FrameMask:
+    """Queries of frame ``t`` attend only to keys of frame ``t`` (bridge, audio cross-attention)."""
+    return FrameMask(name, _check_ids("q_frames", q_frames), _check_ids("kv_frames", kv_frames), "same_frame")
+
+
+def bridge_mask(
+    q_frames: torch.Tensor,
+    kv_frames: torch.Tensor,
+    *,
+    temporal: str = "same_frame",
+    window: int | None = None,
+) -> FrameMask:
+    """The bridge between the video and structure streams: ``same_frame`` or ``causal`` (over
+    the past frames within the window, as the self-attention)."""
+    one_of("temporal", temporal, RULES)
+    if temporal == "same_frame":
+        return same_frame_mask(q_frames, kv_frames, name="bridge_same_frame")
+    return block_causal_mask(q_frames, kv_frames, window=window, name="bridge_causal")
+
+
+def modality_mask(
+    frames: torch.Tensor,
+    modality: torch.Tensor,
+    *,
+    num_modalities: int,
+    shallow: bool,
+    window: int | None = None,
+) -> FrameMask:
+    """Block-causal mask over a joint multi-modal sequence (see :func:`multimodal_layout`).
+
+    Shallow (fusion) blocks let every modality attend to every other; deep blocks keep each
+    modality to itself, so the streams only exchange information in the first ``n_fusion``
+    blocks (DESIGN.md, "The model").
+    """
+    positive_int("num_modalities", num_modalities)
+    f = _check_ids("frames", frames)
+    m = _check_ids("modality", modality)
+    if f.shape != m.shape:
+        raise ValueError(f"frames {tuple(f.shape)} and modality {tuple(m.shape)} must match")
+    if shallow:
+        allowed = torch.ones(num_modalities, num_modalities, dtype=torch.bool, device=f.device)
+    else:
+        allowed = torch.eye(num_modalities, dtype=torch.bool, device=f.device)
+    name = "shallow_joint" if shallow else "deep_joint"
+    return FrameMask(name, f, f, "causal", _window(window), m, m, allowed)

@@ -1,0 +1,381 @@
+"""Rectified-flow algebra with per-frame noise levels: exact recovery, straight paths, the Euler
+and Heun samplers and the per-frame loss reduction.
+
+Legend: B batch, T frames, C channels, H W height/width, Ds structure dimension.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from df_core.flow import (
+    add_noise,
+    eps_from_velocity,
+    euler_step,
+    expand_sigma,
+    frame_mse,
+    heun_step,
+    reduce_frame_loss,
+    velocity_target,
+    x0_from_velocity,
+)
+
+TOL = {"atol": 1e-6, "rtol": 1e-6}
+levels = st.floats(0.0, 1.0)
+
+
+@st.composite
+def clips(draw: st.DrawFn) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x0, eps, sigma_BT, sigma_next_BT)`` for a tiny video ``[B, T, C, H, W]`` or structure
+    ``[B, T, Ds]`` clip, with one level per frame and ``sigma_next <= sigma``."""
+    B, T = draw(st.integers(1, 2), label="B"), draw(st.integers(1, 3), label="T")
+    if draw(st.booleans(), label="video"):
+        rest = (draw(st.integers(1, 3)), draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    else:
+        rest = (draw(st.integers(1, 5)),)
+    sigma = draw(st.lists(levels, min_size=B * T, max_size=B * T), label="sigma")
+    frac = draw(st.lists(levels, min_size=B * T, max_size=B * T), label="next/sigma")
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**32 - 1), label="seed"))
+    x0 = torch.randn(B, T, *rest, generator=g)
+    eps = torch.randn(B, T, *rest, generator=g)
+    sigma_BT = torch.tensor(sigma).reshape(B, T)
+    sigma_next_BT = sigma_BT * torch.tensor(frac).reshape(B, T)
+    return x0, eps, sigma_BT, sigma_next_BT
+
+
+def per_frame(fn, x: torch.Tensor) -> torch.Tensor:
+    """Velocity field ``v = fn(sigma)`` that is the same for every element of a frame."""
+    return lambda _x, sigma_BT: fn(expand_sigma(sigma_BT, x)).expand_as(x)
+
+
+# --- the algebra -----------------------------------------------------------------------------
+
+
+@given(clip=clips())
+def test_x0_and_eps_recovery_from_the_true_velocity(clip) -> None:
+    x0, eps, sigma_BT, _ = clip
+    x = add_noise(x0, eps, sigma_BT)
+    v = velocity_target(x0, eps)
+    torch.testing.assert_close(x0_from_velocity(x, v, sigma_BT), x0, **TOL)
+    torch.testing.assert_close(eps_from_velocity(x, v, sigma_BT), eps, **TOL)
+
+
+@given(clip=clips())
+def test_add_noise_is_per_frame_interpolation(clip) -> None:
+    x0, eps, sigma_BT, _ = clip
+    x = add_noise(x0, eps, sigma_BT)
+    B, T = sigma_BT.shape
+    for b in range(B):
+        for t in range(T):
+            s = sigma_BT[b, t].item()
+            torch.testing.assert_close(x[b, t], (1 - s) * x0[b, t] + s * eps[b, t], **TOL)
+
+
+def test_add_noise_endpoints_are_exact() -> None:
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(2, 3, 4, generator=g), torch.randn(2, 3, 4, generator=g)
+    assert torch.equal(add_noise(x0, eps, torch.zeros(2, 3)), x0)
+    assert torch.equal(add_noise(x0, eps, torch.ones(2, 3)), eps)
+
+
+def test_velocity_target_is_eps_minus_x0() -> None:
+    x0, eps = torch.tensor([[[1.0, 2.0]]]), torch.tensor([[[0.5, -1.0]]])
+    assert torch.equal(velocity_target(x0, eps), torch.tensor([[[-0.5, -3.0]]]))
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (2, 3, 4), (2, 3, 4, 5, 6)])
+def test_expand_sigma_shape_and_dtype(shape: tuple[int, ...]) -> None:
+    x = torch.zeros(shape, dtype=torch.float64)
+    sigma_BT = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    s = expand_sigma(sigma_BT, x)
+    assert s.shape == (2, 3) + (1,) * (len(shape) - 2)
+    assert s.dtype == torch.float64
+    assert torch.equal(s.reshape(2, 3), sigma_BT.double())
+
+
+def test_add_noise_keeps_the_dtype_of_the_data() -> None:
+    x0 = torch.zeros(1, 2, 3, dtype=torch.bfloat16)
+    assert add_noise(x0, torch.ones_like(x0), torch.full((1, 2), 0.5)).dtype == torch.bfloat16
+
+
+# --- samplers --------------------------------------------------------------------------------
+
+
+@given(clip=clips())
+def test_euler_with_the_true_velocity_follows_the_straight_path(clip) -> None:
+    x0, eps, sigma_BT, sigma_next_BT = clip
+    x = add_noise(x0, eps, sigma_BT)
+    true_v = lambda _x, _s: eps - x0  # noqa: E731
+    torch.testing.assert_close(
+        euler_step(true_v, x, sigma_BT, sigma_next_BT), add_noise(x0, eps, sigma_next_BT), **TOL
+    )
+    # One step from any level to 0 lands on the data.
+    torch.testing.assert_close(euler_step(true_v, x, sigma_BT, torch.zeros_like(sigma_BT)), x0, **TOL)
+
+
+@given(clip=clips())
+def test_heun_with_the_true_velocity_is_exact(clip) -> None:
+    x0, eps, sigma_BT, sigma_next_BT = clip
+    x = add_noise(x0, eps, sigma_BT)
+    true_v = lambda _x, _s: eps - x0  # noqa: E731
+    torch.testing.assert_close(
+        heun_step(true_v, x, sigma_BT, sigma_next_BT), add_noise(x0, eps, sigma_next_BT), **TOL
+    )
+    torch.testing.assert_close(heun_step(true_v, x, sigma_BT, torch.zeros_like(sigma_BT)), x0, **TOL)
+
+
+@given(clip=clips(), step_mask=st.lists(st.booleans(), min_size=6, max_size=6))
+def test_frames_whose_level_does_not_change_are_left_exactly(clip, step_mask) -> None:
+    x0, eps, sigma_BT, sigma_next_BT = clip
+    B, T = sigma_BT.shape
+    keep_BT = torch.tensor(step_mask[: B * T]).reshape(B, T)
+    sigma_next_BT = torch.where(keep_BT, sigma_BT, sigma_next_BT)
+    x = add_noise(x0, eps, sigma_BT)
+    # An arbitrary velocity field that depends on x and sigma.
+    model = lambda x_, s: torch.sin(3 * x_) + expand_sigma(s, x_) + 1.0  # noqa: E731
+    for step in (euler_step, heun_step):
+        out = step(model, x, sigma_BT, sigma_next_BT)
+        assert torch.equal(out[keep_BT], x[keep_BT])
+        moved_BT = ~keep_BT & (sigma_next_BT != sigma_BT)
+        # Only a frame whose level changes may move, and it moves by exactly dt * v for Euler.
+        if step is euler_step:
+            expected = x + expand_sigma(sigma_next_BT - sigma_BT, x) * model(x, sigma_BT)
+            torch.testing.assert_close(out[moved_BT], expected[moved_BT], **TOL)
+
+
+def test_euler_and_heun_call_the_model_once_and_twice() -> None:
+    calls: list[torch.Tensor] = []
+
+    def model(x: torch.Tensor, sigma_BT: torch.Tensor) -> torch.Tensor:
+        calls.append(sigma_BT.clone())
+        return torch.zeros_like(x)
+
+    x = torch.zeros(1, 2, 3)
+    sigma, sigma_next = torch.tensor([[0.8, 0.5]]), torch.tensor([[0.6, 0.5]])
+    euler_step(model, x, sigma, sigma_next)
+    assert len(calls) == 1 and torch.equal(calls[0], sigma)
+    calls.clear()
+    heun_step(model, x, sigma, sigma_next)
+    assert len(calls) == 2
+    assert torch.equal(calls[0], sigma) and torch.equal(calls[1], sigma_next)
+
+
+@given(
+    sigma=st.lists(st.floats(0.05, 1.0), min_size=4, max_size=4),
+    frac=st.lists(st.floats(0.0, 0.95), min_size=4, max_size=4),
+)
+def test_heun_integrates_a_linear_field_exactly_and_beats_euler(sigma, frac) -> None:
+    # dx/dsigma = sigma, so x(sigma_next) = x(sigma) + (sigma_next^2 - sigma^2) / 2.
+    sigma_BT = torch.tensor(sigma, dtype=torch.float64).reshape(2, 2)
+    sigma_next_BT = sigma_BT * torch.tensor(frac, dtype=torch.float64).reshape(2, 2)
+    x = torch.randn(2, 2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    model = per_frame(lambda s: s, x)
+    exact = x + expand_sigma((sigma_next_BT**2 - sigma_BT**2) / 2, x)
+    heun = heun_step(model, x, sigma_BT, sigma_next_BT)
+    euler = euler_step(model, x, sigma_BT, sigma_next_BT)
+    # Euler's error is -(sigma - sigma_next)^2 / 2 per frame.
+    h_BT = sigma_BT - sigma_next_BT
+    torch.testing.assert_close(euler - exact, expand_sigma(-(h_BT**2) / 2, x).expand_as(x))
+    # Heun (trapezoid) is exact for a linear field, except on frames that step to 0 (Euler).
+    to_zero = expand_sigma(sigma_next_BT == 0, x).expand_as(x)
+    torch.testing.assert_close(heun[~to_zero], exact[~to_zero], atol=1e-12, rtol=0)
+    torch.testing.assert_close(heun[to_zero], euler[to_zero], atol=0, rtol=0)
+
+
+@given(
+    sigma=st.lists(st.floats(0.05, 1.0), min_size=4, max_size=4),
+    frac=st.lists(st.floats(0.01, 0.99), min_size=4, max_size=4),
+)
+def test_heun_is_third_order_and_beats_euler_on_a_quadratic_field(sigma, frac) -> None:
+    # dx/dsigma = sigma^2: x(b) - x(a) = (b^3 - a^3) / 3. With h = sigma - sigma_next, the
+    # trapezoid error is -h^3 / 6 and Euler's is -h^2 (2 sigma + sigma_next) / 3.
+    sigma_BT = torch.tensor(sigma, dtype=torch.float64).reshape(2, 2)
+    sigma_next_BT = sigma_BT * torch.tensor(frac, dtype=torch.float64).reshape(2, 2)
+    x = torch.zeros(2, 2, 1, dtype=torch.float64)
+    model = per_frame(lambda s: s**2, x)
+    exact = x + expand_sigma((sigma_next_BT**3 - sigma_BT**3) / 3, x)
+    err_heun = heun_step(model, x, sigma_BT, sigma_next_BT) - exact
+    err_euler = euler_step(model, x, sigma_BT, sigma_next_BT) - exact
+    h_BT = sigma_BT - sigma_next_BT
+    torch.testing.assert_close(err_heun, expand_sigma(-(h_BT**3) / 6, x), atol=1e-12, rtol=1e-9)
+    torch.testing.assert_close(
+        err_euler, expand_sigma(-(h_BT**2) * (2 * sigma_BT + sigma_next_BT) / 3, x)
+    )
+    assert bool((err_heun.abs() < err_euler.abs()).all())
+
+
+def test_heun_beats_euler_on_a_curved_field() -> None:
+    # dx/dsigma = cos(3 sigma): x(b) - x(a) = (sin(3b) - sin(3a)) / 3.
+    sigma_BT = torch.tensor([[1.0, 0.6, 0.3]], dtype=torch.float64)
+    sigma_next_BT = torch.tensor([[0.9, 0.5, 0.2]], dtype=torch.float64)
+    x = torch.zeros(1, 3, 2, dtype=torch.float64)
+    model = per_frame(lambda s: torch.cos(3 * s), x)
+    exact = x + expand_sigma((torch.sin(3 * sigma_next_BT) - torch.sin(3 * sigma_BT)) / 3, x)
+    err_heun = (heun_step(model, x, sigma_BT, sigma_next_BT) - exact).abs()
+    err_euler = (euler_step(model, x, sigma_BT, sigma_next_BT) - exact).abs()
+    assert bool((err_heun < err_euler).all())
+
+
+def test_heun_steps_to_zero_with_euler() -> None:
+    # EDM: the last step to sigma 0 is an Euler step (no second evaluation at sigma 0 used).
+    sigma_BT = torch.tensor([[0.5, 0.5]], dtype=torch.float64)
+    sigma_next_BT = torch.tensor([[0.0, 0.25]], dtype=torch.float64)
+    x = torch.zeros(1, 2, 1, dtype=torch.float64)
+    model = per_frame(lambda s: s, x)
+    heun = heun_step(model, x, sigma_BT, sigma_next_BT)
+    euler = euler_step(model, x, sigma_BT, sigma_next_BT)
+    assert heun[0, 0].item() == euler[0, 0].item() == -0.25
+    assert heun[0, 1].item() == pytest.approx((0.25**2 - 0.5**2) / 2)
+
+
+def test_many_euler_steps_converge_on_a_curved_field() -> None:
+    # A sanity check of the sign convention: integrating from sigma 1 to 0 in K steps.
+    x = torch.zeros(1, 1, 1, dtype=torch.float64)
+    model = per_frame(lambda s: s, x)
+    errors = []
+    for K in (4, 16):
+        levels_K1 = torch.linspace(1.0, 0.0, K + 1, dtype=torch.float64)
+        y = x.clone()
+        for i in range(K):
+            y = euler_step(model, y, levels_K1[i].reshape(1, 1), levels_K1[i + 1].reshape(1, 1))
+        errors.append(abs(y.item() - (-0.5)))
+    assert errors[1] < errors[0] / 3
+
+
+# --- losses ----------------------------------------------------------------------------------
+
+
+@given(clip=clips())
+def test_frame_mse_is_the_mean_over_each_frame(clip) -> None:
+    pred, target, _, _ = clip
+    mse_BT = frame_mse(pred, target)
+    B, T = pred.shape[:2]
+    assert mse_BT.shape == (B, T) and mse_BT.dtype == torch.float32
+    for b in range(B):
+        for t in range(T):
+            expected = ((pred[b, t].double() - target[b, t].double()) ** 2).mean().item()
+            assert mse_BT[b, t].item() == pytest.approx(expected, rel=1e-5, abs=1e-7)
+
+
+def test_frame_mse_known_values_and_low_precision_inputs() -> None:
+    pred = torch.zeros(1, 2, 2, 2, dtype=torch.bfloat16)
+    target = torch.tensor([[[[1.0, 1.0], [1.0, 1.0]], [[2.0, 0.0], [0.0, 0.0]]]]).bfloat16()
+    mse_BT = frame_mse(pred, target)
+    assert mse_BT.dtype == torch.float32
+    assert mse_BT.tolist() == [[1.0, 1.0]]
+
+
+def test_reduce_frame_loss_is_a_weighted_mean_over_valid_frames() -> None:
+    loss_BT = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    assert reduce_frame_loss(loss_BT).item() == pytest.approx(3.5)
+    weight_BT = torch.tensor([[1.0, 0.0, 1.0], [0.0, 2.0, 0.0]])
+    assert reduce_frame_loss(loss_BT, weight_BT).item() == pytest.approx((1 + 3 + 10) / 4)
+    valid_BT = torch.tensor([[True, True, False], [False, True, True]])
+    assert reduce_frame_loss(loss_BT, valid_BT=valid_BT).item() == pytest.approx(14 / 4)
+    assert reduce_frame_loss(loss_BT, weight_BT, valid_BT).item() == pytest.approx((1 + 10) / 3)
+
+
+@given(
+    loss=st.lists(st.floats(0.0, 10.0), min_size=6, max_size=6),
+    weight=st.lists(st.just(0.0) | st.floats(1e-3, 5.0), min_size=6, max_size=6),
+    valid=st.lists(st.booleans(), min_size=6, max_size=6),
+    junk=st.floats(-1e3, 1e3),
+)
+def test_reduce_frame_loss_ignores_invalid_frames(loss, weight, valid, junk) -> None:
+    loss_BT = torch.tensor(loss, dtype=torch.float64).reshape(2, 3)
+    weight_BT = torch.tensor(weight, dtype=torch.float64).reshape(2, 3)
+    valid_BT = torch.tensor(valid).reshape(2, 3)
+    out = reduce_frame_loss(loss_BT, weight_BT, valid_BT)
+    assert math.isfinite(out.item())
+    w = [wi for wi, vi in zip(weight, valid, strict=True) if vi]
+    num = sum(wi * li for wi, li, vi in zip(weight, loss, valid, strict=True) if vi)
+    expected = num / sum(w) if sum(w) > 0 else 0.0
+    assert out.item() == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    # Changing the loss of an invalid frame changes nothing.
+    changed = torch.where(valid_BT, loss_BT, torch.full_like(loss_BT, junk))
+    assert reduce_frame_loss(changed, weight_BT, valid_BT).item() == pytest.approx(out.item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_reduce_frame_loss_all_invalid_is_zero_not_nan(dtype: torch.dtype) -> None:
+    loss_BT = torch.ones(2, 3, dtype=dtype)
+    out = reduce_frame_loss(loss_BT, valid_BT=torch.zeros(2, 3, dtype=torch.bool))
+    assert out.item() == 0.0
+    assert reduce_frame_loss(loss_BT, torch.zeros(2, 3)).item() == 0.0
+
+
+# --- shape checks ----------------------------------------------------------------------------
+
+
+def test_mismatched_shapes_raise() -> None:
+    x = torch.zeros(2, 3, 4)
+    with pytest.raises(ValueError, match="sigma_BT"):
+        add_noise(x, x, torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="sigma_BT"):
+        x0_from_velocity(x, x, torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="sigma_BT"):
+        eps_from_velocity(x, x, torch.zeros(2))
+    with pytest.raises(ValueError, match="sigma_BT"):
+        euler_step(lambda x_, s: x_, x, torch.zeros(2, 4), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="sigma_BT"):
+        heun_step(lambda x_, s: x_, x, torch.zeros(1, 3), torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="pred"):
+        frame_mse(x, torch.zeros(2, 3, 5))
+    with pytest.raises(ValueError, match="weight_BT"):
+        reduce_frame_loss(torch.zeros(2, 3), torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="valid_BT"):
+        reduce_frame_loss(torch.zeros(2, 3), valid_BT=torch.zeros(2, 4, dtype=torch.bool))
+
+
+# --- known problems --------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="source bug: invalid frames are masked by multiplying with 0, so an inf weight or a "
+    "NaN/inf loss on an excluded frame makes the result NaN",
+)
+def test_reduce_frame_loss_is_finite_when_excluded_frames_are_not() -> None:
+    loss_BT = torch.tensor([[1.0, 2.0]])
+    sigma_BT = torch.tensor([[0.5, 0.0]])  # the second frame is clean context
+    weight_BT = 1.0 / sigma_BT  # a per-sigma weight, infinite at sigma 0
+    valid_BT = sigma_BT > 0
+    assert reduce_frame_loss(loss_BT, weight_BT, valid_BT).item() == 1.0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=IndexError,
+    reason="source bug: frame_mse flattens from dim 2, so [B, T] inputs (empty trailing dims) "
+    "raise IndexError instead of returning the elementwise squared error",
+)
+def test_frame_mse_accepts_per_frame_scalars() -> None:
+    assert frame_mse(torch.ones(2, 3), torch.zeros(2, 3)).tolist() == [[1.0] * 3] * 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="source bug: sigma_next_BT is never checked against x; it is broadcast against "
+    "sigma_BT first, so a wrong shape raises RuntimeError or broadcasts silently",
+)
+@pytest.mark.parametrize("step", [euler_step, heun_step])
+@pytest.mark.parametrize("next_shape", [(2, 2), (3,)])
+def test_steps_check_the_shape_of_sigma_next(step, next_shape) -> None:
+    x = torch.zeros(2, 3, 4)
+    with pytest.raises(ValueError, match="sigma"):
+        step(lambda x_, s: torch.ones_like(x_), x, torch.ones(2, 3), torch.zeros(next_shape))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="source bug: the denominator is clamped to finfo(loss dtype).tiny, which for float16 "
+    "(6.1e-5) is larger than a small but valid total weight",
+)
+def test_reduce_frame_loss_small_weights_in_float16() -> None:
+    loss_BT = torch.ones(1, 2, dtype=torch.float16)
+    assert reduce_frame_loss(loss_BT, torch.full((1, 2), 1e-5)).item() == pytest.approx(1.0)

@@ -24,7 +24,13 @@ PACKAGES = sorted(p.name for p in (ROOT / "packages").iterdir() if (p / "pyproje
 def tests(session: nox.Session, package: str) -> None:
     """Runs one package's tests in an environment with only that package installed."""
     session.run_install(
-        "uv", "sync", "--locked", "--package", package, "--group", "test",
+        "uv",
+        "sync",
+        "--locked",
+        "--package",
+        package,
+        "--group",
+        "test",
         env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
     )
     # pytest exits 5 when it collects nothing; nox fails on any non-zero exit, so an empty
@@ -36,7 +42,12 @@ def tests(session: nox.Session, package: str) -> None:
 def lint(session: nox.Session) -> None:
     """Ruff lint over the whole workspace."""
     session.run_install(
-        "uv", "sync", "--locked", "--only-group", "dev",
+        "uv",
+        "sync",
+        "--locked",
+        "--only-group",
+        "dev",
         env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
     )
     session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")

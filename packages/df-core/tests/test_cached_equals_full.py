@@ -58,7 +58,9 @@ def make_weights(stream: Stream, generator: torch.Generator) -> list[dict[str, t
     ]
 
 
-def positions(stream: Stream, frames_L: torch.Tensor, window_start) -> tuple[torch.Tensor, torch.Tensor]:
+def positions(
+    stream: Stream, frames_L: torch.Tensor, window_start
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin for tokens with these frame ids; in-frame coordinates come from the slot index."""
     n = stream.tokens
     j = torch.arange(frames_L.numel()) % n  # sinks are one frame of n tokens, so this holds
@@ -86,7 +88,9 @@ def layer(x_BLD, w, stream: Stream, q_frames, window, base, kv_source):
     cos_q, sin_q = positions(stream, q_frames, base)
     cos_k, sin_k = positions(stream, kv_frames, base)
     mask = block_causal_mask(q_frames, kv_frames, window=window)
-    o = attention(apply_rope(q, cos_q, sin_q), apply_rope(k_all, cos_k, sin_k), v_all, mask, backend="dense")
+    o = attention(
+        apply_rope(q, cos_q, sin_q), apply_rope(k_all, cos_k, sin_k), v_all, mask, backend="dense"
+    )
     x_BLD = x_BLD + o.transpose(1, 2).flatten(2) @ w["out"]
     h = torch.nn.functional.layer_norm(x_BLD, (x_BLD.shape[-1],))
     return x_BLD + torch.nn.functional.gelu(h @ w["up"]) @ w["down"]
@@ -113,6 +117,7 @@ def stream_pass(cache: KVCache, streams, weights, x_by_stream, *, q_frames_C, wi
             frames = q_frames_C.repeat_interleave(s.tokens)
             base = cache.window_start()
         for li, w in enumerate(weights[s.name]):
+
             def kv_source(k, v, s=s, li=li, frames=frames):
                 if sink:
                     cache.write_sink(s.name, li, k, v)
@@ -145,14 +150,25 @@ def test_streaming_equals_full_forward(
     struct = Stream("struct", (slots,), layers[1], heads_[1], 8)
     streams = (video, struct)
     weights = {s.name: make_weights(s, g) for s in streams}
-    tokens = {s.name: torch.randn(batch, (num_frames + 1) * s.tokens, s.width, generator=g) for s in streams}
+    tokens = {
+        s.name: torch.randn(batch, (num_frames + 1) * s.tokens, s.width, generator=g)
+        for s in streams
+    }
 
-    full = {s.name: full_forward(tokens[s.name], weights[s.name], s, num_frames, window) for s in streams}
+    full = {
+        s.name: full_forward(tokens[s.name], weights[s.name], s, num_frames, window)
+        for s in streams
+    }
 
     cache_window = window if window is not None else num_frames
     cache = KVCache(
-        {s.name: StreamSpec(s.layers, s.heads, s.head_dim, s.tokens, sink_tokens=s.tokens) for s in streams},
-        batch=batch, window=cache_window, max_chunk=chunk,
+        {
+            s.name: StreamSpec(s.layers, s.heads, s.head_dim, s.tokens, sink_tokens=s.tokens)
+            for s in streams
+        },
+        batch=batch,
+        window=cache_window,
+        max_chunk=chunk,
     )
     # Step 1: the reference sink, written once.
     sink_in = {s.name: tokens[s.name][:, : s.tokens] for s in streams}
@@ -165,11 +181,14 @@ def test_streaming_equals_full_forward(
         c = min(chunk, num_frames - start)
         for _ in range(noisy_passes):
             q_frames_C = cache.begin_chunk(c)
-            noise = {s.name: torch.randn(batch, c * s.tokens, s.width, generator=g) for s in streams}
+            noise = {
+                s.name: torch.randn(batch, c * s.tokens, s.width, generator=g) for s in streams
+            }
             stream_pass(cache, streams, weights, noise, q_frames_C=q_frames_C, window=window)
         q_frames_C = cache.begin_chunk(c)
         chunk_in = {
-            s.name: tokens[s.name][:, (1 + start) * s.tokens : (1 + start + c) * s.tokens] for s in streams
+            s.name: tokens[s.name][:, (1 + start) * s.tokens : (1 + start + c) * s.tokens]
+            for s in streams
         }
         out = stream_pass(cache, streams, weights, chunk_in, q_frames_C=q_frames_C, window=window)
         cache.commit(c)

@@ -21,9 +21,30 @@ def test_unknown_command_names_its_package(capsys):
 
 def test_bench_attention_runs_and_writes_json(tmp_path, capsys):
     out = tmp_path / "attention.json"
-    argv = ["bench", "attention", "--frames", "3", "--tokens", "4", "--heads", "1", "--head-dim", "8",
-            "--window", "2", "--device", "cpu", "--dtype", "fp32", "--warmup", "0", "--iters", "1",
-            "--json", str(out)]
+    argv = [
+        "bench",
+        "attention",
+        "--frames",
+        "3",
+        "--tokens",
+        "4",
+        "--heads",
+        "1",
+        "--head-dim",
+        "8",
+        "--window",
+        "2",
+        "--device",
+        "cpu",
+        "--dtype",
+        "fp32",
+        "--warmup",
+        "0",
+        "--iters",
+        "1",
+        "--json",
+        str(out),
+    ]
     assert main(argv) == 0
     result = json.loads(out.read_text())
     assert set(result["backends"]) == {"flex", "sdpa_dense_mask"}

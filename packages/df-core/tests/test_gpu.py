@@ -16,7 +16,10 @@ def test_flex_bf16_matches_dense_reference(window):
     g = torch.Generator(device="cuda").manual_seed(0)
     ids = token_frames(8, 256, sink_tokens=256, device="cuda")
     mask = block_causal_mask(ids, window=window)
-    q, k, v = (torch.randn(1, 4, ids.numel(), 64, generator=g, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    q, k, v = (
+        torch.randn(1, 4, ids.numel(), 64, generator=g, device="cuda", dtype=torch.bfloat16)
+        for _ in range(3)
+    )
     reference = attention(q, k, v, mask, backend="math").float()
     flex = attention(q, k, v, mask, backend="flex").float()
     dense = attention(q, k, v, mask, backend="dense").float()
@@ -45,6 +48,8 @@ def test_streaming_pass_compiles_with_inductor_on_cuda():
     with torch._dynamo.config.patch(error_on_recompile=True):
         for _ in range(6):
             x = torch.randn(1, 2, 16, 64, generator=g, device="cuda", dtype=torch.bfloat16)
-            torch.testing.assert_close(compiled(compiled_cache, x), _pass(eager, x), rtol=2e-2, atol=2e-2)
+            torch.testing.assert_close(
+                compiled(compiled_cache, x), _pass(eager, x), rtol=2e-2, atol=2e-2
+            )
             compiled_cache.commit(1)
             eager.commit(1)

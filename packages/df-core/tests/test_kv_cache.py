@@ -14,7 +14,10 @@ from df_core import (
     block_causal_mask,
 )
 
-SPECS = {"video": StreamSpec(2, 2, 4, 3, sink_tokens=3), "struct": StreamSpec(1, 1, 2, 2, sink_tokens=1)}
+SPECS = {
+    "video": StreamSpec(2, 2, 4, 3, sink_tokens=3),
+    "struct": StreamSpec(1, 1, 2, 2, sink_tokens=1),
+}
 
 
 def fill(cache: KVCache, chunk: int, value: float) -> torch.Tensor:
@@ -104,7 +107,12 @@ def test_reset_forgets_everything():
         (lambda: StreamSpec(0, 1, 4, 1), "num_layers"),
         (lambda: KVCache(SPECS, batch=1, window=2).begin_chunk(2), "max_chunk"),
         (lambda: KVCache(SPECS, batch=1, window=2).view("audio", 0), "stream"),
-        (lambda: KVCache(SPECS, batch=1, window=2).write("video", 0, torch.zeros(1), torch.zeros(1)), "begin_chunk"),
+        (
+            lambda: KVCache(SPECS, batch=1, window=2).write(
+                "video", 0, torch.zeros(1), torch.zeros(1)
+            ),
+            "begin_chunk",
+        ),
         (lambda: KVCache(SPECS, batch=1, window=2).commit(1), "chunk length"),
     ],
 )

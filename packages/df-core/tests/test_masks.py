@@ -27,9 +27,9 @@ def reference_causal(q_frames: list[int], kv_frames: list[int], window: int | No
         for j, kf in enumerate(kv_frames):
             if kf == EMPTY_FRAME:
                 continue
-            if kf == SINK_FRAME:
-                out[i, j] = True
-            elif qf != SINK_FRAME and kf <= qf and (window is None or qf - kf < window):
+            if kf == SINK_FRAME or (
+                qf != SINK_FRAME and kf <= qf and (window is None or qf - kf < window)
+            ):
                 out[i, j] = True
     return out
 
@@ -61,7 +61,9 @@ def test_chunk_against_cache_layout_equals_reference(layout, chunk, empty):
     frames, n, sink, window = layout
     g = torch.Generator().manual_seed(frames * 31 + n)
     past = token_frames(frames, n)
-    slots = torch.cat([torch.full((sink,), SINK_FRAME), past, torch.full((empty * n,), EMPTY_FRAME)])
+    slots = torch.cat(
+        [torch.full((sink,), SINK_FRAME), past, torch.full((empty * n,), EMPTY_FRAME)]
+    )
     slots = slots[torch.randperm(slots.numel(), generator=g)]
     q = token_frames(chunk, n, first_frame=frames)
     kv = torch.cat([slots, q])

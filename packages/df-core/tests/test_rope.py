@@ -50,7 +50,9 @@ def test_logits_depend_only_on_differences(offset, shift, seed):
 
 def test_rotation_preserves_norm():
     x = torch.randn(3, 5, 8, dtype=torch.float64)
-    cos, sin = rope_cos_sin([torch.arange(5.0), torch.arange(5.0)], split_head_dim(8, 2), dtype=torch.float64)
+    cos, sin = rope_cos_sin(
+        [torch.arange(5.0), torch.arange(5.0)], split_head_dim(8, 2), dtype=torch.float64
+    )
     torch.testing.assert_close(apply_rope(x, cos, sin).norm(dim=-1), x.norm(dim=-1))
 
 
@@ -59,19 +61,25 @@ def test_sink_logits_do_not_depend_on_the_query_frame():
     dims = split_head_dim(12, 3)
     q, k = torch.randn(2, 12, generator=g, dtype=torch.float64)
     sink_cos, sink_sin = rope_cos_sin(
-        [torch.tensor([0]), torch.tensor([1]), torch.tensor([2])], dims,
-        timeless=torch.tensor([True]), dtype=torch.float64,
+        [torch.tensor([0]), torch.tensor([1]), torch.tensor([2])],
+        dims,
+        timeless=torch.tensor([True]),
+        dtype=torch.float64,
     )
     k_sink = apply_rope(k[None], sink_cos, sink_sin)
     logits = []
     for t in (0, 1, 17, 100_000):
-        cos, sin = rope_cos_sin([torch.tensor([t]), torch.tensor([1]), torch.tensor([2])], dims, dtype=torch.float64)
+        cos, sin = rope_cos_sin(
+            [torch.tensor([t]), torch.tensor([1]), torch.tensor([2])], dims, dtype=torch.float64
+        )
         logits.append((apply_rope(q[None], cos, sin) @ k_sink.T).item())
     assert max(logits) - min(logits) < 1e-12
     # Its spatial channels still carry position.
     moved, _ = rope_cos_sin(
-        [torch.tensor([0]), torch.tensor([3]), torch.tensor([2])], dims,
-        timeless=torch.tensor([True]), dtype=torch.float64,
+        [torch.tensor([0]), torch.tensor([3]), torch.tensor([2])],
+        dims,
+        timeless=torch.tensor([True]),
+        dtype=torch.float64,
     )
     assert not torch.equal(moved, sink_cos)
 

@@ -40,7 +40,7 @@ def _compiled_flex():
 def xformers_available() -> bool:
     """Whether xformers imports and runs a tiny attention on this machine."""
     try:
-        import xformers.ops as xops  # noqa: PLC0415 - optional backend
+        import xformers.ops as xops
 
         q = torch.zeros(1, 8, 1, 8, device="cuda" if torch.cuda.is_available() else "cpu")
         xops.memory_efficient_attention(q, q, q)
@@ -110,11 +110,13 @@ def attention(
 def _xformers(q, k, v, dense: torch.Tensor | None, scale: float) -> torch.Tensor:
     if not xformers_available():
         raise ValueError("backend='xformers' needs a working xformers install; use 'auto' instead")
-    import xformers.ops as xops  # noqa: PLC0415 - optional backend
+    import xformers.ops as xops
 
     bias = None
     if dense is not None:
-        bias = torch.zeros(dense.shape, dtype=q.dtype, device=q.device).masked_fill(~dense, float("-inf"))
+        bias = torch.zeros(dense.shape, dtype=q.dtype, device=q.device).masked_fill(
+            ~dense, float("-inf")
+        )
         bias = bias.expand(q.shape[0], q.shape[1], *dense.shape)
     # xformers takes [B, L, Hd, Dh].
     out = xops.memory_efficient_attention(

@@ -19,6 +19,8 @@ def main(argv: list[str]) -> int:
         print(f"usage: dualforce bench <target> [options]\n\ntargets:\n{listing}")
         return 0 if argv else 2
     if argv[0] not in targets:
-        print(f"dualforce bench: unknown target '{argv[0]}'; available:\n{listing}", file=sys.stderr)
+        print(
+            f"dualforce bench: unknown target '{argv[0]}'; available:\n{listing}", file=sys.stderr
+        )
         return 2
     return int(targets[argv[0]].load()(argv[1:]) or 0)

@@ -25,13 +25,17 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="dualforce bench attention", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="dualforce bench attention", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--frames", type=int, default=16, help="T, frames after the sink")
     p.add_argument("--tokens", type=int, default=1024, help="N, tokens per frame")
     p.add_argument("--heads", type=int, default=12, help="Hd")
     p.add_argument("--head-dim", type=int, default=128, help="Dh")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--window", type=int, default=None, help="sliding window in frames (default: none)")
+    p.add_argument(
+        "--window", type=int, default=None, help="sliding window in frames (default: none)"
+    )
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     p.add_argument("--device", default="cuda")
     p.add_argument("--warmup", type=int, default=5)
@@ -79,8 +83,12 @@ def run(args: argparse.Namespace) -> dict:
     block_mask = mask.block_mask(compile=device.type == "cuda")
     # The float32 reference materialises [Lq, Lkv] logits, so it runs one head at a time.
     reference = torch.cat(
-        [attention(q[:, h : h + 1], k[:, h : h + 1], v[:, h : h + 1], mask, backend="math").float()
-         for h in range(args.heads)],
+        [
+            attention(
+                q[:, h : h + 1], k[:, h : h + 1], v[:, h : h + 1], mask, backend="math"
+            ).float()
+            for h in range(args.heads)
+        ],
         dim=1,
     )
     flex = attention(q, k, v, mask, backend="flex", block_mask=block_mask)
@@ -92,9 +100,16 @@ def run(args: argparse.Namespace) -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "dtype": args.dtype,
-        "layout": {"frames": args.frames, "tokens_per_frame": args.tokens, "sink_tokens": args.tokens,
-                   "sequence": L, "heads": args.heads, "head_dim": args.head_dim,
-                   "batch": args.batch, "window": args.window},
+        "layout": {
+            "frames": args.frames,
+            "tokens_per_frame": args.tokens,
+            "sink_tokens": args.tokens,
+            "sequence": L,
+            "heads": args.heads,
+            "head_dim": args.head_dim,
+            "batch": args.batch,
+            "window": args.window,
+        },
         "mask_density": allowed / (L * L),
         "backends": {},
     }
@@ -117,13 +132,17 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     results = run(args)
     lay = results["layout"]
-    print(f"block-causal attention on {results['device']} ({results['dtype']}, torch {results['torch']}): "
-          f"{lay['frames']} frames x {lay['tokens_per_frame']} tokens + sink = {lay['sequence']} tokens, "
-          f"{lay['heads']} heads x {lay['head_dim']}, window {lay['window']}, "
-          f"mask density {results['mask_density']:.3f}")
+    print(
+        f"block-causal attention on {results['device']} ({results['dtype']}, torch {results['torch']}): "
+        f"{lay['frames']} frames x {lay['tokens_per_frame']} tokens + sink = {lay['sequence']} tokens, "
+        f"{lay['heads']} heads x {lay['head_dim']}, window {lay['window']}, "
+        f"mask density {results['mask_density']:.3f}"
+    )
     print(f"{'backend':<18}{'ms':>10}{'useful TFLOP/s':>16}{'max |err| vs fp32':>20}")
     for name, r in results["backends"].items():
-        print(f"{name:<18}{r['ms']:>10.3f}{r['useful_tflops']:>16.1f}{r['max_abs_error_vs_fp32']:>20.2e}")
+        print(
+            f"{name:<18}{r['ms']:>10.3f}{r['useful_tflops']:>16.1f}{r['max_abs_error_vs_fp32']:>20.2e}"
+        )
     print(f"FlexAttention speed-up over dense-mask SDPA: {results['flex_speedup']:.2f}x")
     if args.json is not None:
         tmp = args.json.with_suffix(args.json.suffix + ".tmp")

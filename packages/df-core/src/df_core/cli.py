@@ -40,7 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         hint = ""
         if name in PROVIDERS:
             hint = f" (it is provided by the package {PROVIDERS[name]}, which is not installed)"
-        print(f"dualforce: unknown command '{name}'{hint}\n\n{_usage(sorted(commands))}", file=sys.stderr)
+        print(
+            f"dualforce: unknown command '{name}'{hint}\n\n{_usage(sorted(commands))}",
+            file=sys.stderr,
+        )
         return 2
     return int(commands[name].load()(rest) or 0)
 

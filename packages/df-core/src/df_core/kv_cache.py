@@ -85,10 +85,18 @@ class KVCache:
         self.kv_frames: dict[str, torch.Tensor] = {}
         self._in_frame: dict[str, torch.Tensor] = {}
         for name, s in self.streams.items():
-            shape = (s.num_layers, batch, s.heads, s.sink_tokens + self.slots * s.tokens_per_frame, s.head_dim)
+            shape = (
+                s.num_layers,
+                batch,
+                s.heads,
+                s.sink_tokens + self.slots * s.tokens_per_frame,
+                s.head_dim,
+            )
             self.k[name] = torch.zeros(shape, device=device, dtype=dtype)
             self.v[name] = torch.zeros(shape, device=device, dtype=dtype)
-            self.kv_frames[name] = torch.full((shape[3],), EMPTY_FRAME, dtype=torch.long, device=device)
+            self.kv_frames[name] = torch.full(
+                (shape[3],), EMPTY_FRAME, dtype=torch.long, device=device
+            )
             self._in_frame[name] = torch.arange(s.tokens_per_frame, device=device)
         self._ptr = torch.zeros((), dtype=torch.long, device=device)  # next ring slot
         self._next_frame = torch.zeros((), dtype=torch.long, device=device)  # next frame id
@@ -126,14 +134,20 @@ class KVCache:
         """
         positive_int("num_frames", num_frames)
         if num_frames > self.max_chunk:
-            raise ValueError(f"num_frames must be at most max_chunk={self.max_chunk}, got {num_frames}")
+            raise ValueError(
+                f"num_frames must be at most max_chunk={self.max_chunk}, got {num_frames}"
+            )
         offsets = torch.arange(num_frames, device=self._ptr.device)
         slots_C = (self._ptr + offsets) % self.slots
         q_frames_C = self._next_frame + offsets
         self._chunk_slots[:num_frames] = slots_C
         self._chunk_len = num_frames
         for name, s in self.streams.items():
-            self.kv_frames[name].index_copy_(0, self._token_slots(name, slots_C), q_frames_C.repeat_interleave(s.tokens_per_frame))
+            self.kv_frames[name].index_copy_(
+                0,
+                self._token_slots(name, slots_C),
+                q_frames_C.repeat_interleave(s.tokens_per_frame),
+            )
         return q_frames_C
 
     def write(self, stream: str, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -165,7 +179,9 @@ class KVCache:
         """
         non_negative_int("num_frames", num_frames)
         if num_frames > self._chunk_len:
-            raise ValueError(f"num_frames must be at most the chunk length {self._chunk_len}, got {num_frames}")
+            raise ValueError(
+                f"num_frames must be at most the chunk length {self._chunk_len}, got {num_frames}"
+            )
         self._ptr.add_(num_frames).remainder_(self.slots)
         self._next_frame.add_(num_frames)
         self.frames_committed += num_frames
@@ -200,7 +216,9 @@ class KVCache:
 
     def _token_slots(self, stream: str, slots_C: torch.Tensor) -> torch.Tensor:
         s = self.streams[stream]
-        return (s.sink_tokens + slots_C[:, None] * s.tokens_per_frame + self._in_frame[stream][None, :]).flatten()
+        return (
+            s.sink_tokens + slots_C[:, None] * s.tokens_per_frame + self._in_frame[stream][None, :]
+        ).flatten()
 
     @staticmethod
     def _check_kv(what: str, k: torch.Tensor, v: torch.Tensor, expected: tuple[int, ...]) -> None:

@@ -157,8 +157,14 @@ class FrameMask:
         """The FlexAttention ``BlockMask`` (block-sparse form; fully masked blocks are skipped)."""
         q_len, kv_len = self.shape
         return create_block_mask(
-            self.mask_mod, None, None, q_len, kv_len,
-            device=self.q_frames.device, BLOCK_SIZE=block_size, _compile=compile,
+            self.mask_mod,
+            None,
+            None,
+            q_len,
+            kv_len,
+            device=self.q_frames.device,
+            BLOCK_SIZE=block_size,
+            _compile=compile,
         )
 
 
@@ -198,7 +204,9 @@ def same_frame_mask(
     q_frames: torch.Tensor, kv_frames: torch.Tensor, *, name: str = "same_frame"
 ) -> FrameMask:
     """Queries of frame ``t`` attend only to keys of frame ``t`` (bridge, audio cross-attention)."""
-    return FrameMask(name, _check_ids("q_frames", q_frames), _check_ids("kv_frames", kv_frames), "same_frame")
+    return FrameMask(
+        name, _check_ids("q_frames", q_frames), _check_ids("kv_frames", kv_frames), "same_frame"
+    )
 
 
 def bridge_mask(

@@ -140,7 +140,9 @@ def sample_frame_sigmas(
     # Step 2: the tail above sigma_max, per frame.
     if tail_prob > 0.0:
         in_tail = torch.rand((B, T), generator=generator, device=device) < tail_prob
-        tail = sigma_max + (1.0 - sigma_max) * torch.rand((B, T), generator=generator, device=device)
+        tail = sigma_max + (1.0 - sigma_max) * torch.rand(
+            (B, T), generator=generator, device=device
+        )
         sigma_BT = torch.where(in_tail, tail, sigma_BT)
 
     # Step 3: the clean-context prefix.
@@ -176,8 +178,14 @@ def sample_dual_sigmas(
     non_negative_int("frames", frames)
     prefix_B = clean_prefix_lengths(batch, frames, generator=generator, prob=clean_prefix_prob)
     common = dict(
-        generator=generator, distribution=distribution, loc=loc, scale=scale, shift=shift,
-        temporal=temporal, prefix_B=prefix_B, sigma_ctx=sigma_ctx,
+        generator=generator,
+        distribution=distribution,
+        loc=loc,
+        scale=scale,
+        shift=shift,
+        temporal=temporal,
+        prefix_B=prefix_B,
+        sigma_ctx=sigma_ctx,
     )
     sigma_v_BT = sample_frame_sigmas(batch, frames, sigma_max=1.0, **common)
     sigma_s_BT = sample_frame_sigmas(

@@ -51,7 +51,9 @@ def axis_angles(positions: torch.Tensor, dim: int, theta: float = 10000.0) -> to
     positive_float("theta", theta)
     if dim % 2:
         raise ValueError(f"dim must be even, got {dim}")
-    inv_freq = theta ** (-torch.arange(0, dim, 2, dtype=torch.float64, device=positions.device) / dim)
+    inv_freq = theta ** (
+        -torch.arange(0, dim, 2, dtype=torch.float64, device=positions.device) / dim
+    )
     return positions.to(torch.float64)[:, None] * inv_freq[None, :]
 
 
@@ -76,7 +78,9 @@ def rope_cos_sin(
     """
     if len(positions) != len(dims):
         raise ValueError(f"got {len(positions)} position axes but {len(dims)} dims")
-    angles = torch.cat([axis_angles(p, d, theta) for p, d in zip(positions, dims, strict=True)], dim=1)
+    angles = torch.cat(
+        [axis_angles(p, d, theta) for p, d in zip(positions, dims, strict=True)], dim=1
+    )
     cos, sin = angles.cos(), angles.sin()
     if timeless is not None:
         keep = torch.ones_like(cos)
@@ -133,9 +137,13 @@ def grid_positions(
     return frames, idx // width, idx % width
 
 
-def slot_positions(frames: torch.Tensor, tokens_per_frame: int) -> tuple[torch.Tensor, torch.Tensor]:
+def slot_positions(
+    frames: torch.Tensor, tokens_per_frame: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(t, slot) positions of structure tokens laid out frame-major."""
     positive_int("tokens_per_frame", tokens_per_frame)
     if frames.numel() % tokens_per_frame:
-        raise ValueError(f"frames has {frames.numel()} tokens, not a multiple of {tokens_per_frame}")
+        raise ValueError(
+            f"frames has {frames.numel()} tokens, not a multiple of {tokens_per_frame}"
+        )
     return frames, torch.arange(frames.numel(), device=frames.device) % tokens_per_frame

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from df_core._checks import non_negative_int, positive_int
+from df_core._checks import non_negative_int, positive_int, unit_tensor
 
 
 def scheduling_steps(
@@ -83,7 +83,10 @@ def scheduling_matrix(
         ``sigma_IT``: ``[I + 1, T]`` in the dtype and device of ``sigmas_K1``.
     """
     if sigmas_K1.dim() != 1 or sigmas_K1.numel() < 2:
-        raise ValueError(f"sigmas_K1 must be 1-D with at least 2 levels, got {tuple(sigmas_K1.shape)}")
+        raise ValueError(
+            f"sigmas_K1 must be 1-D with at least 2 levels, got {tuple(sigmas_K1.shape)}"
+        )
+    unit_tensor("sigmas_K1", sigmas_K1)
     steps = scheduling_steps(
         num_frames,
         sigmas_K1.numel() - 1,

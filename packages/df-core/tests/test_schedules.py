@@ -19,24 +19,18 @@ starts = st.floats(1e-3, 1.0)
 shifts = st.floats(0.1, 10.0)
 
 
+def close(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float = 0.0) -> bool:
+    """``torch.allclose`` with explicit tolerances (cheaper than ``assert_close`` in
+    property tests that run hundreds of examples)."""
+    return a.shape == b.shape and torch.allclose(a, b, atol=atol, rtol=rtol)
+
+
 def f32(value: float) -> float:
     """``value`` as float32 stores it, so exact comparisons with float32 schedules are fair."""
     return torch.tensor(value, dtype=torch.float32).item()
 
 
 # --- shift_sigma / unshift_sigma -------------------------------------------------------------
-
-
-@given(
-    sigma=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=16),
-    shift=st.floats(0.05, 20.0),
-)
-def test_shift_unshift_round_trip(sigma: list[float], shift: float) -> None:
-    s = torch.tensor(sigma, dtype=torch.float64)
-    torch.testing.assert_close(unshift_sigma(shift_sigma(s, shift), shift), s, atol=1e-12, rtol=0)
-    torch.testing.assert_close(shift_sigma(unshift_sigma(s, shift), shift), s, atol=1e-12, rtol=0)
-    # The inverse of the shift by a is the shift by 1 / a.
-    torch.testing.assert_close(unshift_sigma(s, shift), shift_sigma(s, 1.0 / shift))
 
 
 @pytest.mark.parametrize("shift", [0.05, 0.5, 1.0, 3.0, 20.0])
@@ -72,7 +66,15 @@ def test_shift_functions_reject_non_positive_shift(fn, shift: float) -> None:
 
 
 @given(num_steps=steps, sigma_start=starts, shift=shifts)
-def test_flow_sigmas_invariants(num_steps: int, sigma_start: float, shift: float) -> None:
+def test_flow_sigmas_invariants_and_shift_round_trip(
+    num_steps: int, sigma_start: float, shift: float
+) -> None:
+    # Step 0: unshift inverts shift on a dense grid of [0, 1], and is the shift by 1 / a.
+    grid = torch.linspace(0.0, 1.0, 257, dtype=torch.float64)
+    assert close(unshift_sigma(shift_sigma(grid, shift), shift), grid, atol=1e-12)
+    assert close(shift_sigma(unshift_sigma(grid, shift), shift), grid, atol=1e-12)
+    assert close(unshift_sigma(grid, shift), shift_sigma(grid, 1.0 / shift), atol=1e-12)
+
     # Step 1: the default float32 schedule: shape, exact endpoints, strictly decreasing.
     sigmas = flow_sigmas(num_steps, sigma_start=sigma_start, shift=shift)
     assert sigmas.shape == (num_steps + 1,)
@@ -91,13 +93,13 @@ def test_flow_sigmas_invariants(num_steps: int, sigma_start: float, shift: float
     # is the tail of the full shifted curve.
     u = unshift_sigma(sigmas64, shift)
     expected_u = torch.linspace(u[0].item(), 0.0, num_steps + 1, dtype=torch.float64)
-    torch.testing.assert_close(u, expected_u, atol=1e-12, rtol=1e-9)
+    assert close(u, expected_u, atol=1e-12, rtol=1e-9)
 
     # Step 4: shift 1 is the identity (a linspace), and a > 1 puts every interior level higher,
     # a < 1 lower.
     plain = flow_sigmas(num_steps, sigma_start=sigma_start, dtype=torch.float64)
     linspace = torch.linspace(sigma_start, 0.0, num_steps + 1, dtype=torch.float64)
-    torch.testing.assert_close(plain, linspace, atol=1e-12, rtol=0)
+    assert close(plain, linspace, atol=1e-12)
     if shift > 1.0 + 1e-6:
         assert bool((sigmas64[1:-1] > plain[1:-1]).all())
     elif shift < 1.0 - 1e-6:
@@ -159,11 +161,9 @@ def test_struct_sigmas_defaults_start_at_point_seven() -> None:
     assert torch.equal(sigmas, flow_sigmas(8, sigma_start=0.7))
 
 
-@given(data=st.data(), num_steps=st.integers(1, 32), sigma_start=starts, shift=shifts)
-def test_struct_sigmas_finish_step(
-    data: st.DataObject, num_steps: int, sigma_start: float, shift: float
-) -> None:
-    k = data.draw(st.integers(1, num_steps), label="finish_step")
+@given(k=st.integers(1, 16), extra=st.integers(0, 16), sigma_start=starts, shift=shifts)
+def test_struct_sigmas_finish_step(k: int, extra: int, sigma_start: float, shift: float) -> None:
+    num_steps = k + extra
     sigmas = struct_sigmas(num_steps, sigma_start=sigma_start, shift=shift, finish_step=k)
     assert sigmas.shape == (num_steps + 1,)
     assert sigmas[0].item() == f32(sigma_start)
@@ -172,7 +172,7 @@ def test_struct_sigmas_finish_step(
     assert bool((sigmas.diff() <= 0).all())
     # The head is the full k-step schedule from the same start.
     head = flow_sigmas(k, sigma_start=sigma_start, shift=shift)
-    torch.testing.assert_close(sigmas[: k + 1], head)
+    assert close(sigmas[: k + 1], head, atol=1e-6)
     # No finish_step means finishing at the last step.
     default = struct_sigmas(num_steps, sigma_start=sigma_start, shift=shift)
     explicit = struct_sigmas(num_steps, sigma_start=sigma_start, shift=shift, finish_step=num_steps)

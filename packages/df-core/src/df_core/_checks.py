@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -25,8 +27,9 @@ def unit_float(name: str, value: float) -> float:
 
 
 def positive_float(name: str, value: float) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0.0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    bad_type = not isinstance(value, int | float) or isinstance(value, bool)
+    if bad_type or not math.isfinite(value) or not value > 0.0:
+        raise ValueError(f"{name} must be a finite positive number, got {value!r}")
     return float(value)
 
 

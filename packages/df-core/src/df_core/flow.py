@@ -59,8 +59,9 @@ def euler_step(
 
     Frames whose level does not change (``sigma_next == sigma``) are left exactly as they are.
     """
+    dt = expand_sigma(sigma_next_BT, x) - expand_sigma(sigma_BT, x)
     v = model_fn(x, sigma_BT)
-    return x + expand_sigma(sigma_next_BT - sigma_BT, x) * v
+    return x + dt * v
 
 
 def heun_step(
@@ -71,8 +72,8 @@ def heun_step(
     Frames that step to sigma 0 take the Euler update, as in EDM, chosen with ``torch.where``
     so there is no host sync.
     """
+    dt = expand_sigma(sigma_next_BT, x) - expand_sigma(sigma_BT, x)
     v1 = model_fn(x, sigma_BT)
-    dt = expand_sigma(sigma_next_BT - sigma_BT, x)
     x_euler = x + dt * v1
     v2 = model_fn(x_euler, sigma_next_BT)
     x_heun = x + dt * 0.5 * (v1 + v2)
@@ -84,7 +85,10 @@ def frame_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error per frame: ``[B, T, ...]`` -> ``[B, T]`` (mean over tokens/channels)."""
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
-    return (pred.float() - target.float()).pow(2).flatten(2).mean(dim=2)
+    if pred.dim() < 2:
+        raise ValueError(f"pred must be [B, T, ...], got {tuple(pred.shape)}")
+    err = (pred.float() - target.float()).pow(2)
+    return err if err.dim() == 2 else err.flatten(2).mean(dim=2)
 
 
 def reduce_frame_loss(
@@ -101,15 +105,20 @@ def reduce_frame_loss(
             contribute. If no frame counts the result is 0, not NaN.
 
     Returns:
-        A scalar: ``sum(w * loss) / sum(w)`` over valid frames.
+        A scalar, at least float32: ``sum(w * loss) / sum(w)`` over valid frames.
     """
-    w = torch.ones_like(loss_BT) if weight_BT is None else weight_BT.to(loss_BT.dtype)
-    if w.shape != loss_BT.shape:
-        raise ValueError(f"weight_BT {tuple(w.shape)} must match loss_BT {tuple(loss_BT.shape)}")
+    dtype = torch.promote_types(loss_BT.dtype, torch.float32)  # float16 sums lose small weights
+    loss = loss_BT.to(dtype)
+    w = torch.ones_like(loss) if weight_BT is None else weight_BT.to(dtype)
+    if w.shape != loss.shape:
+        raise ValueError(f"weight_BT {tuple(w.shape)} must match loss_BT {tuple(loss.shape)}")
     if valid_BT is not None:
-        if valid_BT.shape != loss_BT.shape:
+        if valid_BT.shape != loss.shape:
             raise ValueError(
-                f"valid_BT {tuple(valid_BT.shape)} must match loss_BT {tuple(loss_BT.shape)}"
+                f"valid_BT {tuple(valid_BT.shape)} must match loss_BT {tuple(loss.shape)}"
             )
-        w = w * valid_BT.to(loss_BT.dtype)
-    return (w * loss_BT).sum() / w.sum().clamp_min(torch.finfo(loss_BT.dtype).tiny)
+        # Select rather than multiply: an excluded frame's inf weight or NaN loss must not leak.
+        w = torch.where(valid_BT, w, torch.zeros_like(w))
+        loss = torch.where(valid_BT, loss, torch.zeros_like(loss))
+    total = w.sum()
+    return (w * loss).sum() / torch.where(total > 0, total, torch.ones_like(total))

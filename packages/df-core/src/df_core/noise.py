@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from df_core._checks import non_negative_int, one_of, positive_float, positive_int, unit_float
+from df_core._checks import one_of, positive_float, positive_int, unit_float
 from df_core.schedules import shift_sigma
 
 DISTRIBUTIONS = ("uniform", "logit_normal")
@@ -97,10 +97,11 @@ def sample_frame_sigmas(
         sigma_max: upper bound of the main range; levels are scaled into [0, sigma_max].
         tail_prob: per frame, the probability of drawing from [sigma_max, 1] instead
             (uniform), so the model also sees the levels above its usual range.
-        temporal: ``independent`` (Diffusion Forcing), ``sorted`` (each clip's levels sorted
-            ascending in time) or ``pyramid`` (``clamp(base + slope * (t - pivot), 0,
-            sigma_max)`` with a random pivot frame per clip).
-        pyramid_slope: level change per frame for ``pyramid``.
+        temporal: ``independent`` (Diffusion Forcing), ``sorted`` (each clip's levels, tail
+            included, sorted ascending in time) or ``pyramid`` (``range * clamp(base + slope *
+            (t - pivot), 0, 1)`` with a random pivot frame per clip; the range is sigma_max, or
+            1 for a whole clip drawn in the tail).
+        pyramid_slope: change per frame of the unscaled ramp for ``pyramid``.
         prefix_B: ``[B]`` int, number of leading clean-context frames per clip (see
             :func:`clean_prefix_lengths`); share one draw between modalities.
         sigma_ctx: context frames get a level uniform in [0, sigma_ctx] instead of exactly 0
@@ -120,7 +121,8 @@ def sample_frame_sigmas(
     device = generator.device
     B, T = batch, frames
 
-    # Step 1: the main range, [0, sigma_max].
+    # Step 1: the main range, [0, sigma_max], and (per frame, or per clip for the pyramid,
+    # whose ramp must stay a ramp) the tail above it.
     if temporal == "pyramid":
         base_B = sample_base_sigmas(
             (B,), generator=generator, distribution=distribution, loc=loc, scale=scale
@@ -128,22 +130,21 @@ def sample_frame_sigmas(
         pivot_B = torch.randint(0, T, (B,), generator=generator, device=device)
         t_T = torch.arange(T, device=device)
         ramp_BT = base_B[:, None] + pyramid_slope * (t_T[None, :] - pivot_B[:, None])
-        sigma_BT = shift_sigma(ramp_BT.clamp(0.0, 1.0), shift) * sigma_max
+        in_tail_B = torch.rand((B,), generator=generator, device=device) < tail_prob
+        range_B = torch.where(in_tail_B, 1.0, sigma_max)
+        sigma_BT = shift_sigma(ramp_BT.clamp(0.0, 1.0), shift) * range_B[:, None]
     else:
         u_BT = sample_base_sigmas(
             (B, T), generator=generator, distribution=distribution, loc=loc, scale=scale
         )
         sigma_BT = shift_sigma(u_BT, shift) * sigma_max
+        # Step 2: the tail above sigma_max, per frame.
+        if tail_prob > 0.0:
+            in_tail = torch.rand((B, T), generator=generator, device=device) < tail_prob
+            u_tail = torch.rand((B, T), generator=generator, device=device)
+            sigma_BT = torch.where(in_tail, sigma_max + (1.0 - sigma_max) * u_tail, sigma_BT)
         if temporal == "sorted":
             sigma_BT = sigma_BT.sort(dim=1).values
-
-    # Step 2: the tail above sigma_max, per frame.
-    if tail_prob > 0.0:
-        in_tail = torch.rand((B, T), generator=generator, device=device) < tail_prob
-        tail = sigma_max + (1.0 - sigma_max) * torch.rand(
-            (B, T), generator=generator, device=device
-        )
-        sigma_BT = torch.where(in_tail, tail, sigma_BT)
 
     # Step 3: the clean-context prefix.
     if prefix_B is not None:
@@ -175,7 +176,9 @@ def sample_dual_sigmas(
     Returns:
         ``(sigma_v_BT, sigma_s_BT)``, each float32 ``[B, T]``.
     """
-    non_negative_int("frames", frames)
+    unit_float("sigma_s_max", sigma_s_max)
+    unit_float("struct_tail_prob", struct_tail_prob)
+    unit_float("clean_prefix_prob", clean_prefix_prob)
     prefix_B = clean_prefix_lengths(batch, frames, generator=generator, prob=clean_prefix_prob)
     common = dict(
         generator=generator,

@@ -102,8 +102,8 @@ def active_frames(steps_IT: torch.Tensor, iteration: int) -> torch.Tensor:
     return steps_IT[iteration + 1] > steps_IT[iteration]
 
 
-def finished_frames(steps_IT: torch.Tensor, iteration: int) -> torch.Tensor:
-    """Bool ``[T]``: the frames that become clean at iteration ``iteration`` (their clean pass
-    then writes them to the KV cache)."""
-    num_steps = int(steps_IT.max())
+def finished_frames(steps_IT: torch.Tensor, iteration: int, num_steps: int) -> torch.Tensor:
+    """Bool ``[T]``: the frames that become clean (reach step ``num_steps``) at iteration
+    ``iteration``; their clean pass then writes them to the KV cache."""
+    positive_int("num_steps", num_steps)
     return (steps_IT[iteration + 1] == num_steps) & (steps_IT[iteration] < num_steps)

@@ -1,0 +1,57 @@
+"""Helpers for tests of DualForce models here and downstream (df-train, df-infer): random
+weights for every parameter and random inputs of the right shapes for a config."""
+
+from __future__ import annotations
+
+import torch
+
+from df_models.config import DualForceConfig
+from df_models.dit import DualForceDiT
+
+
+def randomize(model: torch.nn.Module, seed: int, std: float = 0.3) -> torch.nn.Module:
+    """Random values for every parameter, zero-initialised gates and heads included, so that
+    tests exercise every path (a freshly initialised model outputs exactly zero)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model
+
+
+def random_inputs(
+    config: DualForceConfig, batch: int, frames: int, seed: int
+) -> dict[str, torch.Tensor]:
+    """Random inputs for :meth:`DualForceDiT.forward` (keyword names as its arguments)."""
+    g = torch.Generator().manual_seed(seed)
+    c = config
+    audio_shape = (
+        (batch, frames, c.audio_window)
+        + ((c.audio_layers,) if c.audio_layers > 1 else ())
+        + (c.audio_dim,)
+    )
+    inputs = {
+        "z_BTCHW": torch.randn(
+            batch, frames, c.latent_channels, c.latent_height, c.latent_width, generator=g
+        ),
+        "s_BTDs": torch.randn(batch, frames, c.struct_raw_dim, generator=g)
+        if c.struct_enabled
+        else None,
+        "sigma_v_BT": torch.rand(batch, frames, generator=g),
+        "sigma_s_BT": torch.rand(batch, frames, generator=g) * 0.7 if c.struct_enabled else None,
+        "audio_BTLDa": torch.randn(audio_shape, generator=g),
+        "ref_latent_BCHW": torch.randn(
+            batch, c.latent_channels, c.latent_height, c.latent_width, generator=g
+        ),
+        "ref_feats_BRD": torch.randn(batch, 3, c.ref_feature_dim, generator=g)
+        if c.ref_tokens_enabled
+        else None,
+    }
+    return inputs
+
+
+def random_model(config: DualForceConfig, seed: int = 0) -> DualForceDiT:
+    """A model with every parameter random (see :func:`randomize`), in eval mode."""
+    model = DualForceDiT(config)
+    model.init_weights()
+    return randomize(model, seed).eval()

@@ -1,0 +1,210 @@
+"""Presets, initialisation, save/load and input validation of the DualForce DiT."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from df_models import (
+    DualForceDiT,
+    base,
+    gather_audio_windows,
+    synthtalk_small,
+    tiny,
+)
+from df_models.testing import random_inputs, random_model
+
+
+@pytest.mark.parametrize(
+    ("preset", "low", "high"),
+    [(tiny, 1e3, 5e4), (synthtalk_small, 1e6, 1e7), (base, 1.05e9, 1.5e9)],
+)
+def test_presets_build_on_meta_with_parameter_counts_in_range(preset, low, high):
+    with torch.device("meta"):
+        model = DualForceDiT(preset())
+    count = sum(p.numel() for p in model.parameters())
+    assert low <= count <= high, f"{preset.__name__}: {count:,} parameters"
+    assert all(p.device.type == "meta" for p in model.parameters())
+
+
+@pytest.mark.parametrize("preset", [tiny, synthtalk_small, base])
+def test_forward_shapes_on_meta(preset):
+    config = preset()
+    with torch.device("meta"):
+        model = DualForceDiT(config)
+        x = random_inputs_meta(config, batch=1, frames=2)
+        v, s = model(**x)
+    assert v.shape == x["z_BTCHW"].shape
+    assert s.shape == (1, 2, config.struct_raw_dim)
+
+
+def random_inputs_meta(config, batch, frames):
+    c = config
+    return {
+        "z_BTCHW": torch.empty(batch, frames, c.latent_channels, c.latent_height, c.latent_width),
+        "s_BTDs": torch.empty(batch, frames, c.struct_raw_dim),
+        "sigma_v_BT": torch.empty(batch, frames),
+        "sigma_s_BT": torch.empty(batch, frames),
+        "audio_BTLDa": torch.empty(batch, frames, c.audio_window, c.audio_dim),
+        "ref_latent_BCHW": torch.empty(batch, c.latent_channels, c.latent_height, c.latent_width),
+        "ref_feats_BRD": torch.empty(batch, 4, c.ref_feature_dim) if c.ref_tokens_enabled else None,
+    }
+
+
+def test_meta_build_then_init_weights():
+    config = tiny(ref_tokens_enabled=True)
+    with torch.device("meta"):
+        model = DualForceDiT(config)
+    model.to_empty(device="cpu")
+    model.init_weights()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    # AdaLN-Zero and zero heads: a fresh model predicts zero velocity.
+    v, s = model(**random_inputs(config, 2, 3, seed=0))
+    assert torch.count_nonzero(v) == 0 and torch.count_nonzero(s) == 0
+    # Bridges start closed: tanh(0) = 0.
+    alphas = [b.video.bridge_alpha for b in model.blocks if b.video.bridge is not None]
+    alphas += [
+        b.struct.bridge_alpha
+        for b in model.blocks
+        if b.struct is not None and b.struct.bridge is not None
+    ]
+    assert alphas and all(float(a.detach()) == 0.0 for a in alphas)
+
+
+def test_closed_bridge_keeps_video_independent_of_structure():
+    """With the gates at 0 (as at init) the video stream ignores the struct stream entirely."""
+    config = tiny(n_fusion=2)
+    model = random_model(config, seed=3)
+    with torch.no_grad():
+        for block in model.blocks:
+            if block.video.bridge is not None:
+                block.video.bridge_alpha.zero_()
+    x = random_inputs(config, 1, 3, seed=1)
+    y = dict(x, s_BTDs=torch.randn_like(x["s_BTDs"]), sigma_s_BT=torch.rand_like(x["sigma_s_BT"]))
+    with torch.no_grad():
+        v1, s1 = model(**x)
+        v2, s2 = model(**y)
+    torch.testing.assert_close(v1, v2)
+    assert not torch.allclose(s1, s2)
+    # Opening the gate lets structure in.
+    with torch.no_grad():
+        model.blocks[0].video.bridge_alpha.fill_(1.0)
+        assert not torch.allclose(model(**x)[0], model(**y)[0])
+
+
+def test_save_and_load_rebuild_the_model_exactly(tmp_path):
+    config = tiny(ref_tokens_enabled=True, bridge_temporal="causal", window=2)
+    model = random_model(config, seed=5)
+    model.save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["kind"] == "DualForceDiT"
+    loaded = DualForceDiT.from_pretrained(tmp_path / "m")
+    assert loaded.config == config
+    for (k1, v1), (k2, v2) in zip(
+        model.state_dict().items(), loaded.state_dict().items(), strict=True
+    ):
+        assert k1 == k2 and torch.equal(v1, v2)
+    x = random_inputs(config, 2, 3, seed=0)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**x), loaded(**x), rtol=0, atol=0)
+
+
+def test_loading_reports_missing_and_unexpected_keys(tmp_path):
+    model = random_model(tiny(), seed=0)
+    model.save_pretrained(tmp_path)
+    state = load_file(str(tmp_path / "model.safetensors"))
+    state["extra.weight"] = torch.zeros(1)
+    del state["patch_embed.proj.weight"]
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"patch_embed\.proj\.weight.*extra\.weight"):
+        DualForceDiT.from_pretrained(tmp_path)
+
+
+def test_loading_rejects_other_kinds_and_missing_files(tmp_path):
+    with pytest.raises(ValueError, match=r"config\.json"):
+        DualForceDiT.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"kind": "TinyAutoencoder"}))
+    with pytest.raises(ValueError, match="kind"):
+        DualForceDiT.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"kind": "DualForceDiT", "video_width": 3}))
+    with pytest.raises(ValueError, match="video_width"):
+        DualForceDiT.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"video_depth": 0}, "video_depth"),
+        ({"video_dim": 13}, "video_dim"),
+        ({"struct_depth": 4}, "struct_depth"),
+        ({"n_fusion": 3}, "n_fusion"),
+        ({"bridge": "sideways"}, "bridge"),
+        ({"bridge_temporal": "future"}, "bridge_temporal"),
+        ({"audio_into": "deep"}, "audio_into"),
+        ({"window": 0}, "window"),
+        ({"latent_height": 5}, "latent_height"),
+        ({"mlp_ratio": 0.0}, "mlp_ratio"),
+        ({"colour": 1}, "colour"),
+    ],
+)
+def test_config_errors_name_the_field(changes, field):
+    with pytest.raises(ValueError, match=field):
+        tiny(**changes)
+
+
+def test_wrong_input_shapes_name_the_argument():
+    config = tiny()
+    model = random_model(config)
+    x = random_inputs(config, 1, 2, seed=0)
+    with pytest.raises(ValueError, match="z_BTCHW"):
+        model(**dict(x, z_BTCHW=x["z_BTCHW"][..., :2]))
+    with pytest.raises(ValueError, match="s_BTDs"):
+        model(**dict(x, s_BTDs=None))
+    with pytest.raises(ValueError, match="ref_latent_BCHW"):
+        model(**dict(x, ref_latent_BCHW=x["ref_latent_BCHW"][:, :1]))
+    with pytest.raises(ValueError, match="audio"):
+        model(**dict(x, audio_BTLDa=x["audio_BTLDa"][:, :, :2]))
+    with pytest.raises(ValueError, match="window"):
+        model.new_cache(1)
+
+
+def test_audio_dropout_uses_the_null_tokens():
+    config = tiny()
+    model = random_model(config)
+    x = random_inputs(config, 2, 2, seed=0)
+    drop = torch.tensor([True, False])
+    y = dict(x, audio_BTLDa=torch.randn_like(x["audio_BTLDa"]))
+    with torch.no_grad():
+        v1, _ = model(**x, drop_audio_B=drop)
+        v2, _ = model(**y, drop_audio_B=drop)
+    torch.testing.assert_close(v1[0], v2[0])
+    assert not torch.allclose(v1[1], v2[1])
+
+
+def test_struct_stream_off_returns_no_structure():
+    config = tiny(struct_enabled=False)
+    model = random_model(config)
+    x = random_inputs(config, 1, 2, seed=0)
+    v, s = model(**x)
+    assert s is None and v.shape == x["z_BTCHW"].shape
+
+
+def test_audio_windows_are_centred_and_aligned_at_two_features_per_frame():
+    # Feature value = its index, so a window shows which feature frames it took.
+    a = torch.arange(1, 13, dtype=torch.float32)[None, :, None]  # 12 features = 6 video frames
+    w = gather_audio_windows(a, 6, feats_per_frame=2, frames_per_latent=1, context=1)
+    assert w.shape == (1, 6, 6, 1)
+    assert w[0, 0, :, 0].tolist() == [0, 0, 1, 2, 3, 4]  # frame 0: features 0..1, +-1 frame, padded
+    assert w[0, 2, :, 0].tolist() == [3, 4, 5, 6, 7, 8]  # frame 2 owns features 4, 5 (values 5, 6)
+    assert w[0, 5, :, 0].tolist() == [9, 10, 11, 12, 0, 0]
+    # Four video frames per latent frame (Wan VAE): 8 features each, plus context.
+    w4 = gather_audio_windows(
+        torch.arange(1, 17.0)[None, :, None], 2, frames_per_latent=4, context=0
+    )
+    assert w4[0, 1, :, 0].tolist() == list(range(9, 17))
+    # Streaming: a window starting later gives the same as the full gather.
+    full = gather_audio_windows(a, 6, context=2)
+    part = gather_audio_windows(a, 2, context=2, first_frame=3)
+    torch.testing.assert_close(part, full[:, 3:5])

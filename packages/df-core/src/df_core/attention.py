@@ -49,14 +49,21 @@ def xformers_available() -> bool:
         return False
 
 
-def resolve_backend(backend: str, mask: FrameMask | None, device: torch.device) -> str:
-    """The backend ``auto`` picks for a mask on a device."""
+FLEX_MIN_HEAD_DIM = 16  # compiled FlexAttention kernels need head dims of at least 16
+
+
+def resolve_backend(
+    backend: str, mask: FrameMask | None, device: torch.device, head_dim: int | None = None
+) -> str:
+    """The backend ``auto`` picks for a mask on a device: SDPA without a mask; with one,
+    FlexAttention on CUDA (when the head dim allows its kernels), dense-mask SDPA otherwise."""
     one_of("backend", backend, BACKENDS)
     if backend != "auto":
         return backend
     if mask is None:
         return "sdpa"
-    return "flex" if device.type == "cuda" else "dense"
+    flex_ok = head_dim is None or head_dim >= FLEX_MIN_HEAD_DIM
+    return "flex" if device.type == "cuda" and flex_ok else "dense"
 
 
 def attention(
@@ -88,7 +95,7 @@ def attention(
             f"{k_BHSD.shape[2]} tokens"
         )
     scale = 1.0 / math.sqrt(q_BHLD.shape[-1]) if scale is None else scale
-    chosen = resolve_backend(backend, mask, q_BHLD.device)
+    chosen = resolve_backend(backend, mask, q_BHLD.device, q_BHLD.shape[-1])
 
     if chosen == "flex":
         if block_mask is None and mask is not None:

@@ -19,7 +19,7 @@ from einops import rearrange
 from torch import nn
 from torch.nn.attention.flex_attention import BlockMask
 
-from df_core import KVCache, apply_rope, attention
+from df_core import KVCache, apply_rope, attention, resolve_backend
 from df_core.masks import FrameMask
 
 
@@ -29,7 +29,8 @@ class AttnSite:
 
     Attributes:
         mask: frame mask over (query tokens, key tokens); None attends to every key.
-        block_mask: prebuilt FlexAttention form of ``mask`` (built once, shared by layers).
+        block_mask: FlexAttention form of ``mask``, built on first use and then shared by
+            every layer of the forward.
         rope_q, rope_kv: ``(cos, sin)`` tables for queries and keys; None for no RoPE.
         per_frame: same-frame attention done as a batch of per-frame attentions (queries of
             frame f against the keys of frame f only), which needs no mask.
@@ -49,6 +50,16 @@ class AttnSite:
     cache_stream: str = ""
     sink_pass: bool = False
     backend: str = "auto"
+
+    def block_mask_for(self, q: torch.Tensor) -> BlockMask | None:
+        """The BlockMask when FlexAttention will run for queries like ``q``, else None."""
+        if self.mask is None:
+            return None
+        if resolve_backend(self.backend, self.mask, q.device, q.shape[-1]) != "flex":
+            return None
+        if self.block_mask is None:
+            self.block_mask = self.mask.block_mask()
+        return self.block_mask
 
     def keys_values(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
@@ -111,7 +122,9 @@ class Attention(nn.Module):
             o = attention(q, k, v, None, backend=site.backend)
             o = rearrange(o, "(b f) h n d -> b (f n) (h d)", f=frames)
         else:
-            o = attention(q, k, v, site.mask, block_mask=site.block_mask, backend=site.backend)
+            o = attention(
+                q, k, v, site.mask, block_mask=site.block_mask_for(q), backend=site.backend
+            )
             o = rearrange(o, "b h l d -> b l (h d)")
         return self.out(o)
 

@@ -132,14 +132,7 @@ class DualForceDiT(nn.Module):
         return rope_cos_sin(axes, dims, timeless=is_sink(frames_L), theta=c.rope_theta)
 
     def _site(self, mask, **kw) -> AttnSite:
-        block_mask = None
-        if (
-            mask is not None
-            and mask.q_frames.device.type == "cuda"
-            and self.attn_backend in ("auto", "flex")
-        ):
-            block_mask = mask.block_mask()
-        return AttnSite(mask=mask, block_mask=block_mask, backend=self.attn_backend, **kw)
+        return AttnSite(mask=mask, backend=self.attn_backend, **kw)
 
     def _sites(self, vq, vkv, sq, skv, base, cache: KVCache | None, sink_pass: bool) -> Sites:
         """Sites for query token frames ``vq``/``sq`` and key token frames ``vkv``/``skv``."""

@@ -208,3 +208,40 @@ def test_audio_windows_are_centred_and_aligned_at_two_features_per_frame():
     full = gather_audio_windows(a, 6, context=2)
     part = gather_audio_windows(a, 2, context=2, first_frame=3)
     torch.testing.assert_close(part, full[:, 3:5])
+
+
+def test_every_trainable_parameter_gets_a_gradient():
+    config = tiny(ref_tokens_enabled=True, audio_layers=2, bridge_temporal="causal", window=2)
+    model = random_model(config, seed=4).train()
+    x = random_inputs(config, 2, 3, seed=0)
+    v, s = model(**x, drop_audio_B=torch.tensor([True, False]))
+    (v.square().mean() + s.square().mean()).backward()
+    missing = [
+        n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0
+    ]
+    assert not missing, f"no gradient: {missing}"
+
+
+def test_no_struct_ablation_trains():
+    config = tiny(struct_enabled=False)
+    model = random_model(config, seed=4).train()
+    x = random_inputs(config, 2, 3, seed=0)
+    v, s = model(**x)
+    assert s is None
+    v.square().mean().backward()
+    missing = [
+        n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0
+    ]
+    assert not missing, f"no gradient: {missing}"
+
+
+def test_bf16_autocast_forward_is_finite():
+    config = tiny(ref_tokens_enabled=True)
+    model = random_model(config, seed=2)
+    x = random_inputs(config, 2, 4, seed=1)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        v, s = model(**x)
+    assert torch.isfinite(v.float()).all() and torch.isfinite(s.float()).all()
+    with torch.no_grad():
+        v32, _ = model(**x)
+    assert (v.float() - v32).abs().max() < 0.1 * v32.abs().max() + 0.1

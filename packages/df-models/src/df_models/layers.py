@@ -133,7 +133,8 @@ class AudioProjector(nn.Module):
     def __init__(self, feature_dim: int, layers: int, window: int, dim: int) -> None:
         super().__init__()
         self.layers = layers
-        self.layer_logits = nn.Parameter(torch.zeros(layers))
+        # Only with several layers: an unused parameter would stall DDP/FSDP gradient hooks.
+        self.layer_logits = nn.Parameter(torch.zeros(layers)) if layers > 1 else None
         self.proj = nn.Sequential(nn.Linear(feature_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.position = nn.Parameter(torch.zeros(window, dim))
         # The "no audio" tokens: used for the sink frame and for audio dropout (CFG).
@@ -151,7 +152,8 @@ class AudioProjector(nn.Module):
         return self.proj(a) + self.position
 
     def init_weights(self) -> None:
-        nn.init.zeros_(self.layer_logits)
+        if self.layer_logits is not None:
+            nn.init.zeros_(self.layer_logits)
         for layer in (self.proj[0], self.proj[2]):
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)

@@ -11,11 +11,13 @@ from df_models.dit import DualForceDiT
 
 def randomize(model: torch.nn.Module, seed: int, std: float = 0.3) -> torch.nn.Module:
     """Random values for every parameter, zero-initialised gates and heads included, so that
-    tests exercise every path (a freshly initialised model outputs exactly zero)."""
+    tests exercise every path (a freshly initialised model outputs exactly zero). Norm scales
+    become ``1 + std * noise`` so deep models keep their signal."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * std)
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g).to(p.device, p.dtype) * std
+            p.copy_(1 + noise if "norm" in name and name.endswith("weight") else noise)
     return model
 
 

@@ -214,7 +214,8 @@ def test_every_trainable_parameter_gets_a_gradient():
     config = tiny(ref_tokens_enabled=True, audio_layers=2, bridge_temporal="causal", window=2)
     model = random_model(config, seed=4).train()
     x = random_inputs(config, 2, 3, seed=0)
-    v, s = model(**x, drop_audio_B=torch.tensor([True, False]))
+    drop = torch.tensor([True, False])
+    v, s = model(**x, drop_audio_B=drop, drop_ref_B=drop)
     (v.square().mean() + s.square().mean()).backward()
     missing = [
         n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0

@@ -15,7 +15,9 @@ configs = st.builds(
         bridge=bridge,
         bridge_temporal=temporal,
         struct_enabled=struct,
-        audio_into=audio_into,
+        # Without shallow blocks, conditions must go into all blocks (else they reach none).
+        audio_into=audio_into if n_fusion else "all",
+        ref_into="shallow" if n_fusion else "all",
         ref_tokens_enabled=ref,
         window=window,
         n_fusion=n_fusion,

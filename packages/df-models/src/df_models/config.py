@@ -104,7 +104,7 @@ class DualForceConfig:
             d, h = getattr(self, dim), getattr(self, heads)
             if d % h or (d // h) % 2:
                 raise ValueError(
-                    f"DualForceConfig.{dim}={d} must split into {heads} heads of an even size (RoPE)"
+                    f"DualForceConfig.{dim}={d} must split into {heads}={h} heads of an even size (RoPE)"
                 )
         for side in ("latent_height", "latent_width"):
             if getattr(self, side) % self.patch_size:
@@ -120,13 +120,34 @@ class DualForceConfig:
             raise ValueError(
                 f"DualForceConfig.n_fusion={self.n_fusion} must be <= {depth} (the shallower stream)"
             )
+        if self.n_fusion == 0 and self.audio_into == "shallow":
+            raise ValueError(
+                "DualForceConfig.n_fusion=0 with audio_into='shallow' lets audio reach no block"
+            )
+        if self.n_fusion == 0 and self.ref_tokens_enabled and self.ref_into == "shallow":
+            raise ValueError(
+                "DualForceConfig.n_fusion=0 with ref_into='shallow' lets reference tokens reach no block"
+            )
+        for name in ("rope_theta", "norm_eps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ValueError(f"DualForceConfig.{name} must be a positive number, got {value!r}")
+        for name in ("struct_enabled", "ref_tokens_enabled", "qk_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(
+                    f"DualForceConfig.{name} must be a bool, got {getattr(self, name)!r}"
+                )
         if self.window is not None and (
             isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1
         ):
             raise ValueError(
                 f"DualForceConfig.window must be a positive integer or None, got {self.window!r}"
             )
-        if not self.mlp_ratio > 0:
+        if (
+            isinstance(self.mlp_ratio, bool)
+            or not isinstance(self.mlp_ratio, int | float)
+            or not self.mlp_ratio > 0
+        ):
             raise ValueError(f"DualForceConfig.mlp_ratio must be > 0, got {self.mlp_ratio!r}")
 
     # Derived sizes -------------------------------------------------------------------------

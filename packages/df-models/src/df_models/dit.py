@@ -65,6 +65,8 @@ class DualForceDiT(nn.Module):
         self.video_noise = NoiseEmbedder(c.video_dim, c.noise_freq_dim)
         self.audio_proj = AudioProjector(c.audio_dim, c.audio_layers, c.audio_window, c.video_dim)
         self.ref_proj = nn.Linear(c.ref_feature_dim, c.video_dim) if c.ref_tokens_enabled else None
+        # The "no reference" token, for reference dropout (CFG on the reference tokens).
+        self.ref_null = nn.Parameter(torch.zeros(1, c.video_dim)) if c.ref_tokens_enabled else None
         self.blocks = nn.ModuleList(DualBlock(c, i) for i in range(c.video_depth))
         self.video_head = FinalLayer(c.video_dim, p * p * c.latent_channels, c.norm_eps)
         if c.struct_enabled:
@@ -84,6 +86,7 @@ class DualForceDiT(nn.Module):
         self.video_noise.init_weights()
         self.audio_proj.init_weights()
         if self.ref_proj is not None:
+            nn.init.normal_(self.ref_null, std=0.02)
             nn.init.xavier_uniform_(self.ref_proj.weight)
             nn.init.zeros_(self.ref_proj.bias)
         for block in self.blocks:
@@ -134,10 +137,11 @@ class DualForceDiT(nn.Module):
     def _site(self, mask, **kw) -> AttnSite:
         return AttnSite(mask=mask, backend=self.attn_backend, **kw)
 
-    def _sites(self, vq, vkv, sq, skv, base, cache: KVCache | None, sink_pass: bool) -> Sites:
+    def _sites(
+        self, vq, vkv, sq, skv, base, cache: KVCache | None, sink_pass: bool, window: int | None
+    ) -> Sites:
         """Sites for query token frames ``vq``/``sq`` and key token frames ``vkv``/``skv``."""
         c = self.config
-        window = c.window
         cached = dict(cache=cache, sink_pass=sink_pass)
         video_self = self._site(
             None if sink_pass else block_causal_mask(vq, vkv, window=window),
@@ -194,8 +198,13 @@ class DualForceDiT(nn.Module):
                 f"audio_BTLDa must hold {frames} windows of {c.audio_window} feature frames "
                 f"[B={batch}, T={frames}, La={c.audio_window}, ...], got {tuple(audio.shape)}"
             )
+        if audio.shape[-1] != c.audio_dim:
+            raise ValueError(
+                f"audio_BTLDa features must have Da={c.audio_dim}, got {audio.shape[-1]}"
+            )
         tokens = self.audio_proj(audio)
         if drop_audio_B is not None:
+            _check_drop("drop_audio_B", drop_audio_B, batch)
             tokens = torch.where(drop_audio_B[:, None, None, None], null, tokens)
         return tokens
 
@@ -212,6 +221,8 @@ class DualForceDiT(nn.Module):
 
     def _check(self, z_BTCHW, s_BTDs, sigma_v_BT, sigma_s_BT) -> None:
         c = self.config
+        if sigma_v_BT.dim() != 2:
+            raise ValueError(f"sigma_v_BT must be [B, T], got {tuple(sigma_v_BT.shape)}")
         B, T = sigma_v_BT.shape
         expected = (B, T, c.latent_channels, c.latent_height, c.latent_width)
         if tuple(z_BTCHW.shape) != expected:
@@ -221,7 +232,8 @@ class DualForceDiT(nn.Module):
                 got = None if s_BTDs is None else tuple(s_BTDs.shape)
                 raise ValueError(f"s_BTDs must have shape {(B, T, c.struct_raw_dim)}, got {got}")
             if sigma_s_BT is None or sigma_s_BT.shape != (B, T):
-                raise ValueError(f"sigma_s_BT must have shape {(B, T)}")
+                got = None if sigma_s_BT is None else tuple(sigma_s_BT.shape)
+                raise ValueError(f"sigma_s_BT must have shape {(B, T)}, got {got}")
 
     def _embed_frames(self, z_BTCHW, s_BTDs, sigma_v_BT, sigma_s_BT):
         xv = self.patch_embed(z_BTCHW)
@@ -236,7 +248,7 @@ class DualForceDiT(nn.Module):
         c = self.config
         B = ref_latent_BCHW.shape[0]
         expected = (c.latent_channels, c.latent_height, c.latent_width)
-        if tuple(ref_latent_BCHW.shape[1:]) != expected:
+        if ref_latent_BCHW.dim() != 4 or tuple(ref_latent_BCHW.shape[1:]) != expected:
             raise ValueError(
                 f"ref_latent_BCHW must have shape [B, {expected}], got {tuple(ref_latent_BCHW.shape)}"
             )
@@ -249,10 +261,27 @@ class DualForceDiT(nn.Module):
             cs = self.struct_noise(zero)
         return xv, xs, cv, cs
 
-    def _ref_tokens(self, ref_feats_BRD):
-        if self.ref_proj is None or ref_feats_BRD is None:
+    def _ref_tokens(self, ref_feats_BRD, batch: int, drop_ref_B=None):
+        c = self.config
+        if self.ref_proj is None:
+            if ref_feats_BRD is not None:
+                raise ValueError("ref_feats_BRD was given but config.ref_tokens_enabled is False")
             return None
-        return self.ref_proj(ref_feats_BRD)
+        if ref_feats_BRD is None:
+            raise ValueError("ref_feats_BRD is required: config.ref_tokens_enabled is True")
+        if (
+            ref_feats_BRD.dim() != 3
+            or ref_feats_BRD.shape[0] != batch
+            or ref_feats_BRD.shape[2] != c.ref_feature_dim
+        ):
+            raise ValueError(
+                f"ref_feats_BRD must be [B={batch}, R, {c.ref_feature_dim}], got {tuple(ref_feats_BRD.shape)}"
+            )
+        tokens = self.ref_proj(ref_feats_BRD)
+        if drop_ref_B is not None:
+            _check_drop("drop_ref_B", drop_ref_B, batch)
+            tokens = torch.where(drop_ref_B[:, None, None], self.ref_null.expand_as(tokens), tokens)
+        return tokens
 
     # Entry points ----------------------------------------------------------------------------
 
@@ -266,6 +295,7 @@ class DualForceDiT(nn.Module):
         ref_latent_BCHW: torch.Tensor,
         ref_feats_BRD: torch.Tensor | None = None,
         drop_audio_B: torch.Tensor | None = None,
+        drop_ref_B: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Training forward over a whole clip.
 
@@ -278,6 +308,7 @@ class DualForceDiT(nn.Module):
             ref_latent_BCHW: the reference image's codec latent (the clean sink frame).
             ref_feats_BRD: optional global reference features ``[B, R, ref_feature_dim]``.
             drop_audio_B: optional bool ``[B]``: use the null audio tokens (CFG dropout).
+            drop_ref_B: optional bool ``[B]``: use the null reference token (CFG dropout).
 
         Returns:
             ``(v_video_BTCHW, v_struct_BTDs)``; the second is None without the struct stream.
@@ -286,6 +317,10 @@ class DualForceDiT(nn.Module):
         c = self.config
         B, T = sigma_v_BT.shape
         dev = z_BTCHW.device
+        if ref_latent_BCHW.shape[0] != B:
+            raise ValueError(
+                f"ref_latent_BCHW has batch {ref_latent_BCHW.shape[0]}, the clip has {B}"
+            )
         sv, ss, scv, scs = self._embed_sink(ref_latent_BCHW)
         xv, xs, cv, cs = self._embed_frames(z_BTCHW, s_BTDs, sigma_v_BT, sigma_s_BT)
         xv, cv = torch.cat([sv, xv], 1), torch.cat([scv, cv], 1)
@@ -300,8 +335,10 @@ class DualForceDiT(nn.Module):
         )
         vf = token_frames(T, c.video_tokens, sink_tokens=c.video_tokens, device=dev)
         sf = token_frames(T, c.struct_tokens, sink_tokens=c.struct_tokens, device=dev)
-        sites = self._sites(vf, vf, sf, sf, 0, None, sink_pass=False)
-        v_out, s_out = self._run(xv, xs, cv, cs, audio, self._ref_tokens(ref_feats_BRD), sites)
+        sites = self._sites(vf, vf, sf, sf, 0, None, sink_pass=False, window=c.window)
+        v_out, s_out = self._run(
+            xv, xs, cv, cs, audio, self._ref_tokens(ref_feats_BRD, B, drop_ref_B), sites
+        )
         v = unpatchify(
             v_out[:, 1:], c.latent_channels, c.patch_size, c.latent_height, c.latent_width
         )
@@ -314,16 +351,24 @@ class DualForceDiT(nn.Module):
         window: int | None = None,
         max_chunk: int = 1,
         device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
     ) -> KVCache:
         """A KV cache for this model: sink + a window of ``window`` frames (the config's by
         default), for chunks of up to ``max_chunk`` frames."""
         c = self.config
-        window = window or c.window
+        if window is None:
+            window = c.window
         if window is None:
             raise ValueError(
                 "window must be given when the config has no sliding window (config.window is None)"
             )
+        if c.window is not None and window != c.window:
+            raise ValueError(
+                f"window={window} differs from the trained config.window={c.window}: streaming would "
+                "no longer match the training forward"
+            )
+        if dtype is None:
+            dtype = next(self.parameters()).dtype
         specs = {
             "video": StreamSpec(
                 c.video_depth,
@@ -357,6 +402,7 @@ class DualForceDiT(nn.Module):
         cache: KVCache,
         ref_latent_BCHW: torch.Tensor,
         ref_feats_BRD: torch.Tensor | None = None,
+        drop_ref_B: torch.Tensor | None = None,
     ) -> None:
         """Resets the cache and writes the reference sink frame's keys/values into it."""
         c = self.config
@@ -367,8 +413,8 @@ class DualForceDiT(nn.Module):
         audio = self._audio_tokens(None, 1, B, None, sink=True)
         vf = token_frames(0, c.video_tokens, sink_tokens=c.video_tokens, device=dev)
         sf = token_frames(0, c.struct_tokens, sink_tokens=c.struct_tokens, device=dev)
-        sites = self._sites(vf, vf, sf, sf, 0, cache, sink_pass=True)
-        self._run(xv, xs, cv, cs, audio, self._ref_tokens(ref_feats_BRD), sites)
+        sites = self._sites(vf, vf, sf, sf, 0, cache, sink_pass=True, window=cache.window)
+        self._run(xv, xs, cv, cs, audio, self._ref_tokens(ref_feats_BRD, B, drop_ref_B), sites)
 
     def forward_stream(
         self,
@@ -379,29 +425,46 @@ class DualForceDiT(nn.Module):
         sigma_s_BT: torch.Tensor | None,
         audio_BTLDa: torch.Tensor,
         *,
-        commit: bool,
+        commit: bool | int,
         ref_feats_BRD: torch.Tensor | None = None,
         drop_audio_B: torch.Tensor | None = None,
+        drop_ref_B: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Streaming forward of one chunk of ``T`` frames against the cache.
 
         ``commit=True`` is the clean pass: the chunk's keys/values stay in the cache. With
         ``commit=False`` (denoising steps) the cache is read only: the next pass overwrites
-        what this one wrote. Inputs and outputs are as in :meth:`forward`, for the chunk.
+        what this one wrote. An int commits that many leading frames (staggered sampling,
+        where only the oldest frames of the chunk have just become clean). Inputs and outputs are as in :meth:`forward`, for the chunk.
         """
         self._check(z_BTCHW, s_BTDs, sigma_v_BT, sigma_s_BT)
         c = self.config
         B, T = sigma_v_BT.shape
         xv, xs, cv, cs = self._embed_frames(z_BTCHW, s_BTDs, sigma_v_BT, sigma_s_BT)
         audio = self._audio_tokens(audio_BTLDa, T, B, drop_audio_B, sink=False)
+        if cache.batch != B:
+            raise ValueError(
+                f"the chunk has batch {B} but the cache was made for batch {cache.batch}"
+            )
         q_frames = cache.begin_chunk(T)
         vq = repeat(q_frames, "t -> (t n)", n=c.video_tokens)
         sq = repeat(q_frames, "t -> (t n)", n=c.struct_tokens)
         vkv = cache.kv_frames["video"]
         skv = cache.kv_frames["struct"] if c.struct_enabled else sq
-        sites = self._sites(vq, vkv, sq, skv, cache.window_start(), cache, sink_pass=False)
-        v_out, s_out = self._run(xv, xs, cv, cs, audio, self._ref_tokens(ref_feats_BRD), sites)
+        sites = self._sites(
+            vq, vkv, sq, skv, cache.window_start(), cache, sink_pass=False, window=cache.window
+        )
+        v_out, s_out = self._run(
+            xv, xs, cv, cs, audio, self._ref_tokens(ref_feats_BRD, B, drop_ref_B), sites
+        )
         if commit:
-            cache.commit(T)
+            cache.commit(T if commit is True else int(commit))
         v = unpatchify(v_out, c.latent_channels, c.patch_size, c.latent_height, c.latent_width)
         return v, s_out
+
+
+def _check_drop(name: str, drop_B: torch.Tensor, batch: int) -> None:
+    if drop_B.dtype != torch.bool or tuple(drop_B.shape) != (batch,):
+        raise ValueError(
+            f"{name} must be a bool tensor of shape [{batch}], got {drop_B.dtype} {tuple(drop_B.shape)}"
+        )

@@ -1,0 +1,210 @@
+"""Training windows from a clip store: T latent frames with aligned audio windows, structure
+and a reference frame.
+
+Sample ``i`` of a :class:`WindowDataset` is a pure function of ``(seed, i)``: epoch
+``e = i // num_clips`` visits the clips in a permutation drawn from ``(seed, e)``, and the
+window start and augmentations of sample ``i`` come from a generator seeded with
+``(seed, i)``. A run is therefore deterministic given the seed, whatever the number of loader
+workers, and resuming is just starting from the number of samples already consumed
+(:class:`ResumableSampler`), with no hidden iterator state to save.
+
+Augmentations are the ones that are correct in latent space: the choice of window and of
+reference frame, and an optional horizontal flip of the latents (a convolutional codec is
+close to flip-equivariant) that negates the structure parameters mirrored by a flip (yaw, roll,
+horizontal translation).
+
+Legend: T latent frames, C latent channels, h w latent size, Ds structure dim, La audio window,
+Da audio feature dim.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from df_data.store import ClipRecord, StoreError, load_manifest, read_clip
+from df_models.layers import gather_audio_windows
+
+log = logging.getLogger(__name__)
+
+FEATS_PER_FRAME = 2  # 50 Hz audio features at 25 fps
+FLIP_NEGATED = ("yaw", "roll", "tx")  # structure parameters a horizontal flip mirrors
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    frames: int = 16  # T latent frames per sample
+    audio_context: int = 2  # video frames of audio context on each side of a latent frame
+    ref_other_prob: float = 0.0  # probability of a reference frame other than the first
+    hflip_prob: float = 0.0  # probability of a horizontal flip (latents and structure)
+    splits: tuple[str, ...] = ("train",)  # which splits of the store to use
+    cache_clips: int = 64  # clips kept in memory per worker
+
+    def __post_init__(self) -> None:
+        if isinstance(self.frames, bool) or not isinstance(self.frames, int) or self.frames < 1:
+            raise ValueError(f"WindowConfig.frames must be a positive integer, got {self.frames!r}")
+        if not isinstance(self.audio_context, int) or self.audio_context < 0:
+            raise ValueError(
+                f"WindowConfig.audio_context must be an integer >= 0, got {self.audio_context!r}"
+            )
+        for name in ("ref_other_prob", "hflip_prob"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"WindowConfig.{name} must be in [0, 1], got {value!r}")
+        if not self.splits:
+            raise ValueError("WindowConfig.splits must name at least one split")
+
+
+def _generator(*keys: int) -> torch.Generator:
+    seed = 0
+    for k in keys:  # a simple, stable mix of the keys (splitmix-style constants)
+        seed = (seed * 0x9E3779B97F4A7C15 + k + 0x632BE59BD9B4E019) % (2**63)
+    return torch.Generator().manual_seed(seed)
+
+
+class WindowDataset(Dataset):
+    """Map-style dataset of training windows; ``len`` is one epoch (one window per clip), and
+    indices beyond it continue into later epochs, so a sampler may run for any number of steps.
+    """
+
+    def __init__(self, store_dir: str | Path, config: WindowConfig, *, seed: int = 0) -> None:
+        self.store_dir = Path(store_dir)
+        self.config = config
+        self.seed = seed
+        entries = [e for e in load_manifest(self.store_dir) if e.get("split") in config.splits]
+        if not entries:
+            raise StoreError(
+                f"{self.store_dir}: no clips of splits {list(config.splits)} in manifest.jsonl"
+            )
+        short = [e["clip_id"] for e in entries if int(e["latent_frames"]) < config.frames]
+        if short:
+            log.warning(
+                "%d clips shorter than %d latent frames are skipped: %s",
+                len(short),
+                config.frames,
+                short[:5],
+            )
+        self.entries = sorted(
+            (e for e in entries if int(e["latent_frames"]) >= config.frames),
+            key=lambda e: e["clip_id"],
+        )
+        if not self.entries:
+            raise StoreError(
+                f"{self.store_dir}: no clip has at least WindowConfig.frames={config.frames} latent frames"
+            )
+        self._cache: OrderedDict[str, ClipRecord] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def clip_for_index(self, index: int) -> str:
+        n = len(self.entries)
+        epoch, pos = divmod(index, n)
+        perm = torch.randperm(n, generator=_generator(self.seed, epoch))
+        return self.entries[int(perm[pos])]["clip_id"]
+
+    def _clip(self, clip_id: str) -> ClipRecord:
+        if clip_id in self._cache:
+            self._cache.move_to_end(clip_id)
+            return self._cache[clip_id]
+        record = read_clip(self.store_dir, clip_id)
+        self._cache[clip_id] = record
+        if len(self._cache) > self.config.cache_clips:
+            self._cache.popitem(last=False)
+        return record
+
+    def __getitem__(self, index: int) -> dict:
+        if index < 0:
+            raise IndexError(f"index must be >= 0, got {index}")
+        c = self.config
+        clip_id = self.clip_for_index(index)
+        record = self._clip(clip_id)
+        meta = record.metadata
+        fpl = int(meta.get("frames_per_latent", 1))
+        total = record.latents.shape[0]
+        g = _generator(self.seed, 1_000_003, index)
+
+        # Step 1: the window.
+        start = int(torch.randint(0, total - c.frames + 1, (1,), generator=g))
+        latents = record.latents[start : start + c.frames].float()
+        struct = record.struct[start : start + c.frames].float().clone()  # flipped in place below
+        features = record.audio_features.float()
+        audio = gather_audio_windows(
+            features[None],
+            c.frames,
+            feats_per_frame=FEATS_PER_FRAME,
+            frames_per_latent=fpl,
+            context=c.audio_context,
+            first_frame=start,
+        )[0]
+
+        # Step 2: the reference: the first frame, or another frame outside the window (a frame
+        # inside it would let the model copy its target). Only image codecs give a frame's
+        # latent on its own, so temporal codecs always use the stored first-frame latent.
+        ref = record.ref_latent.float()
+        ref_index = 0
+        outside = [j for j in range(total) if not start <= j < start + c.frames]
+        if fpl == 1 and outside and float(torch.rand((), generator=g)) < c.ref_other_prob:
+            ref_index = outside[int(torch.randint(0, len(outside), (1,), generator=g))]
+            ref = record.latents[ref_index].float()
+
+        # Step 3: the horizontal flip, applied to everything that has a left and a right.
+        flipped = float(torch.rand((), generator=g)) < c.hflip_prob
+        if flipped:
+            latents, ref = latents.flip(-1), ref.flip(-1)
+            names = list(meta.get("struct_names", []))
+            for name in FLIP_NEGATED:
+                if name in names:
+                    struct[:, names.index(name)] = -struct[:, names.index(name)]
+
+        return {
+            "latents": latents,  # [T, C, h, w]
+            "struct": struct,  # [T, Ds]
+            "audio": audio,  # [T, La, Da]
+            "ref_latent": ref,  # [C, h, w]
+            "clip_id": clip_id,
+            "start": start,
+            "ref_index": ref_index,
+            "flipped": flipped,
+            "index": index,
+        }
+
+
+class ResumableSampler(Sampler[int]):
+    """Yields sample indices ``start, start + world, ...`` (this rank's share) for ``num_samples``
+    samples; resuming after ``n`` consumed samples per rank is ``start = n``."""
+
+    def __init__(
+        self, num_samples: int, *, start: int = 0, rank: int = 0, world_size: int = 1
+    ) -> None:
+        if num_samples < 0 or start < 0:
+            raise ValueError(f"num_samples and start must be >= 0, got {num_samples}, {start}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        self.num_samples, self.start, self.rank, self.world_size = (
+            num_samples,
+            start,
+            rank,
+            world_size,
+        )
+
+    def __iter__(self):
+        for k in range(self.start, self.num_samples):
+            yield k * self.world_size + self.rank
+
+    def __len__(self) -> int:
+        return max(0, self.num_samples - self.start)
+
+
+def collate_windows(samples: list[dict]) -> dict:
+    """Stacks tensors and keeps the bookkeeping fields as lists."""
+    out = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+    return out

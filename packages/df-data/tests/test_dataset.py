@@ -1,0 +1,143 @@
+"""Training windows: alignment (2 audio feature frames per video frame), determinism, resume,
+reference choice and flips."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from df_data.dataset import ResumableSampler, WindowConfig, WindowDataset, collate_windows
+from df_data.store import STORE_VERSION, ClipRecord, StoreError, write_clip_record
+
+NAMES = ["yaw", "pitch", "roll", "tx", "ty", "scale", "jaw"]
+
+
+def make_store(root, clips=3, frames=(12, 10, 5), Da=4):
+    for i in range(clips):
+        T = frames[i]
+        # Encode the frame index into every tensor so alignment can be read back.
+        t = torch.arange(T, dtype=torch.float32)
+        latents = (t[:, None, None, None] + 100 * i).expand(T, 2, 2, 4).clone().to(torch.float16)
+        latents[..., 0] = -1.0  # left column, to see flips
+        struct = t[:, None].expand(T, len(NAMES)).clone() + 1.0
+        feats = (
+            (torch.arange(2 * T, dtype=torch.float32)[:, None] + 1)
+            .expand(2 * T, Da)
+            .to(torch.float16)
+        )
+        write_clip_record(
+            root,
+            ClipRecord(
+                clip_id=f"train-clip_{i:05d}",
+                latents=latents,
+                struct=struct,
+                audio_features=feats.clone(),
+                ref_image=torch.zeros(3, 8, 16, dtype=torch.uint8),
+                ref_latent=torch.full((2, 2, 4), -5.0, dtype=torch.float16),
+                metadata={
+                    "clip_id": f"train-clip_{i:05d}",
+                    "split": "train",
+                    "fps": 25,
+                    "frames": T,
+                    "latent_frames": T,
+                    "frames_per_latent": 1,
+                    "audio_rate": 50,
+                    "audio_feature_dim": Da,
+                    "struct_names": NAMES,
+                    "store_version": STORE_VERSION,
+                    "codec": {"name": "test", "config_hash": "0"},
+                    "audio_encoder": {"name": "test", "config_hash": "0"},
+                    "source": {"dir": "none", "files": {}},
+                },
+            ),
+        )
+    return root
+
+
+def test_windows_are_aligned(tmp_path):
+    ds = WindowDataset(make_store(tmp_path), WindowConfig(frames=4, audio_context=1), seed=0)
+    assert len(ds) == 3  # every clip has at least 4 latent frames
+    for i in range(12):
+        s = ds[i]
+        start = s["start"]
+        frame_ids = s["latents"][:, 0, 0, 1] % 100
+        assert frame_ids.tolist() == list(range(start, start + 4))
+        assert s["struct"][:, 0].tolist() == [float(start + k + 1) for k in range(4)]
+        # Latent frame t owns feature frames 2t, 2t+1 (values 2t+1, 2t+2), +-1 frame of context.
+        for k in range(4):
+            t = start + k
+            expected = [
+                float(v + 1) if 0 <= v < 2 * 12 else 0.0 for v in range(2 * t - 2, 2 * t + 4)
+            ]
+            got = s["audio"][k, :, 0].tolist()
+            # beyond this clip's feature count the window is zero-padded
+            n_feats = 2 * (ds._clip(s["clip_id"]).latents.shape[0])
+            expected = [v if 0 < v <= n_feats else 0.0 for v in expected]
+            assert got == expected, (t, got, expected)
+        assert s["audio"].shape == (4, 6, 4)
+
+
+def test_short_clips_are_skipped_and_too_long_windows_are_an_error(tmp_path):
+    make_store(tmp_path)
+    assert len(WindowDataset(tmp_path, WindowConfig(frames=6))) == 2
+    with pytest.raises(StoreError, match="frames=20"):
+        WindowDataset(tmp_path, WindowConfig(frames=20))
+    with pytest.raises(StoreError, match="test"):
+        WindowDataset(tmp_path, WindowConfig(frames=2, splits=("test",)))
+
+
+def test_deterministic_and_resumable_with_workers(tmp_path):
+    make_store(tmp_path)
+    ds = WindowDataset(tmp_path, WindowConfig(frames=3, ref_other_prob=0.5, hflip_prob=0.5), seed=7)
+
+    def run(start, n, workers):
+        loader = DataLoader(
+            ds,
+            batch_size=2,
+            sampler=ResumableSampler(n, start=start),
+            num_workers=workers,
+            collate_fn=collate_windows,
+        )
+        return [
+            (c, s, r, f)
+            for b in loader
+            for c, s, r, f in zip(
+                b["clip_id"], b["start"], b["ref_index"], b["flipped"], strict=True
+            )
+        ]
+
+    full = run(0, 10, 0)
+    assert full == run(0, 10, 2)
+    assert full[:4] + run(4, 10, 0) == full  # resume after 4 samples
+    other = WindowDataset(
+        tmp_path, WindowConfig(frames=3, ref_other_prob=0.5, hflip_prob=0.5), seed=8
+    )
+    assert [other[i]["start"] for i in range(10)] != [ds[i]["start"] for i in range(10)]
+    # Every epoch visits every clip once.
+    epoch = {ds[i]["clip_id"] for i in range(len(ds))}
+    assert len(epoch) == len(ds)
+
+
+def test_reference_is_outside_the_window_and_flip_mirrors_structure(tmp_path):
+    make_store(tmp_path)
+    ds = WindowDataset(tmp_path, WindowConfig(frames=3, ref_other_prob=1.0, hflip_prob=1.0), seed=1)
+    for i in range(10):
+        s = ds[i]
+        assert not s["start"] <= s["ref_index"] < s["start"] + 3
+        assert s["flipped"]
+        assert (s["latents"][..., -1] == -1.0).all()  # the marked left column is now on the right
+        yaw = NAMES.index("yaw")
+        pitch = NAMES.index("pitch")
+        assert (s["struct"][:, yaw] < 0).all() and (s["struct"][:, pitch] > 0).all()
+    # The cached clip is not modified by the flip.
+    assert (ds._clip(ds[0]["clip_id"]).struct > 0).all()
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="frames"):
+        WindowConfig(frames=0)
+    with pytest.raises(ValueError, match="hflip_prob"):
+        WindowConfig(hflip_prob=2.0)
+    with pytest.raises(ValueError, match="rank"):
+        ResumableSampler(4, rank=2, world_size=2)

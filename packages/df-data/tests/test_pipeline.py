@@ -32,7 +32,7 @@ def test_synth_extract_inspect_and_load(tmp_path, capsys):
         )
         == 0
     )
-    assert sorted(p.parent.name for p in corpus.glob("*/clip_*/video.mp4")) == [
+    assert sorted(p.parent.parent.name for p in corpus.glob("*/clip_*/video.mp4")) == [
         "test",
         "train",
         "train",

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from df_data import extract as extract_module
 from df_data import inspect_store as inspect_module
-from df_data.extract import codec_identity, extract_store, load_codec
+from df_data.extract import SourceError, codec_identity, extract_store, load_codec, read_source
 from df_data.features import LogMelEncoder, features_for_frames
 from df_data.inspect_store import format_report, inspect_store
 from df_data.media import read_video, read_wav, write_video, write_wav
@@ -460,3 +460,13 @@ def test_command_lines(good_sources, codec_dir, tmp_path, capsys):
     os.remove(clip_dir(out, "train-a") / "ref.safetensors")
     assert inspect_module.main([str(out), "--json"]) == 1
     assert "train-a" in json.loads(capsys.readouterr().out)["invalid"]
+
+
+def test_bad_inputs_raise_a_clear_error_when_loaded_directly(bad_sources):
+    """Outside extraction, reading a bad source raises, naming the source and the problem."""
+    for name, kinds in EXPECTED_KINDS.items():
+        with pytest.raises(SourceError) as info:
+            read_source(bad_sources / name)
+        assert info.value.kind in kinds, (name, info.value.kind)
+        assert name in str(info.value), (name, str(info.value))
+    read_source(bad_sources / "ok")

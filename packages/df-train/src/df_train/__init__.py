@@ -1,0 +1,1 @@
+"""df-train: multi-modal Diffusion Forcing training for DualForce."""

@@ -1,0 +1,58 @@
+"""``dualforce train``: train a recipe locally, with overrides and resume."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from df_train.config import apply_overrides
+from df_train.recipes import RECIPES, get_recipe
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dualforce train", description="Train DualForce with a recipe."
+    )
+    p.add_argument("--recipe", required=True, help=f"one of: {', '.join(sorted(RECIPES))}")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field by dotted path, e.g. optim.lr=3e-4 (repeatable)",
+    )
+    p.add_argument("--out", type=Path, default=None, help="run directory (default runs/<recipe>)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the newest checkpoint in --out"
+    )
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    try:
+        config = apply_overrides(get_recipe(args.recipe), args.overrides)
+        out = args.out if args.out is not None else Path("runs") / config.name
+        config = replace(config, out_dir=str(out))
+        if not config.data.store:
+            raise ValueError(
+                "data.store is not set: pass --set data.store=DIR (a `dualforce data extract` store)"
+            )
+        from df_train.trainer import Trainer
+
+        trainer = Trainer(config)
+        if args.resume and not trainer.resume():
+            logging.getLogger(__name__).info("no checkpoint in %s: starting from scratch", out)
+        trainer.fit(progress=not args.no_progress)
+        path = trainer.export_ema(out / "ema")
+        print(f"trained {config.name} to step {trainer.step}; EMA weights in {path}")
+    except ValueError as e:
+        print(f"dualforce train: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -30,6 +30,7 @@ def test_loss_falls_on_a_tiny_store(tiny_store, tmp_path):
     assert last < 0.7 * first, (first, last)
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 150 and "tokens_per_s" in json.loads(lines[-1])
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_resume_is_exact(tiny_store, tmp_path):

@@ -362,6 +362,11 @@ class Trainer:
             disable=not progress or self.rank != 0,
             unit="step",
         )
+        writer = None
+        if self.rank == 0:
+            from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 - only the logging rank
+
+            writer = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"), purge_step=self.step + 1)
         t0 = time.perf_counter()
         while self.step < stop:
             batches = [next(loader) for _ in range(c.grad_accum)]
@@ -377,9 +382,13 @@ class Trainer:
                 }
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
+                for key in ("loss", "loss_video", "loss_struct", "grad_norm", "lr", "tokens_per_s"):
+                    writer.add_scalar(f"train/{key}", record[key], self.step)
                 bar.set_postfix(loss=f"{m.loss:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
                 bar.update(1)
             if self.step % c.ckpt_every == 0 or self.step == stop:
                 self.save()
         bar.close()
+        if writer is not None:
+            writer.close()
         return history

@@ -33,25 +33,31 @@ def test_loss_falls_on_a_tiny_store(tiny_store, tmp_path):
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def test_resume_is_exact(tiny_store, tmp_path):
-    full = Trainer(tiny_config(tiny_store, tmp_path / "a", steps=12, ckpt_every=6)).fit(
-        progress=False
-    )
-    first = Trainer(tiny_config(tiny_store, tmp_path / "b", steps=12, ckpt_every=6))
+@pytest.mark.parametrize("learned_weights", [False, True])
+def test_resume_is_exact(tiny_store, tmp_path, learned_weights):
+    """2N steps equal N steps, stop, resume, N steps: identical losses and weights."""
+    sets = [f"loss.uncertainty_weighting={learned_weights}", "loss.lambda_aux=0.3"]
+
+    def cfg(out):
+        return apply_overrides(tiny_config(tiny_store, out, steps=12, ckpt_every=6), sets)
+
+    full = Trainer(cfg(tmp_path / "a")).fit(progress=False)
+    first = Trainer(cfg(tmp_path / "b"))
     part1 = first.fit(max_steps=6, progress=False)
     del first
-    second = Trainer(tiny_config(tiny_store, tmp_path / "b", steps=12, ckpt_every=6))
+    second = Trainer(cfg(tmp_path / "b"))
     assert second.resume() and second.step == 6
     part2 = second.fit(progress=False)
     assert [m.loss for m in part1 + part2] == [m.loss for m in full]
-    t_full = Trainer(tiny_config(tiny_store, tmp_path / "a", steps=12))
+    t_full, t_res = Trainer(cfg(tmp_path / "a")), Trainer(cfg(tmp_path / "b"))
     t_full.resume()
-    t_res = Trainer(tiny_config(tiny_store, tmp_path / "b", steps=12))
     t_res.resume()
     for (k, v1), v2 in zip(
         t_full.model.state_dict().items(), t_res.model.state_dict().values(), strict=True
     ):
         assert torch.equal(v1, v2), k
+    if learned_weights:
+        assert torch.equal(t_full.weighting.log_vars, t_res.weighting.log_vars)
 
 
 def test_interrupted_checkpoint_leaves_the_previous_one_usable(tiny_store, tmp_path, monkeypatch):
@@ -151,3 +157,18 @@ def test_cli_trains_and_resumes(tiny_store, tmp_path, capsys):
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 6
     assert dualforce(["train", "--recipe", "nope"]) == 2
     assert "unknown recipe" in capsys.readouterr().err
+
+
+def test_aux_loss_and_uncertainty_weighting_train(tiny_store, tmp_path):
+    config = apply_overrides(
+        tiny_config(tiny_store, tmp_path, steps=30),
+        ["loss.lambda_aux=0.5", "loss.aux_decay_steps=20", "loss.uncertainty_weighting=true"],
+    )
+    trainer = Trainer(config)
+    batch = next(iter(trainer._loader(0)))
+    total, terms = trainer.loss(batch)
+    assert set(terms) == {"loss_video", "loss_struct", "loss_aux"} and torch.isfinite(total)
+    before = trainer.weighting.log_vars.detach().clone()
+    history = trainer.fit(progress=False)
+    assert all(not m.skipped for m in history)
+    assert not torch.equal(before, trainer.weighting.log_vars.detach())

@@ -39,6 +39,7 @@ from df_data.dataset import ResumableSampler, WindowConfig, WindowDataset, colla
 from df_models import DualForceDiT
 from df_train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from df_train.config import TrainConfig
+from df_train.losses import UncertaintyWeighting, aux_struct_loss, aux_weight
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +99,15 @@ class Trainer:
         model.init_weights()
         self.model = model
         self.ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
-        self.optimizer = torch.optim.AdamW(
-            param_groups(model, c.optim.weight_decay), lr=c.optim.lr, betas=c.optim.betas
-        )
+        # Learned loss weights (Kendall et al. 2018), when asked for instead of fixed weights.
+        self.weighting = None
+        groups = param_groups(model, c.optim.weight_decay)
+        if c.loss.uncertainty_weighting:
+            names = ["loss_video"] + (["loss_struct"] if c.model.struct_enabled else [])
+            names += ["loss_aux"] if c.loss.lambda_aux > 0 and c.model.struct_enabled else []
+            self.weighting = UncertaintyWeighting(names).to(self.device)
+            groups.append({"params": list(self.weighting.parameters()), "weight_decay": 0.0})
+        self.optimizer = torch.optim.AdamW(groups, lr=c.optim.lr, betas=c.optim.betas)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lambda s: lr_lambda(
@@ -150,7 +157,9 @@ class Trainer:
     # State -------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
+        extra = {"weighting": self.weighting.state_dict()} if self.weighting is not None else {}
         return {
+            **extra,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "ema": self.ema,
@@ -165,6 +174,8 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
+        if self.weighting is not None:
+            self.weighting.load_state_dict(state["weighting"])
         self.optimizer.load_state_dict(state["optimizer"])
         for k, v in state["ema"].items():
             self.ema[k].copy_(v)
@@ -266,6 +277,15 @@ class Trainer:
             loss_s = reduce_frame_loss(frame_mse(v_s, eps_s - x0_s), valid_BT=valid)
             terms["loss_struct"] = loss_s
             total = total + c.loss.lambda_struct * loss_s
+            # L_aux: the struct stream's clean estimate against the clip's 3-D labels (SynthTalk:
+            # its exact ground truth), with a weight that decays so the stream can drift from them.
+            w_aux = aux_weight(self.step, c.loss.lambda_aux, c.loss.aux_decay_steps)
+            if c.loss.lambda_aux > 0:
+                s0_hat = s_args["s_BTDs"] - s_args["sigma_s_BT"][..., None] * v_s.float()
+                terms["loss_aux"] = aux_struct_loss(s0_hat, x0_s, valid)
+                total = total + w_aux * terms["loss_aux"]
+        if self.weighting is not None:
+            total, _ = self.weighting(terms)
         return total, terms
 
     def train_step(self, batches: list[dict]) -> StepMetrics:
@@ -364,9 +384,11 @@ class Trainer:
         )
         writer = None
         if self.rank == 0:
-            from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 - only the logging rank
+            from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"), purge_step=self.step + 1)
+            writer = SummaryWriter(
+                log_dir=str(self.out_dir / "tensorboard"), purge_step=self.step + 1
+            )
         t0 = time.perf_counter()
         while self.step < stop:
             batches = [next(loader) for _ in range(c.grad_accum)]

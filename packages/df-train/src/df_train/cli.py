@@ -8,6 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from df_train.codec import CodecTrainConfig, train_codec
 from df_train.config import apply_overrides
 from df_train.recipes import RECIPES, get_recipe
 
@@ -40,6 +41,10 @@ def main(argv: list[str]) -> int:
         config = apply_overrides(get_recipe(args.recipe), args.overrides)
         out = args.out if args.out is not None else Path("runs") / config.name
         config = replace(config, out_dir=str(out))
+        if isinstance(config, CodecTrainConfig):
+            summary = train_codec(config, progress=not args.no_progress)
+            print(f"codec in {summary['codec']}: held-out PSNR {summary['heldout_psnr_db']:.2f} dB")
+            return 0
         if not config.data.store:
             raise ValueError(
                 "data.store is not set: pass --set data.store=DIR (a `dualforce data extract` store)"

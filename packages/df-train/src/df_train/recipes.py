@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from df_models.codecs import TinyAutoencoderConfig
 from df_models.config import synthtalk_small as small_model
 from df_models.config import tiny as tiny_model
+from df_train.codec import CodecTrainConfig
 from df_train.config import DataConfig, LossConfig, NoiseConfig, OptimConfig, TrainConfig
 
 
@@ -72,6 +74,27 @@ def hdtf_base() -> TrainConfig:
     )
 
 
+def codec_synthtalk() -> CodecTrainConfig:
+    """The embedded default codec: a TinyAutoencoder, 64x64 frames -> 8 x 8 x 8 latents."""
+    return CodecTrainConfig(
+        codec=TinyAutoencoderConfig(latent_channels=8, base_channels=32, num_down=3)
+    )
+
+
+def codec_synthtalk_tiny() -> CodecTrainConfig:
+    """For tests: 32x32 frames -> 4 x 8 x 8 latents, a few hundred steps."""
+    return CodecTrainConfig(
+        name="codec_synthtalk_tiny",
+        codec=TinyAutoencoderConfig(
+            latent_channels=4, base_channels=8, max_channels=16, num_down=2, norm_groups=4
+        ),
+        steps=300,
+        batch_size=16,
+        lr=1e-3,
+        log_every=25,
+    )
+
+
 def _ablation(name: str, **model_changes) -> Callable[[], TrainConfig]:
     def recipe() -> TrainConfig:
         base = synthtalk_small()
@@ -129,7 +152,9 @@ ABLATIONS = {
     "with_aux": _loss_ablation("with_aux", lambda_aux=0.1),
 }
 
-RECIPES: dict[str, Callable[[], TrainConfig]] = {
+RECIPES: dict[str, Callable[[], TrainConfig | CodecTrainConfig]] = {
+    "codec_synthtalk": codec_synthtalk,
+    "codec_synthtalk_tiny": codec_synthtalk_tiny,
     "synthtalk_tiny": synthtalk_tiny,
     "synthtalk_small": synthtalk_small,
     "hdtf_base": hdtf_base,
@@ -137,7 +162,7 @@ RECIPES: dict[str, Callable[[], TrainConfig]] = {
 }
 
 
-def get_recipe(name: str) -> TrainConfig:
+def get_recipe(name: str) -> TrainConfig | CodecTrainConfig:
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; known: {sorted(RECIPES)}")
     return RECIPES[name]()

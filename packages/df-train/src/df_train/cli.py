@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from df_train.codec import CodecTrainConfig, train_codec
-from df_train.config import apply_overrides
+from df_train.config import TrainConfig, apply_overrides
 from df_train.recipes import RECIPES, get_recipe
 
 
@@ -31,6 +31,19 @@ def _parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue from the newest checkpoint in --out"
     )
     p.add_argument("--no-progress", action="store_true")
+    launch = p.add_argument_group("submitit (SLURM or local executor)")
+    launch.add_argument("--slurm", action="store_true", help="submit to SLURM through submitit")
+    launch.add_argument(
+        "--local", action="store_true", help="run through submitit's local executor"
+    )
+    launch.add_argument("--nodes", type=int, default=1)
+    launch.add_argument("--gpus-per-node", type=int, default=1)
+    launch.add_argument("--partition", default=None)
+    launch.add_argument(
+        "--time", default="24:00:00", help="time limit HH:MM:SS (requeued on timeout)"
+    )
+    launch.add_argument("--account", default=None)
+    launch.add_argument("--qos", default=None)
     return p
 
 
@@ -49,6 +62,26 @@ def main(argv: list[str]) -> int:
             raise ValueError(
                 "data.store is not set: pass --set data.store=DIR (a `dualforce data extract` store)"
             )
+        if args.slurm or args.local:
+            if not isinstance(config, TrainConfig):
+                raise ValueError("--slurm/--local launch DualForce recipes; train codecs directly")
+            from df_train.launch import make_executor, submit
+
+            executor = make_executor(
+                out / "submitit",
+                local=args.local,
+                nodes=args.nodes,
+                gpus_per_node=args.gpus_per_node,
+                partition=args.partition,
+                time=args.time,
+                account=args.account,
+                qos=args.qos,
+            )
+            job = submit(config, executor)
+            print(f"submitted job {job.job_id}; logs in {out / 'submitit'}")
+            if args.local:
+                print(job.result())
+            return 0
         from df_train.trainer import Trainer
 
         trainer = Trainer(config)

@@ -17,6 +17,7 @@ steps, stop, resume, N steps equals 2N steps.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -360,8 +361,18 @@ class Trainer:
             collate_fn=collate_windows,
         )
 
-    def fit(self, *, max_steps: int | None = None, progress: bool = True) -> list[StepMetrics]:
-        """Trains from the current step to ``config.steps`` (or ``max_steps``, to stop early)."""
+    def fit(
+        self,
+        *,
+        max_steps: int | None = None,
+        progress: bool = True,
+        step_guard=contextlib.nullcontext,
+    ) -> list[StepMetrics]:
+        """Trains from the current step to ``config.steps`` (or ``max_steps``, to stop early).
+
+        ``step_guard`` wraps each optimiser step (the launcher defers preemption signals with it
+        so that a checkpoint taken on preemption is always at a step boundary).
+        """
         c = self.config
         stop = min(c.steps, max_steps if max_steps is not None else c.steps)
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -392,24 +403,32 @@ class Trainer:
         t0 = time.perf_counter()
         while self.step < stop:
             batches = [next(loader) for _ in range(c.grad_accum)]
-            m = self.train_step(batches)
-            history.append(m)
-            elapsed = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            if self.rank == 0:
-                record = {
-                    "step": self.step,
-                    **m.__dict__,
-                    "tokens_per_s": tokens_per_step / max(elapsed, 1e-9),
-                }
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
-                for key in ("loss", "loss_video", "loss_struct", "grad_norm", "lr", "tokens_per_s"):
-                    writer.add_scalar(f"train/{key}", record[key], self.step)
-                bar.set_postfix(loss=f"{m.loss:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
-                bar.update(1)
-            if self.step % c.ckpt_every == 0 or self.step == stop:
-                self.save()
+            with step_guard():
+                m = self.train_step(batches)
+                history.append(m)
+                elapsed = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                if self.rank == 0:
+                    record = {
+                        "step": self.step,
+                        **m.__dict__,
+                        "tokens_per_s": tokens_per_step / max(elapsed, 1e-9),
+                    }
+                    with metrics_path.open("a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    for key in (
+                        "loss",
+                        "loss_video",
+                        "loss_struct",
+                        "grad_norm",
+                        "lr",
+                        "tokens_per_s",
+                    ):
+                        writer.add_scalar(f"train/{key}", record[key], self.step)
+                    bar.set_postfix(loss=f"{m.loss:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                    bar.update(1)
+                if self.step % c.ckpt_every == 0 or self.step == stop:
+                    self.save()
         bar.close()
         if writer is not None:
             writer.close()

@@ -8,6 +8,7 @@ real data at the proposal's scale. The ablations of DESIGN.md are variants of
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from df_models.codecs import TinyAutoencoderConfig
 from df_models.config import synthtalk_small as small_model
@@ -95,46 +96,30 @@ def codec_synthtalk_tiny() -> CodecTrainConfig:
     )
 
 
-def _ablation(name: str, **model_changes) -> Callable[[], TrainConfig]:
+def _variant(name: str, section: str, **changes) -> Callable[[], TrainConfig]:
+    """An ablation of DESIGN.md: ``synthtalk_small`` with fields of one section changed."""
+
     def recipe() -> TrainConfig:
         base = synthtalk_small()
-        from dataclasses import replace
-
-        return replace(
-            base, name=f"synthtalk_small__{name}", model=base.model.replace(**model_changes)
-        )
+        part = getattr(base, section)
+        changed = part.replace(**changes) if section == "model" else replace(part, **changes)
+        return replace(base, name=f"synthtalk_small__{name}", **{section: changed})
 
     recipe.__name__ = f"synthtalk_small__{name}"
     recipe.__doc__ = f"Ablation of DESIGN.md: {name.replace('_', ' ')}."
     return recipe
+
+
+def _ablation(name: str, **model_changes) -> Callable[[], TrainConfig]:
+    return _variant(name, "model", **model_changes)
 
 
 def _noise_ablation(name: str, **noise_changes) -> Callable[[], TrainConfig]:
-    def recipe() -> TrainConfig:
-        from dataclasses import replace
-
-        base = synthtalk_small()
-        return replace(
-            base, name=f"synthtalk_small__{name}", noise=replace(base.noise, **noise_changes)
-        )
-
-    recipe.__name__ = f"synthtalk_small__{name}"
-    recipe.__doc__ = f"Ablation of DESIGN.md: {name.replace('_', ' ')}."
-    return recipe
+    return _variant(name, "noise", **noise_changes)
 
 
 def _loss_ablation(name: str, **loss_changes) -> Callable[[], TrainConfig]:
-    def recipe() -> TrainConfig:
-        from dataclasses import replace
-
-        base = synthtalk_small()
-        return replace(
-            base, name=f"synthtalk_small__{name}", loss=replace(base.loss, **loss_changes)
-        )
-
-    recipe.__name__ = f"synthtalk_small__{name}"
-    recipe.__doc__ = f"Ablation of DESIGN.md: {name.replace('_', ' ')}."
-    return recipe
+    return _variant(name, "loss", **loss_changes)
 
 
 ABLATIONS = {

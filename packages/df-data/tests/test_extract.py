@@ -32,6 +32,7 @@ from df_data.store import (
     read_clip,
 )
 from df_models.codecs import TinyAutoencoder, tiny_autoencoder_debug
+from df_models.testing import tiny_wan_vae
 
 STRUCT_NAMES = ["yaw", "pitch", "roll"]
 
@@ -347,17 +348,8 @@ def test_store_of_one_codec_only(good_sources, codec_dir, tmp_path):
 
 
 def test_temporal_codec_groups_struct_and_trims_frames(tmp_path):
-    diffusers = pytest.importorskip("diffusers")
-    torch.manual_seed(0)
-    vae = diffusers.AutoencoderKLWan(
-        base_dim=8,
-        z_dim=4,
-        dim_mult=[1, 1, 1],
-        num_res_blocks=1,
-        temperal_downsample=[True, True],
-        latents_mean=[0.1, -0.2, 0.3, -0.4],
-        latents_std=[1.5, 2.0, 0.5, 3.0],
-    )
+    pytest.importorskip("diffusers")
+    vae = tiny_wan_vae([0.1, -0.2, 0.3, -0.4], [1.5, 2.0, 0.5, 3.0])
     vae.save_pretrained(tmp_path / "wan" / "vae")  # a pipeline layout
     src = tmp_path / "src"
     make_source(src, "a", frames=12, seed=1)

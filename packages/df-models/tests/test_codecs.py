@@ -26,6 +26,7 @@ from df_models.codecs import (
     tiny_autoencoder_debug,
 )
 from df_models.pretrained import CONFIG_NAME, WEIGHTS_NAME
+from df_models.testing import tiny_wan_vae
 
 KL_SCALE = 0.5  # scaling_factor of the tiny AutoencoderKL
 KL_SHIFT = 0.1  # shift_factor of the tiny AutoencoderKL
@@ -81,17 +82,8 @@ def kl_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def wan_dir(tmp_path_factory):
-    diffusers = pytest.importorskip("diffusers")
-    torch.manual_seed(0)
-    vae = diffusers.AutoencoderKLWan(
-        base_dim=8,
-        z_dim=4,
-        dim_mult=[1, 1, 1],
-        num_res_blocks=1,
-        temperal_downsample=[True, True],
-        latents_mean=WAN_MEAN,
-        latents_std=WAN_STD,
-    )
+    pytest.importorskip("diffusers")
+    vae = tiny_wan_vae(WAN_MEAN, WAN_STD)
     # A pipeline layout: the VAE lives in a subfolder.
     path = tmp_path_factory.mktemp("wan")
     vae.save_pretrained(path / "vae")

@@ -57,3 +57,22 @@ def random_model(config: DualForceConfig, seed: int = 0) -> DualForceDiT:
     model = DualForceDiT(config)
     model.init_weights()
     return randomize(model, seed).eval()
+
+
+def tiny_wan_vae(latents_mean: list[float], latents_std: list[float], seed: int = 0):
+    """A tiny randomly initialised diffusers ``AutoencoderKLWan`` (4 latent channels, 4 video
+    frames per latent frame), for tests of the pretrained-VAE code paths. Needs diffusers."""
+    from diffusers import AutoencoderKLWan
+
+    if len(latents_mean) != 4 or len(latents_std) != 4:
+        raise ValueError("latents_mean and latents_std must have 4 entries (z_dim=4)")
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(
+        base_dim=8,
+        z_dim=4,
+        dim_mult=[1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[True, True],
+        latents_mean=list(latents_mean),
+        latents_std=list(latents_std),
+    )

@@ -141,8 +141,6 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.precision must be fp32 or bf16, got {self.precision!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"TrainConfig.device must be auto, cpu or cuda, got {self.device!r}")
-        if self.data.frames > 0 and self.model.window is not None and self.model.window < 1:
-            raise ValueError("TrainConfig.model.window must be positive")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -172,8 +170,9 @@ def _parse(value: str, current: Any, key: str) -> Any:
     return value
 
 
-def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
-    """Applies ``section.field=value`` (or ``field=value``) overrides; unknown keys are errors."""
+def apply_overrides(config, overrides: list[str]):
+    """Applies ``section.field=value`` (or ``field=value``) overrides to any config dataclass
+    (:class:`TrainConfig`, ``CodecTrainConfig``); unknown keys are errors."""
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"--set expects key=value, got {item!r}")

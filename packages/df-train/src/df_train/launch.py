@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 import signal
-from dataclasses import replace
 from pathlib import Path
 
 import submitit
@@ -138,4 +137,4 @@ def make_executor(
 
 
 def submit(config: TrainConfig, executor: submitit.Executor) -> submitit.Job:
-    return executor.submit(TrainJob(replace(config)))
+    return executor.submit(TrainJob(config))

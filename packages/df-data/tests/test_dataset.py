@@ -141,3 +141,105 @@ def test_bad_arguments():
         WindowConfig(hflip_prob=2.0)
     with pytest.raises(ValueError, match="rank"):
         ResumableSampler(4, rank=2, world_size=2)
+
+
+def _add_boxes(root, clip_id, width=16, height=8):
+    """Rewrites a clip of ``make_store`` with mouth boxes whose x0 encodes the frame index."""
+    from df_data.store import read_clip
+
+    record = read_clip(root, clip_id)
+    T = record.latents.shape[0]
+    t = torch.arange(T, dtype=torch.float32)
+    box = torch.stack([t * 0.5, torch.full((T,), 2.0), t * 0.5 + 4.0, torch.full((T,), 5.0)], 1)
+    record.metadata.update(height=height, width=width)
+    record.mouth_box = box
+    write_clip_record(root, record, manifest=False, overwrite=True)
+    return box
+
+
+def test_mouth_boxes_follow_the_window_and_mirror_on_flip(tmp_path):
+    make_store(tmp_path)
+    _add_boxes(tmp_path, "train-clip_00000")
+    plain = WindowDataset(tmp_path, WindowConfig(frames=3), seed=2)
+    flipped = WindowDataset(tmp_path, WindowConfig(frames=3, hflip_prob=1.0), seed=2)
+    seen = set()
+    for i in range(9):
+        s, f = plain[i], flipped[i]
+        seen.add(s["clip_id"])
+        if s["clip_id"] != "train-clip_00000":
+            assert not s["has_mouth_box"] and (s["mouth_box"] == 0).all()
+            continue
+        assert s["has_mouth_box"] and s["image_size"] == (8, 16)
+        t = torch.arange(s["start"], s["start"] + 3, dtype=torch.float32)
+        assert s["mouth_box"][:, 0].tolist() == (t * 0.5).tolist()
+        # x0' = W - x1, x1' = W - x0; y unchanged.
+        assert f["mouth_box"][:, 0].tolist() == (16 - (t * 0.5 + 4)).tolist()
+        assert f["mouth_box"][:, 2].tolist() == (16 - t * 0.5).tolist()
+        assert torch.equal(f["mouth_box"][:, [1, 3]], s["mouth_box"][:, [1, 3]])
+    assert len(seen) == 3
+    batch = collate_windows([plain[i] for i in range(3)])
+    assert batch["has_mouth_box"].dtype == torch.bool and batch["mouth_box"].shape == (3, 3, 4)
+    assert batch["has_mouth_box"].sum() == 1
+
+
+def test_struct_normalisation_uses_train_statistics_after_the_flip(tmp_path):
+    from df_data.store import STRUCT_STATS_NAME, compute_struct_stats, struct_stats
+
+    make_store(tmp_path)
+    raw = WindowDataset(tmp_path, WindowConfig(frames=4), seed=0)
+    ds = WindowDataset(tmp_path, WindowConfig(frames=4, normalize_struct=True), seed=0)
+    stats = ds.struct_stats
+    assert (tmp_path / STRUCT_STATS_NAME).is_file()
+    # make_store: struct = frame index + 1 in every dim, clips of 12, 10 and 5 frames.
+    values = torch.cat([torch.arange(T, dtype=torch.float64) + 1 for T in (12, 10, 5)])
+    assert stats.frames == 27 and stats.clips == 3
+    torch.testing.assert_close(
+        torch.tensor(stats.mean, dtype=torch.float64), values.mean().expand(7)
+    )
+    torch.testing.assert_close(
+        torch.tensor(stats.std, dtype=torch.float64), values.std(unbiased=False).expand(7)
+    )
+    for i in range(6):
+        mean, std = torch.tensor(stats.mean).float(), torch.tensor(stats.std).float()
+        assert torch.equal(ds[i]["struct"], (raw[i]["struct"] - mean) / std)
+    # The flip negates the raw yaw, then normalises: not the same as negating the normalised.
+    flip = WindowDataset(
+        tmp_path, WindowConfig(frames=4, normalize_struct=True, hflip_prob=1.0), seed=0
+    )
+    yaw = NAMES.index("yaw")
+    s = flip[0]["struct"][:, yaw]
+    expected = (-raw[0]["struct"][:, yaw] - stats.mean[yaw]) / stats.std[yaw]
+    torch.testing.assert_close(s, expected)
+    # Cached on disk: reloaded, not recomputed, until the train clips change.
+    assert struct_stats(tmp_path) == stats
+    make_store(tmp_path / "more", clips=1, frames=(7,))
+    extra = tmp_path / "more" / "clips" / "train-clip_00000"
+    import shutil
+
+    from df_data.store import ClipRecord, read_clip
+
+    rec = read_clip(tmp_path / "more", "train-clip_00000")
+    write_clip_record(
+        tmp_path,
+        ClipRecord(
+            **{
+                **rec.__dict__,
+                "clip_id": "train-extra",
+                "metadata": {**rec.metadata, "clip_id": "train-extra"},
+            }
+        ),
+    )
+    shutil.rmtree(extra)
+    fresh = struct_stats(tmp_path)
+    assert fresh.clips == 4 and fresh != stats
+    assert fresh == compute_struct_stats(tmp_path)
+
+
+def test_struct_stats_errors(tmp_path):
+    from df_data.store import STRUCT_STATS_NAME, compute_struct_stats, struct_stats
+
+    with pytest.raises(StoreError, match="no clips"):
+        compute_struct_stats(tmp_path)
+    make_store(tmp_path)
+    (tmp_path / STRUCT_STATS_NAME).write_text("{not json")
+    assert struct_stats(tmp_path).clips == 3  # an unreadable file is recomputed

@@ -462,3 +462,44 @@ def test_bad_inputs_raise_a_clear_error_when_loaded_directly(bad_sources):
         assert info.value.kind in kinds, (name, info.value.kind)
         assert name in str(info.value), (name, str(info.value))
     read_source(bad_sources / "ok")
+
+
+def test_mouth_boxes_are_carried_into_the_store(codec_dir, tmp_path):
+    from df_data.store import read_store_info
+
+    src = tmp_path / "src"
+    directory = make_source(src, "boxed", frames=6, seed=5)
+    gt = load_file(directory / "gt.safetensors")
+    boxes = torch.tensor([[4.0 + t, 10.0, 20.0 + t, 18.0] for t in range(6)])
+    save_file({**gt, "mouth_box": boxes}, directory / "gt.safetensors")
+    make_source(src, "plain", frames=6, seed=6)
+    summary = extract_store(src, tmp_path / "store", codec=codec_dir, progress=False)
+    assert summary["written"] == 2, load_failures(tmp_path / "store")
+    record = read_clip(tmp_path / "store", "train-boxed")
+    assert torch.equal(record.mouth_box, boxes)
+    assert record.metadata["mouth_box"] and (
+        record.metadata["height"],
+        record.metadata["width"],
+    ) == (32, 32)
+    assert read_clip(tmp_path / "store", "train-plain").mouth_box is None
+    info = read_store_info(tmp_path / "store")
+    assert info["codec_dir"] == str(codec_dir.resolve())
+    assert info["codec"] == record.metadata["codec"]
+    assert info["audio_encoder"] == record.metadata["audio_encoder"]
+    assert inspect_store(tmp_path / "store")["clips_with_mouth_box"] == 1
+    # A box per frame is required.
+    save_file({**gt, "mouth_box": boxes[:5]}, directory / "gt.safetensors")
+    with pytest.raises(SourceError, match="mouth_box must be float"):
+        read_source(directory)
+
+
+def test_mouth_boxes_group_as_the_union_per_latent_frame():
+    from df_data.extract import group_mouth_boxes
+
+    box = torch.tensor([[float(t), 10.0 - t, 20.0 + t, 30.0 - t] for t in range(9)])
+    got = group_mouth_boxes(box, 4)  # latent frames cover {0}, {1..4}, {5..8}
+    expected = torch.tensor(
+        [[0.0, 10.0, 20.0, 30.0], [1.0, 6.0, 24.0, 29.0], [5.0, 2.0, 28.0, 25.0]]
+    )
+    assert torch.equal(got, expected)
+    assert torch.equal(group_mouth_boxes(box, 1), box)

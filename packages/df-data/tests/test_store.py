@@ -258,3 +258,24 @@ def test_read_clip_metadata_errors(tmp_path):
     path.write_text("{")
     with pytest.raises(StoreError, match=r"clip 'train-a': metadata.json is not valid JSON"):
         read_clip(tmp_path, "train-a")
+
+
+def test_mouth_box_round_trip_and_validation(tmp_path):
+    from df_data.store import MOUTH_BOX_FILE
+
+    rec = make_record("train-box", frames=3)
+    rec.metadata.update(height=32, width=32)
+    rec.mouth_box = torch.tensor([[1.0, 2.0, 10.0, 12.0]] * 3)
+    write_clip_record(tmp_path, rec)
+    assert (clip_dir(tmp_path, "train-box") / MOUTH_BOX_FILE).is_file()
+    assert torch.equal(read_clip(tmp_path, "train-box").mouth_box, rec.mouth_box)
+    assert read_clip(tmp_path, "train-box").metadata["width"] == 32
+    bad = [
+        (torch.tensor([[1.0, 2.0, 10.0, 12.0]] * 2), r"\[3, 4\]"),
+        (torch.tensor([[10.0, 2.0, 1.0, 12.0]] * 3), "x0 <= x1"),
+        (torch.tensor([[1.0, 2.0, 40.0, 12.0]] * 3), "outside the 32x32 frame"),
+    ]
+    for box, match in bad:
+        rec.mouth_box = box
+        with pytest.raises(StoreError, match=match):
+            write_clip_record(tmp_path / "bad", rec)

@@ -11,7 +11,18 @@ workers, and resuming is just starting from the number of samples already consum
 Augmentations are the ones that are correct in latent space: the choice of window and of
 reference frame, and an optional horizontal flip of the latents (a convolutional codec is
 close to flip-equivariant) that negates the structure parameters mirrored by a flip (yaw, roll,
-horizontal translation).
+horizontal translation) and mirrors the mouth box (``x0' = W - x1``).
+
+Structure normalisation (``WindowConfig.normalize_struct``): the structure is returned as
+``(raw - mean) / std`` with the per-dimension statistics of the store's train split
+(:func:`df_data.store.struct_stats`, computed once and kept in ``struct_stats.json``); the flip
+acts on the raw parameters, before normalisation. Samples stay a pure function of
+``(seed, i)`` as long as the statistics are fixed: pass them explicitly (``struct_stats=``) to
+pin a run to the ones it started with.
+
+Samples carry ``mouth_box`` ``[T, 4]`` (pixels of the stored frames, ``image_size = (H, W)``)
+and ``has_mouth_box``; a clip without boxes gives zeros and False, so clips with and without
+boxes batch together.
 
 Legend: T latent frames, C latent channels, h w latent size, Ds structure dim, La audio window,
 Da audio feature dim.
@@ -27,7 +38,14 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from df_data.store import ClipRecord, StoreError, load_manifest, read_clip
+from df_data.store import (
+    ClipRecord,
+    StoreError,
+    StructStats,
+    load_manifest,
+    read_clip,
+)
+from df_data.store import struct_stats as load_struct_stats
 from df_models.layers import gather_audio_windows
 
 log = logging.getLogger(__name__)
@@ -44,6 +62,7 @@ class WindowConfig:
     hflip_prob: float = 0.0  # probability of a horizontal flip (latents and structure)
     splits: tuple[str, ...] = ("train",)  # which splits of the store to use
     cache_clips: int = 64  # clips kept in memory per worker
+    normalize_struct: bool = False  # (raw - mean) / std with the train split's statistics
 
     def __post_init__(self) -> None:
         if isinstance(self.frames, bool) or not isinstance(self.frames, int) or self.frames < 1:
@@ -72,10 +91,18 @@ class WindowDataset(Dataset):
     indices beyond it continue into later epochs, so a sampler may run for any number of steps.
     """
 
-    def __init__(self, store_dir: str | Path, config: WindowConfig, *, seed: int = 0) -> None:
+    def __init__(
+        self,
+        store_dir: str | Path,
+        config: WindowConfig,
+        *,
+        seed: int = 0,
+        struct_stats: StructStats | None = None,
+    ) -> None:
         self.store_dir = Path(store_dir)
         self.config = config
         self.seed = seed
+        self.struct_stats = struct_stats
         entries = [e for e in load_manifest(self.store_dir) if e.get("split") in config.splits]
         if not entries:
             raise StoreError(
@@ -98,6 +125,19 @@ class WindowDataset(Dataset):
                 f"{self.store_dir}: no clip has at least WindowConfig.frames={config.frames} latent frames"
             )
         self._cache: OrderedDict[str, ClipRecord] = OrderedDict()
+        if config.normalize_struct and self.struct_stats is None:
+            self.struct_stats = load_struct_stats(self.store_dir)
+        if config.normalize_struct:
+            names = list(
+                read_clip(self.store_dir, self.entries[0]["clip_id"]).metadata.get(
+                    "struct_names", []
+                )
+            )
+            if list(self.struct_stats.names) != names:
+                raise StoreError(
+                    f"{self.store_dir}: struct stats are for {list(self.struct_stats.names)}, "
+                    f"the clips have struct_names {names}"
+                )
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -154,6 +194,8 @@ class WindowDataset(Dataset):
             ref = record.latents[ref_index].float()
 
         # Step 3: the horizontal flip, applied to everything that has a left and a right.
+        has_box = record.mouth_box is not None
+        box = record.mouth_box[start : start + c.frames].clone() if has_box else None
         flipped = float(torch.rand((), generator=g)) < c.hflip_prob
         if flipped:
             latents, ref = latents.flip(-1), ref.flip(-1)
@@ -161,12 +203,22 @@ class WindowDataset(Dataset):
             for name in FLIP_NEGATED:
                 if name in names:
                     struct[:, names.index(name)] = -struct[:, names.index(name)]
+            if has_box:
+                width = float(meta["width"])
+                box = torch.stack([width - box[:, 2], box[:, 1], width - box[:, 0], box[:, 3]], 1)
+
+        # Step 4: structure in model space (after the flip, which mirrors raw parameters).
+        if c.normalize_struct:
+            struct = self.struct_stats.normalize(struct)
 
         return {
             "latents": latents,  # [T, C, h, w]
             "struct": struct,  # [T, Ds]
             "audio": audio,  # [T, La, Da]
             "ref_latent": ref,  # [C, h, w]
+            "mouth_box": box if has_box else torch.zeros(c.frames, 4),  # [T, 4] pixels
+            "has_mouth_box": has_box,
+            "image_size": (int(meta.get("height", 0)), int(meta.get("width", 0))),
             "clip_id": clip_id,
             "start": start,
             "ref_index": ref_index,
@@ -202,9 +254,15 @@ class ResumableSampler(Sampler[int]):
 
 
 def collate_windows(samples: list[dict]) -> dict:
-    """Stacks tensors and keeps the bookkeeping fields as lists."""
+    """Stacks tensors, makes a bool tensor of ``has_mouth_box`` and keeps the other bookkeeping
+    fields as lists."""
     out = {}
     for key in samples[0]:
         values = [s[key] for s in samples]
-        out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+        if isinstance(values[0], torch.Tensor):
+            out[key] = torch.stack(values)
+        elif key == "has_mouth_box":
+            out[key] = torch.tensor(values, dtype=torch.bool)
+        else:
+            out[key] = values
     return out

@@ -6,7 +6,8 @@ Legend: ``B`` batch (1), ``T`` video frames, ``T_lat`` latent frames, ``C`` late
 
 A source is any directory under ``src_dir`` holding ``video.mp4`` (H.264, 25 fps),
 ``audio.wav`` (16 kHz mono), ``gt.safetensors`` (``struct`` float32 ``[T, Ds]``, ``identity``
-float32 ``[Di]``) and ``metadata.json`` (``fps``, ``frames``, ``split``, ``struct_names``, ...).
+float32 ``[Di]``, optionally ``mouth_box`` float32 ``[T, 4]`` pixel boxes ``(x0, y0, x1, y1)``)
+and ``metadata.json`` (``fps``, ``frames``, ``split``, ``struct_names``, ...).
 Its clip id is ``"<split>-<directory name>"``. Directories whose path below ``src_dir`` has a
 component starting with a dot (a generator's temporary output) are ignored.
 
@@ -18,8 +19,12 @@ default), cut the clip to ``1 + k * frames_per_latent`` frames for temporally co
 run ``vad`` (optional), encode latents in chunks, compute 50 Hz audio features (exactly 2 per
 video frame), take the structure of the *last* video frame of each latent frame's group
 (``struct[j * frames_per_latent]``: latent frame 0 covers frame 0 alone, latent frame ``j``
-covers frames ``(j - 1) * k + 1 .. j * k``), encode the first frame alone as the reference
-latent, and write the clip atomically. A failing source is recorded in ``failures.jsonl`` with a
+covers frames ``(j - 1) * k + 1 .. j * k``), take the union of the mouth boxes of each latent
+frame's group when the source has them (dropped, with a warning, under a ``frame_transform``,
+which moves the pixels they refer to), encode the first frame alone as the reference latent,
+and write the clip atomically. The store's ``store.json`` records the codec directory (when
+the codec was given as one) and the codec and audio encoder identity, so that training can
+ship the codec with its weights. A failing source is recorded in ``failures.jsonl`` with a
 ``kind`` and a reason; the run goes on. On a re-run finished clips are skipped, and so are
 sources whose earlier failure is a property of the data (every kind except ``"error"``,
 an unexpected exception) unless ``retry_failed``.
@@ -76,6 +81,7 @@ from df_data.store import (
     load_manifest,
     read_metadata,
     repair_store,
+    update_store_info,
     write_clip_record,
 )
 from df_models.codecs import (
@@ -97,6 +103,7 @@ MAX_AV_OFFSET_S = 0.040  # audio and video durations may differ by one video fra
 FPS_TOLERANCE = 1e-3
 RETRYABLE_KINDS = frozenset({"error"})  # other failure kinds are properties of the source
 STRUCT_FRAME_RULE = "last video frame of each latent frame's group: struct[j * frames_per_latent]"
+MOUTH_BOX_RULE = "pixels of the stored frames; union of the boxes of each latent frame's group"
 
 FrameTransform = Callable[[torch.Tensor], torch.Tensor]
 Vad = Callable[[np.ndarray, int], np.ndarray]
@@ -121,6 +128,7 @@ class SourceClip:
         frames: uint8 RGB ``[T, H, W, 3]``.
         audio: float32 mono audio ``[N]`` at 16 kHz.
         struct: float32 ``[T, Ds]``.
+        mouth_box: float32 ``[T, 4]`` pixel boxes, or None when the source has none.
         files: sha256 of each source file, by name.
     """
 
@@ -131,6 +139,7 @@ class SourceClip:
     audio: np.ndarray
     struct: torch.Tensor
     files: dict[str, str]
+    mouth_box: torch.Tensor | None = None
 
 
 # Sources ----------------------------------------------------------------------------------------
@@ -217,6 +226,15 @@ def read_source(directory: Path) -> SourceClip:
         bad = int((~torch.isfinite(value.float())).sum()) if value.is_floating_point() else 0
         if bad:
             raise SourceError("nan_gt", f"{directory / GT_FILE}: {key} has {bad} NaN/inf values")
+    box = gt.get("mouth_box")
+    if box is not None and (
+        box.ndim != 2 or box.shape != (struct.shape[0], 4) or not box.is_floating_point()
+    ):
+        raise SourceError(
+            "bad_gt",
+            f"{directory / GT_FILE}: mouth_box must be float [T={struct.shape[0]}, 4], "
+            f"got {box.dtype} {tuple(box.shape)}",
+        )
 
     # Step 3: the video decodes at 25 fps with the metadata's frame count.
     try:
@@ -251,7 +269,9 @@ def read_source(directory: Path) -> SourceClip:
         raise SourceError("decode_audio", f"{directory / AUDIO_FILE}: NaN or inf samples")
 
     files = {name: sha256_file(directory / name) for name in SOURCE_FILES}
-    return SourceClip(directory, clip_id, meta, frames_THWC, audio_N, struct.float(), files)
+    if box is not None:
+        box = box.float()
+    return SourceClip(directory, clip_id, meta, frames_THWC, audio_N, struct.float(), files, box)
 
 
 # Codec ------------------------------------------------------------------------------------------
@@ -420,6 +440,18 @@ def build_record(
     # Step 5: audio features, exactly 2 per video frame; structure per latent frame.
     features = _to_float16("audio features", features_for_frames(encoder, audio_N, frames))
     struct = source.struct[torch.arange(t_lat) * fpl].contiguous()
+    mouth_box = None
+    if source.mouth_box is not None and frame_transform is not None:
+        logger.warning(
+            "%s: mouth boxes dropped: frame_transform %s moves the pixels they refer to",
+            source.clip_id,
+            _hook_name(frame_transform),
+        )
+    elif source.mouth_box is not None:
+        mouth_box = group_mouth_boxes(source.mouth_box[:frames], fpl)
+        mouth_box = torch.minimum(
+            mouth_box.clamp(min=0.0), torch.tensor([width, height, width, height]).float()
+        )
 
     meta = {
         "clip_id": source.clip_id,
@@ -435,6 +467,7 @@ def build_record(
         "audio_feature_dim": int(features.shape[1]),
         "struct_names": list(source.metadata["struct_names"]),
         "struct_frame": STRUCT_FRAME_RULE,
+        "mouth_box": MOUTH_BOX_RULE if mouth_box is not None else None,
         "codec": codec_id or codec_identity(codec),
         "audio_encoder": encoder.identity(),
         "frame_transform": _hook_name(frame_transform),
@@ -445,7 +478,22 @@ def build_record(
     }
     if "identity_seed" in source.metadata:
         meta["identity_seed"] = source.metadata["identity_seed"]
-    return ClipRecord(source.clip_id, latents, struct, features, ref_image, ref_latent, meta)
+    return ClipRecord(
+        source.clip_id, latents, struct, features, ref_image, ref_latent, meta, mouth_box
+    )
+
+
+def group_mouth_boxes(box_T4: torch.Tensor, frames_per_latent: int) -> torch.Tensor:
+    """One box per latent frame ``[T_lat, 4]`` from per-video-frame boxes ``[T, 4]``: the union
+    of the boxes of the frames each latent frame covers (latent frame 0 covers frame 0, frame
+    ``j`` covers ``(j - 1) * k + 1 .. j * k``), so the mouth is inside it on every one of them."""
+    if frames_per_latent == 1:
+        return box_T4.float().contiguous()
+    first, rest = box_T4[:1], box_T4[1:]
+    groups = rest.reshape(-1, frames_per_latent, 4)
+    lo = torch.cat([first[:, :2], groups[..., :2].amin(1)])
+    hi = torch.cat([first[:, 2:], groups[..., 2:].amax(1)])
+    return torch.cat([lo, hi], dim=1).float().contiguous()
 
 
 # The store --------------------------------------------------------------------------------------
@@ -508,10 +556,15 @@ def extract_store(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sources = discover_sources(src_dir)
+    codec_arg = codec
     codec = load_codec(codec, device)
     encoder = encoder if encoder is not None else LogMelEncoder()
     codec_id = codec_identity(codec)
     _check_same_encoders(out, codec_id, encoder.identity())
+    info = {"codec": codec_id, "audio_encoder": encoder.identity()}
+    if isinstance(codec_arg, str | Path):
+        info["codec_dir"] = str(Path(codec_arg).resolve())
+    update_store_info(out, **info)
 
     repaired = repair_store(out)
     finished = finished_clip_ids(out)

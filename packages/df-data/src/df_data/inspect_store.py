@@ -28,6 +28,7 @@ from df_data.store import (
     AUDIO_FRAMES_PER_VIDEO_FRAME,
     CLIPS_DIR,
     LATENTS_FILE,
+    MOUTH_BOX_FILE,
     REF_FILE,
     STRUCT_FILE,
     TMP_PREFIX,
@@ -114,6 +115,7 @@ def inspect_store(store_dir: str | Path, *, check_values: bool = True) -> dict[s
     codecs: Counter = Counter()
     audio_encoders: Counter = Counter()
     nonfinite, misaligned, invalid = [], [], {}
+    mouth_boxes = 0
     finished_sources: set[str] = set()
     for clip_id in present:
         try:
@@ -137,12 +139,17 @@ def inspect_store(store_dir: str | Path, *, check_values: bool = True) -> dict[s
                 for v in tensors.values()
             ):
                 nonfinite.append(clip_id)
-            record = ClipRecord(clip_id, *tensors.values(), metadata=meta)
+            box = None
+            if (store / CLIPS_DIR / clip_id / MOUTH_BOX_FILE).is_file():
+                with safe_open(str(store / CLIPS_DIR / clip_id / MOUTH_BOX_FILE), "pt") as f:
+                    box = f.get_tensor("mouth_box")
+            record = ClipRecord(clip_id, *tensors.values(), metadata=meta, mouth_box=box)
             try:
                 validate_record(record)
             except StoreError as e:
                 invalid[clip_id] = str(e)
         finished_sources.add(str((meta.get("source") or {}).get("dir")))
+        mouth_boxes += (store / CLIPS_DIR / clip_id / MOUTH_BOX_FILE).is_file()
         split = per_split[str(meta.get("split"))]
         split["clips"] += 1
         split["latent_frames"] += latent_frames
@@ -166,6 +173,7 @@ def inspect_store(store_dir: str | Path, *, check_values: bool = True) -> dict[s
         "dtypes": {k: dict(v) for k, v in dtypes.items()},
         "codecs": dict(codecs),
         "audio_encoders": dict(audio_encoders),
+        "clips_with_mouth_box": mouth_boxes,
         "values_checked": check_values,
         "nonfinite": nonfinite,
         "misaligned": misaligned,
@@ -198,6 +206,7 @@ def format_report(report: dict[str, Any]) -> str:
         shape_text = ", ".join(f"[{s}] x{n}" for s, n in shapes.items())
         lines.append(f"  {name}: per-frame shape {shape_text}; dtype {dtypes}")
     lines.append(f"  codecs: {report['codecs']}; audio encoders: {report['audio_encoders']}")
+    lines.append(f"  clips with mouth boxes: {report['clips_with_mouth_box']}")
     checked = "" if report["values_checked"] else " (values not checked)"
     lines.append(
         f"  non-finite clips{checked}: {len(report['nonfinite'])} {report['nonfinite'][:MAX_EXAMPLES]}"

@@ -11,9 +11,18 @@ Layout (binding; df-train's loader reads exactly this)::
                             audio_features.safetensors {"features": float16 [L, Da]}, L == 2 * T
                             ref.safetensors            {"image": uint8 [3, H, W],
                                                         "latent": float16 [C, h, w]}
+                            mouth_box.safetensors      optional {"mouth_box": float32 [T_lat, 4]}
                             metadata.json
     <store>/manifest.jsonl   one object per finished clip: clip_id, path, split, latent_frames, frames
     <store>/failures.jsonl   one object per failed source: source, clip_id, kind, reason, time
+    <store>/store.json       optional: what extraction knows of the store as a whole (the codec
+                             directory it was loaded from, the codec and audio encoder identity)
+    <store>/struct_stats.json  per-dimension mean/std of the train split's structure
+                             (``struct_stats``: computed on first use, rewritten when stale)
+
+Mouth boxes (optional: real data may have none) are pixel boxes ``(x0, y0, x1, y1)`` in the
+stored frames (``metadata["height"]``, ``metadata["width"]``), one per latent frame: the union of
+the boxes of the video frames that latent frame covers.
 
 Atomicity: a clip directory is built under ``clips/.tmp-<clip_id>@<host>@<pid>``, fsynced and
 renamed to ``clips/<clip_id>``; its manifest line is appended (under an exclusive ``flock``,
@@ -29,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -55,6 +65,10 @@ STRUCT_FILE = "struct.safetensors"
 AUDIO_FILE = "audio_features.safetensors"
 REF_FILE = "ref.safetensors"
 METADATA_FILE = "metadata.json"
+MOUTH_BOX_FILE = "mouth_box.safetensors"
+STORE_INFO_NAME = "store.json"
+STRUCT_STATS_NAME = "struct_stats.json"
+STRUCT_STD_FLOOR = 1e-6  # a dimension with a smaller std (constant in the data) is left unscaled
 CLIP_FILES = (LATENTS_FILE, STRUCT_FILE, AUDIO_FILE, REF_FILE, METADATA_FILE)
 AUDIO_FRAMES_PER_VIDEO_FRAME = 2  # 50 Hz features at 25 fps (DESIGN.md, Corrections 1)
 TMP_PREFIX = ".tmp-"
@@ -97,6 +111,8 @@ class ClipRecord:
         ref_image: uint8 ``[3, H, W]``, the first video frame.
         ref_latent: float16 ``[C, h, w]``, its latent (encoded as a 1-frame clip).
         metadata: the contents of ``metadata.json`` (``REQUIRED_METADATA`` at least).
+        mouth_box: optional float32 ``[T_lat, 4]`` pixel boxes ``(x0, y0, x1, y1)`` of the mouth
+            in the stored frames (module doc).
     """
 
     clip_id: str
@@ -106,6 +122,7 @@ class ClipRecord:
     ref_image: torch.Tensor
     ref_latent: torch.Tensor
     metadata: dict[str, Any] = field(default_factory=dict)
+    mouth_box: torch.Tensor | None = None
 
 
 def clip_dir(store_dir: str | Path, clip_id: str) -> Path:
@@ -231,6 +248,35 @@ def validate_record(record: ClipRecord) -> None:
         tuple(record.ref_latent.shape) == (c, h, w),
         f"ref latent has shape {tuple(record.ref_latent.shape)}, latent frames are {(c, h, w)}",
     )
+    if record.mouth_box is not None:
+        _validate_mouth_box(record, t_lat)
+
+
+def _validate_mouth_box(record: ClipRecord, t_lat: int) -> None:
+    cid, box = record.clip_id, record.mouth_box
+    _check_tensor(cid, "mouth_box", box, torch.float32, 2, finite=True)
+    _expect(
+        cid,
+        tuple(box.shape) == (t_lat, 4),
+        f"mouth_box must be [{t_lat}, 4] (one box per latent frame), got {tuple(box.shape)}",
+    )
+    x0, y0, x1, y1 = box.unbind(-1)
+    _expect(
+        cid,
+        bool((x0 <= x1).all() and (y0 <= y1).all() and (box >= 0).all()),
+        "mouth_box must hold boxes (x0, y0, x1, y1) with 0 <= x0 <= x1 and 0 <= y0 <= y1",
+    )
+    height, width = record.metadata.get("height"), record.metadata.get("width")
+    _expect(
+        cid,
+        isinstance(height, int) and isinstance(width, int),
+        "a clip with mouth_box needs metadata height and width (the frame size of its pixels)",
+    )
+    _expect(
+        cid,
+        bool((x1 <= width).all() and (y1 <= height).all()),
+        f"mouth_box reaches outside the {height}x{width} frame",
+    )
 
 
 # Writing ----------------------------------------------------------------------------------------
@@ -297,6 +343,8 @@ def write_clip_record(
         _tensor_file(tmp / STRUCT_FILE, {"struct": record.struct})
         _tensor_file(tmp / AUDIO_FILE, {"features": record.audio_features})
         _tensor_file(tmp / REF_FILE, {"image": record.ref_image, "latent": record.ref_latent})
+        if record.mouth_box is not None:
+            _tensor_file(tmp / MOUTH_BOX_FILE, {"mouth_box": record.mouth_box})
         with open(tmp / METADATA_FILE, "w") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
             f.flush()
@@ -447,7 +495,10 @@ def read_clip(store_dir: str | Path, clip_id: str, *, validate: bool = True) -> 
     (struct,) = _load_tensors(directory, clip_id, STRUCT_FILE, ("struct",))
     (features,) = _load_tensors(directory, clip_id, AUDIO_FILE, ("features",))
     image, latent = _load_tensors(directory, clip_id, REF_FILE, ("image", "latent"))
-    record = ClipRecord(clip_id, latents, struct, features, image, latent, meta)
+    box = None
+    if (directory / MOUTH_BOX_FILE).is_file():
+        (box,) = _load_tensors(directory, clip_id, MOUTH_BOX_FILE, ("mouth_box",))
+    record = ClipRecord(clip_id, latents, struct, features, image, latent, meta, box)
     if validate:
         validate_record(record)
     return record
@@ -519,3 +570,170 @@ def repair_store(store_dir: str | Path) -> dict[str, list[str]]:
         report["relisted"].append(path.name)
         logger.info("re-listed clip %s (its manifest line was missing)", path.name)
     return report
+
+
+# Store-level files -----------------------------------------------------------------------------
+
+
+def write_json_atomic(path: str | Path, data: dict[str, Any]) -> None:
+    """Writes ``data`` to ``path`` through a temporary file in the same directory, fsynced and
+    renamed: readers see the old file or the new one, never a part."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def read_store_info(store_dir: str | Path) -> dict[str, Any]:
+    """``store.json`` (written by extraction), or ``{}`` for a store without one."""
+    path = Path(store_dir) / STORE_INFO_NAME
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise StoreError(f"{path} is not valid JSON ({e})") from e
+    if not isinstance(info, dict):
+        raise StoreError(f"{path} is not a JSON object")
+    return info
+
+
+def update_store_info(store_dir: str | Path, **fields: Any) -> dict[str, Any]:
+    """Merges ``fields`` into ``store.json`` (atomically; not rewritten when nothing changes)
+    and returns the result."""
+    old = read_store_info(store_dir)
+    info = {**old, **fields}
+    if info != old or not (Path(store_dir) / STORE_INFO_NAME).is_file():
+        Path(store_dir).mkdir(parents=True, exist_ok=True)
+        write_json_atomic(Path(store_dir) / STORE_INFO_NAME, info)
+    return info
+
+
+@dataclass(frozen=True)
+class StructStats:
+    """Per-dimension statistics of the structure over a store's training clips.
+
+    The model sees ``(raw - mean) / std`` (SynthTalk's parameters are in mixed units: radians,
+    pixels, blend weights); inference maps its output back with ``raw = s * std + mean``.
+    """
+
+    names: tuple[str, ...]  # struct_names of the store
+    mean: tuple[float, ...]
+    std: tuple[float, ...]  # > 0; a constant dimension gets 1 (left unscaled)
+    splits: tuple[str, ...] = ("train",)  # the splits the statistics are over
+    clips: int = 0  # clips they are over
+    frames: int = 0  # latent frames they are over
+    clips_hash: str = ""  # sha256 of the sorted clip ids: tells when the store changed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str) -> StructStats:
+        try:
+            stats = cls(
+                names=tuple(data["names"]),
+                mean=tuple(float(v) for v in data["mean"]),
+                std=tuple(float(v) for v in data["std"]),
+                splits=tuple(data["splits"]),
+                clips=int(data["clips"]),
+                frames=int(data["frames"]),
+                clips_hash=str(data["clips_hash"]),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise StoreError(f"{source}: not a struct statistics file ({e!r})") from e
+        if not len(stats.names) == len(stats.mean) == len(stats.std) or not all(
+            s > 0 for s in stats.std
+        ):
+            raise StoreError(f"{source}: names, mean and std differ in length or std is not > 0")
+        return stats
+
+    def normalize(self, struct_TDs: torch.Tensor) -> torch.Tensor:
+        """``(raw - mean) / std`` in float32; ``struct_TDs`` is ``[..., Ds]``."""
+        mean = torch.tensor(self.mean, dtype=torch.float32)
+        std = torch.tensor(self.std, dtype=torch.float32)
+        return (struct_TDs.float() - mean) / std
+
+    def denormalize(self, struct_TDs: torch.Tensor) -> torch.Tensor:
+        """``s * std + mean``: model space back to the raw parameters."""
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=struct_TDs.device)
+        std = torch.tensor(self.std, dtype=torch.float32, device=struct_TDs.device)
+        return struct_TDs.float() * std + mean
+
+
+def _clips_hash(clip_ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(clip_ids)).encode()).hexdigest()
+
+
+def compute_struct_stats(
+    store_dir: str | Path, splits: tuple[str, ...] = ("train",)
+) -> StructStats:
+    """Mean and std (population, float64) of every structure dimension over all latent frames
+    of the finished clips of ``splits``. StoreError if there are none or their struct_names
+    differ."""
+    store = Path(store_dir)
+    entries = [e for e in load_manifest(store) if e.get("split") in splits]
+    ids = sorted(e["clip_id"] for e in entries if (store / e.get("path", "")).is_dir())
+    if not ids:
+        raise StoreError(f"{store}: no clips of splits {list(splits)} to compute struct stats over")
+    total, total_sq, count, names = None, None, 0, None
+    for clip_id in ids:
+        meta = read_metadata(store, clip_id)
+        (struct,) = _load_tensors(clip_dir(store, clip_id), clip_id, STRUCT_FILE, ("struct",))
+        clip_names = tuple(meta.get("struct_names", ()))
+        if names is None:
+            names = clip_names
+        _expect(
+            clip_id,
+            clip_names == names,
+            f"struct_names {list(clip_names)} differ from the store's {list(names)}",
+        )
+        x = struct.double()
+        _expect(clip_id, bool(torch.isfinite(x).all()), "struct has NaN/inf values")
+        total = x.sum(0) if total is None else total + x.sum(0)
+        total_sq = (x * x).sum(0) if total_sq is None else total_sq + (x * x).sum(0)
+        count += x.shape[0]
+    mean = total / count
+    var = (total_sq / count - mean * mean).clamp(min=0.0)
+    std = var.sqrt()
+    std = torch.where(std > STRUCT_STD_FLOOR, std, torch.ones_like(std))
+    return StructStats(
+        names=names,
+        mean=tuple(mean.tolist()),
+        std=tuple(std.tolist()),
+        splits=tuple(splits),
+        clips=len(ids),
+        frames=count,
+        clips_hash=_clips_hash(ids),
+    )
+
+
+def struct_stats(store_dir: str | Path, splits: tuple[str, ...] = ("train",)) -> StructStats:
+    """The store's ``struct_stats.json``, computed and written (atomically) when it is missing,
+    unreadable, of other splits, or stale (the finished clips of ``splits`` changed since)."""
+    store = Path(store_dir)
+    path = store / STRUCT_STATS_NAME
+    ids = [
+        e["clip_id"]
+        for e in load_manifest(store)
+        if e.get("split") in splits and (store / e.get("path", "")).is_dir()
+    ]
+    if path.is_file():
+        try:
+            stats = StructStats.from_dict(json.loads(path.read_text()), source=str(path))
+        except (StoreError, json.JSONDecodeError) as e:
+            logger.warning("recomputing %s: %s", path, e)
+        else:
+            if stats.splits == tuple(splits) and stats.clips_hash == _clips_hash(ids):
+                return stats
+            logger.info("recomputing %s: the store's %s clips changed", path, list(splits))
+    stats = compute_struct_stats(store, splits)
+    write_json_atomic(path, stats.to_dict())
+    return stats

@@ -1,0 +1,1 @@
+"""DualForce inference: streaming generation with the KV cache."""

@@ -1,0 +1,216 @@
+"""Audio for streaming generation: features computed incrementally as audio arrives.
+
+Legend: N samples at 16 kHz, L feature frames (50 Hz, 2 per video frame), Da feature dim,
+T latent frames (= video frames: image codecs only, see :mod:`df_infer.pipeline`), La the
+audio window of one frame.
+
+:class:`StreamingFeatures` turns a stream of audio chunks into the audio windows the model
+reads, frame by frame, and gives exactly the windows training saw for the same audio
+(``gather_audio_windows(features_for_frames(audio, T))``): the clip is ``T = ceil(N / 640)``
+frames long, its audio zero-padded to ``640 T`` samples, and feature frames outside the clip
+are zeros. Frame ``t`` needs feature frames up to ``2 (t + 1 + context) - 1``, i.e. audio up to
+``80 ms`` past its end for the default context of 2 video frames: that is the latency floor
+of live input.
+
+For a *local* encoder (the log-mel default: every feature reads only its own 25 ms window)
+features are computed on the new audio only, keeping a bounded tail: memory is constant over
+hours of input. Other encoders (a pretrained transformer sees the whole clip) are encoded once
+the stream has ended, so they serve files but not live input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from df_data.features import (
+    FEATURES_PER_VIDEO_FRAME,
+    HOP,
+    SAMPLES_PER_VIDEO_FRAME,
+    WINDOW,
+    AudioEncoder,
+    LogMelEncoder,
+    features_for_frames,
+)
+
+R = FEATURES_PER_VIDEO_FRAME
+HALF = WINDOW // 2  # samples each side of a feature's centre
+
+
+def _is_local(encoder: AudioEncoder) -> bool:
+    return isinstance(encoder, LogMelEncoder)
+
+
+class StreamingFeatures:
+    """Audio windows of each frame of a (possibly live) audio stream.
+
+    Args:
+        encoder: the audio encoder the model was trained with.
+        chunks: an iterable of mono float audio chunks ``[n]`` at 16 kHz (any sizes), pulled
+            lazily when a frame needs more audio; or None and :meth:`push` / :meth:`end`.
+        context: video frames of audio context on each side of a frame (the model's
+            ``audio_context``).
+
+    ``windows(t0, n)`` gives ``[n, La, Da]`` with ``La = (1 + 2 context) * 2``.
+    """
+
+    def __init__(
+        self,
+        encoder: AudioEncoder,
+        chunks: Iterable[np.ndarray | torch.Tensor] | None = None,
+        *,
+        context: int = 2,
+    ) -> None:
+        if isinstance(context, bool) or not isinstance(context, int) or context < 0:
+            raise ValueError(f"context must be a non-negative integer, got {context!r}")
+        self.encoder, self.context = encoder, context
+        self.local = _is_local(encoder)
+        self._source: Iterator | None = iter(chunks) if chunks is not None else None
+        self._audio = torch.zeros(0)  # received samples from absolute index self._a0
+        self._a0 = 0
+        self.received = 0  # samples received so far
+        self._feats = torch.zeros(0, encoder.dim)  # features from absolute index self._f0
+        self._f0 = 0
+        self.ended = False
+
+    # Input ------------------------------------------------------------------------------------
+
+    def push(self, chunk: np.ndarray | torch.Tensor) -> None:
+        """Appends mono float audio ``[n]`` at 16 kHz."""
+        if self.ended:
+            raise ValueError("push() after end(): the audio stream is closed")
+        chunk = torch.as_tensor(np.asarray(chunk, dtype=np.float32)).reshape(-1)
+        if chunk.ndim != 1 or not bool(torch.isfinite(chunk).all()):
+            raise ValueError("audio chunks must be finite mono float samples [n]")
+        self._audio = torch.cat([self._audio, chunk])
+        self.received += chunk.numel()
+        if self.local:
+            self._encode_available()
+
+    def end(self) -> None:
+        """Closes the stream: the clip is ``ceil(received / 640)`` frames long."""
+        if self.ended:
+            return
+        if self.received == 0:
+            raise ValueError("the audio stream is empty: need at least one sample")
+        self.ended = True
+        T = self.num_frames
+        pad = SAMPLES_PER_VIDEO_FRAME * T - self.received
+        self._audio = torch.cat([self._audio, torch.zeros(pad)])
+        if not self.local:
+            full = features_for_frames(self.encoder, self._audio, T)
+            self._feats, self._f0 = full, 0
+            return
+        # The tail: features up to 2T, the last ones reflection-padded at the clip's end
+        # exactly as the whole clip's features are.
+        i0 = self._f0 + self._feats.shape[0]
+        if i0 < R * T:
+            feats = self._encode_from(i0, self._a0 + self._audio.numel())
+            self._feats = torch.cat([self._feats, feats[: R * T - i0]])
+
+    def _pull(self) -> bool:
+        """Pulls one chunk from the source; False when there is none (then the stream ends)."""
+        if self._source is None or self.ended:
+            return False
+        try:
+            chunk = next(self._source)
+        except StopIteration:
+            self._source = None
+            self.end()
+            return False
+        self.push(chunk)
+        return True
+
+    # Features ---------------------------------------------------------------------------------
+
+    def _encode_from(self, i0: int, stop: int) -> torch.Tensor:
+        """Features ``i0, i0 + 1, ...`` from the received audio up to absolute sample ``stop``
+        (the encoder reflection-pads past ``stop``; callers keep only exact ones)."""
+        start = 0 if i0 == 0 else HOP * (i0 - 1)
+        seg = self._audio[start - self._a0 : stop - self._a0]
+        feats = self.encoder.encode(seg)
+        return feats if i0 == 0 else feats[1:]
+
+    def _encode_available(self) -> None:
+        """Encodes every feature whose whole window has been received."""
+        i0 = self._f0 + self._feats.shape[0]
+        # Feature i reads samples [320 i - 200, 320 i + 200).
+        i1 = (self.received - HALF) // HOP + 1 if self.received >= HALF else 0
+        if i1 <= i0 or self.received <= HALF:
+            return
+        stop = HOP * (i1 - 1) + HALF
+        if i0 == 0:  # reflection padding at the start reads samples 1..200
+            stop = max(stop, HALF + 1)
+        feats = self._encode_from(i0, stop)[: i1 - i0]
+        self._feats = torch.cat([self._feats, feats])
+
+    def _available_features(self) -> int:
+        return self._f0 + self._feats.shape[0]
+
+    @property
+    def num_frames(self) -> int | None:
+        """Frames of the clip once the stream has ended, else None."""
+        if not self.ended:
+            return None
+        return -(-self.received // SAMPLES_PER_VIDEO_FRAME)
+
+    def frames_started(self) -> int:
+        """Frames that have at least one audio sample (known to exist)."""
+        return -(-self.received // SAMPLES_PER_VIDEO_FRAME)
+
+    def ready(self, t_end: int) -> bool:
+        """True when the windows of frames ``< t_end`` can be computed now."""
+        if self.ended:
+            return True
+        if not self.local:
+            return False
+        need = R * (t_end + self.context)  # features [.., 2 (t_end + context))
+        return self._available_features() >= need
+
+    def ensure(self, t_end: int) -> int:
+        """Pulls audio until the windows of frames ``< t_end`` are ready or the stream ends;
+        returns how many frames are ready (``min(t_end, num_frames)`` once ended)."""
+        while not self.ready(t_end) and self._pull():
+            pass
+        if not self.ready(t_end):
+            raise ValueError(
+                "the audio stream has no more chunks but was not ended: call end() or pass an "
+                "iterable that finishes"
+            )
+        return t_end if not self.ended else min(t_end, self.num_frames)
+
+    def windows(self, t0: int, n: int) -> torch.Tensor:
+        """Audio windows ``[n, La, Da]`` of frames ``t0 .. t0 + n - 1`` (must be ready)."""
+        if not self.ready(t0 + n):
+            raise ValueError(f"audio for frames [{t0}, {t0 + n}) has not arrived yet")
+        c = self.context
+        La = (1 + 2 * c) * R
+        starts = (torch.arange(n) + t0) * R - c * R
+        idx = starts[:, None] + torch.arange(La)[None, :]
+        end = R * self.num_frames if self.ended else None
+        valid = idx >= 0 if end is None else (idx >= 0) & (idx < end)
+        rel = (idx - self._f0).clamp(0, max(self._feats.shape[0] - 1, 0))
+        if bool((valid & (idx < self._f0)).any()):
+            raise ValueError(f"frames from {t0} need features already released ({self._f0})")
+        out = self._feats[rel] * valid[..., None].to(self._feats.dtype)
+        return out
+
+    def release(self, t0: int) -> None:
+        """Frees features and audio no frame ``>= t0`` needs any more (bounded memory)."""
+        keep_f = max(R * (t0 - self.context), 0)
+        if self.local and keep_f > self._f0:
+            drop = min(keep_f - self._f0, self._feats.shape[0])
+            self._feats, self._f0 = self._feats[drop:], self._f0 + drop
+            # Keep the audio from the window of the next feature to compute on.
+            keep_a = max(HOP * (self._available_features() - 1) - HALF, 0)
+            if keep_a > self._a0:
+                cut = min(keep_a - self._a0, self._audio.numel())
+                self._audio, self._a0 = self._audio[cut:], self._a0 + cut
+
+
+def iter_chunks(audio_N: np.ndarray, chunk_samples: int = SAMPLES_PER_VIDEO_FRAME) -> Iterator:
+    """Splits audio into chunks as a live source would deliver them."""
+    for start in range(0, len(audio_N), chunk_samples):
+        yield audio_N[start : start + chunk_samples]

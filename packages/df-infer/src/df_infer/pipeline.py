@@ -1,0 +1,241 @@
+"""The streaming talking-head generator: checkpoint + reference image + audio -> frames.
+
+    gen = StreamingGenerator.from_bundle("runs/demo/bundle", device="auto")
+    for frame in gen.frames("face.png", "speech.wav", SamplerConfig(steps=4)):
+        frame.image   # uint8 [H, W, 3], ready as soon as its last denoising step is done
+        frame.struct  # float32 [Ds]: the generated head pose + expression (raw units)
+
+Audio may be a wav path (any rate and channel count: downmixed, resampled to 16 kHz), a mono
+float array at 16 kHz, or an iterable of such chunks (live input: each frame is generated once
+its audio, plus the model's look-ahead, has arrived).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from df_data.extract import load_codec
+from df_data.features import AudioEncoder, build_audio_encoder
+from df_data.media import read_wav
+from df_infer.audio import StreamingFeatures, iter_chunks
+from df_infer.sampler import SamplerConfig, sample_stream
+from df_models import DualForceDiT
+from df_models.bundle import InferenceMeta, read_bundle
+
+
+@dataclass
+class Frame:
+    index: int  # video frame index (25 fps)
+    image: np.ndarray  # uint8 [H, W, 3]
+    struct: np.ndarray | None  # float32 [Ds] in the units of the training data
+    ready_s: float  # seconds since the generator started
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} requested but CUDA is not available")
+    return device
+
+
+def load_image(image: str | Path | np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An RGB image as uint8 ``[H, W, 3]`` at ``size = (H, W)``: centre-cropped to the aspect
+    ratio, then resized (Lanczos). Paths are read with Pillow; arrays may be uint8 or float in
+    [0, 1], HWC, RGB or grey."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, str | Path):
+        path = Path(image)
+        if not path.is_file():
+            raise ValueError(f"reference image {str(path)!r} does not exist")
+        try:
+            with Image.open(path) as im:
+                pil = im.convert("RGB")
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"reference image {str(path)!r} is not a readable image ({e})") from e
+    else:
+        arr = np.asarray(image)
+        if arr.ndim == 2:
+            arr = np.repeat(arr[..., None], 3, axis=2)
+        if arr.ndim != 3 or arr.shape[2] not in (3, 4) or min(arr.shape[:2]) < 1:
+            raise ValueError(f"reference image array must be [H, W, 3], got shape {arr.shape}")
+        if arr.dtype != np.uint8:
+            if not np.isfinite(arr).all():
+                raise ValueError("reference image array has NaN or inf values")
+            arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        pil = Image.fromarray(arr[..., :3])
+    H, W = size
+    w, h = pil.size
+    scale = min(w / W, h / H)
+    cw, ch = round(W * scale), round(H * scale)
+    left, top = (w - cw) // 2, (h - ch) // 2
+    pil = pil.crop((left, top, left + cw, top + ch))
+    if pil.size != (W, H):
+        pil = pil.resize((W, H), Image.Resampling.LANCZOS)
+    return np.array(pil, dtype=np.uint8)
+
+
+def audio_source(audio) -> Iterable:
+    """A wav path, a mono float array at 16 kHz, or an iterable of chunks -> an iterable of
+    chunks."""
+    if isinstance(audio, str | Path):
+        return iter_chunks(read_wav(audio))
+    if isinstance(audio, np.ndarray | torch.Tensor):
+        arr = np.asarray(audio, dtype=np.float32)
+        if arr.ndim != 1:
+            raise ValueError(f"audio array must be mono [N] at 16 kHz, got shape {arr.shape}")
+        if arr.size == 0:
+            raise ValueError("audio array is empty")
+        return iter_chunks(arr)
+    return audio
+
+
+class StreamingGenerator:
+    """A model, its codec and its audio encoder on one device, ready to stream."""
+
+    def __init__(
+        self,
+        model: DualForceDiT,
+        codec,
+        meta: InferenceMeta,
+        *,
+        encoder: AudioEncoder | None = None,
+        device: str | torch.device = "auto",
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        self.device = resolve_device(device)
+        if dtype is None:
+            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.dtype = dtype
+        if codec.frames_per_latent != 1:
+            raise ValueError(
+                f"streaming decodes one latent frame at a time; the codec has "
+                f"frames_per_latent={codec.frames_per_latent} (a causal video VAE needs its "
+                "temporal cache, not supported yet)"
+            )
+        self.model = model.to(self.device, dtype).eval()
+        self.codec = codec.to(self.device).eval()
+        self.meta = meta
+        self.encoder = encoder if encoder is not None else _encoder_for(meta)
+        c = model.config
+        if self.encoder.dim != c.audio_dim:
+            raise ValueError(
+                f"audio encoder {self.encoder.name!r} gives {self.encoder.dim} features, the model "
+                f"expects audio_dim={c.audio_dim}"
+            )
+        if meta.struct_mean is not None and len(meta.struct_mean) != c.struct_raw_dim:
+            raise ValueError(
+                f"inference.json struct_mean has {len(meta.struct_mean)} values, the model's "
+                f"struct_raw_dim is {c.struct_raw_dim}"
+            )
+        f = codec.spatial_factor
+        if (meta.image_size[0] // f, meta.image_size[1] // f) != (c.latent_height, c.latent_width):
+            raise ValueError(
+                f"inference.json image_size {meta.image_size} with the codec's factor {f} gives "
+                f"latents {meta.image_size[0] // f}x{meta.image_size[1] // f}, the model expects "
+                f"{c.latent_height}x{c.latent_width}"
+            )
+        self._cache = None
+
+    @classmethod
+    def from_bundle(
+        cls, directory: str | Path, *, device: str | torch.device = "auto", dtype=None
+    ) -> StreamingGenerator:
+        model_dir, codec_dir, meta = read_bundle(directory)
+        model = DualForceDiT.from_pretrained(model_dir)
+        codec = load_codec(codec_dir)
+        return cls(model, codec, meta, device=device, dtype=dtype)
+
+    def default_sampler(self, **overrides) -> SamplerConfig:
+        """The sampler with the training's noise settings (shift, sigma_s_max, sigma_ctx)."""
+        base = SamplerConfig(
+            shift=self.meta.noise_shift,
+            sigma_s_start=self.meta.sigma_s_max,
+            sigma_ctx=self.meta.sigma_ctx,
+        )
+        return replace(base, **overrides)
+
+    @torch.no_grad()
+    def encode_reference(self, image) -> torch.Tensor:
+        """The reference image's normalised latent ``[1, C, h, w]``."""
+        img = load_image(image, self.meta.image_size)
+        video = torch.from_numpy(img).permute(2, 0, 1).float().div(127.5).sub(1.0)
+        z = self.codec.encode(video[None, None].to(self.device), check_range=False)
+        return z[:, 0]
+
+    def _struct_raw(self, s_BnDs: torch.Tensor) -> torch.Tensor:
+        m = self.meta
+        if m.struct_mean is None:
+            return s_BnDs
+        mean = torch.tensor(m.struct_mean, device=s_BnDs.device)
+        std = torch.tensor(m.struct_std, device=s_BnDs.device)
+        return s_BnDs * std + mean
+
+    @torch.no_grad()
+    def frames(
+        self,
+        reference,
+        audio,
+        sampler: SamplerConfig | None = None,
+        *,
+        max_frames: int | None = None,
+        window: int | None = None,
+    ) -> Iterator[Frame]:
+        """Yields each frame as soon as it is generated and decoded (see the module doc)."""
+        start = time.perf_counter()
+        cfg = sampler if sampler is not None else self.default_sampler()
+        ref = self.encode_reference(reference).to(self.dtype)
+        feats = StreamingFeatures(
+            self.encoder, audio_source(audio), context=self.model.config.audio_context
+        )
+        batch = 2 if cfg.cfg_audio != 1.0 else 1
+        cache = self._cache
+        want_window = window if window is not None else self.model.config.window
+        if (
+            cache is None
+            or cache.batch != batch
+            or cache.max_chunk < cfg.max_pass_frames
+            or cache.window != want_window
+        ):
+            cache = self.model.new_cache(
+                batch, window=window, max_chunk=cfg.max_pass_frames, device=self.device
+            )
+            self._cache = cache  # reused (reset) by the next call: no reallocation
+        for out in sample_stream(self.model, ref, feats, cfg, max_frames=max_frames, cache=cache):
+            video = self.codec.decode(out.z.to(torch.float32))  # [1, n, 3, H, W] in [-1, 1]
+            images = (video[0].permute(0, 2, 3, 1).add(1.0).mul(127.5).round().clamp(0, 255)).to(
+                torch.uint8
+            )
+            images = images.cpu().numpy()
+            structs = self._struct_raw(out.s[0]).cpu().numpy() if out.s is not None else None
+            now = time.perf_counter() - start
+            for j in range(images.shape[0]):
+                yield Frame(
+                    index=out.t0 + j,
+                    image=images[j],
+                    struct=structs[j] if structs is not None else None,
+                    ready_s=now,
+                )
+
+
+def _encoder_for(meta: InferenceMeta) -> AudioEncoder:
+    spec = dict(meta.audio_encoder)
+    name = spec.pop("name")
+    expected_hash = spec.pop("config_hash", None)
+    kwargs = spec.pop("kwargs", {})
+    encoder = build_audio_encoder(name, **kwargs)
+    if expected_hash is not None and encoder.config_hash != expected_hash:
+        raise ValueError(
+            f"inference.json audio_encoder {name!r} has config_hash {expected_hash[:12]}..., but "
+            f"building it with kwargs {kwargs} gives {encoder.config_hash[:12]}...: record the "
+            "encoder's kwargs under audio_encoder.kwargs"
+        )
+    return encoder

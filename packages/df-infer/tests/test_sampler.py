@@ -1,0 +1,183 @@
+"""The end-to-end cache invariant: streaming generation through the KV cache equals the
+full-sequence sampler (training forward over every frame at every iteration) given the same
+noise, frame for frame; and memory stays flat once the window is full."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from df_infer.sampler import SamplerConfig, sample_full, sample_stream
+from df_models import tiny
+from df_models.testing import random_inputs, random_model
+
+
+class FixedWindows:
+    """An audio-window source over precomputed windows ``[B, T, La, Da]``."""
+
+    def __init__(self, audio_BTLaDa):
+        self.a = audio_BTLaDa
+        self.T = audio_BTLaDa.shape[1]
+        self.calls = []
+
+    def ensure(self, t_end):
+        return min(t_end, self.T)
+
+    def windows(self, t0, n):
+        self.calls.append((t0, n))
+        assert t0 + n <= self.T
+        return self.a[:, t0 : t0 + n]
+
+
+def _stream(model, x, cfg, **kw):
+    out = list(
+        sample_stream(
+            model,
+            x["ref_latent_BCHW"],
+            FixedWindows(x["audio_BTLDa"]),
+            cfg,
+            ref_feats_BRD=x["ref_feats_BRD"],
+            **kw,
+        )
+    )
+    starts = [o.t0 for o in out]
+    assert starts == sorted(starts)
+    z = torch.cat([o.z for o in out], 1)
+    s = torch.cat([o.s for o in out], 1) if out[0].s is not None else None
+    return z, s
+
+
+@settings(deadline=None)
+@given(
+    steps=st.integers(1, 3),
+    chunk=st.integers(1, 2),
+    stagger_frac=st.sampled_from([None, 1]),
+    frames=st.integers(1, 6),
+    window=st.sampled_from([None, 2, 3]),
+    struct=st.booleans(),
+    sigma_ctx=st.sampled_from([0.0, 0.1]),
+    prior=st.sampled_from(["previous", "zero"]),
+    finish=st.booleans(),
+    cfg_audio=st.sampled_from([1.0, 2.0]),
+    batch=st.integers(1, 2),
+    seed=st.integers(0, 1000),
+)
+def test_stream_equals_full(
+    steps,
+    chunk,
+    stagger_frac,
+    frames,
+    window,
+    struct,
+    sigma_ctx,
+    prior,
+    finish,
+    cfg_audio,
+    batch,
+    seed,
+):
+    config = tiny(
+        window=window, struct_enabled=struct, bridge_temporal="causal" if seed % 2 else "same_frame"
+    )
+    model = random_model(config, seed)
+    x = random_inputs(config, batch, frames, seed)
+    cfg = SamplerConfig(
+        steps=steps,
+        chunk=chunk,
+        stagger=stagger_frac,
+        sigma_ctx=sigma_ctx,
+        struct_prior=prior,
+        struct_finish_step=1 if finish else None,
+        cfg_audio=cfg_audio,
+        seed=seed,
+        shift=2.0,
+    )
+    if window is None:
+        # A window-less model streams with a window spanning the clip.
+        cache = model.new_cache(
+            batch * (2 if cfg_audio != 1 else 1), window=frames, max_chunk=cfg.max_pass_frames
+        )
+    else:
+        cache = None
+    z, s = _stream(model, x, cfg, cache=cache)
+    z_ref, s_ref = sample_full(
+        model, x["ref_latent_BCHW"], x["audio_BTLDa"], cfg, ref_feats_BRD=x["ref_feats_BRD"]
+    )
+    assert (
+        z.shape
+        == z_ref.shape
+        == (batch, frames, config.latent_channels, config.latent_height, config.latent_width)
+    )
+    torch.testing.assert_close(z, z_ref, atol=2e-4, rtol=1e-4)
+    if struct:
+        torch.testing.assert_close(s, s_ref, atol=2e-4, rtol=1e-4)
+    else:
+        assert s is None and s_ref is None
+
+
+def test_noise_is_per_frame_and_seeded():
+    config = tiny(window=4)
+    model = random_model(config, 0)
+    x = random_inputs(config, 1, 4, 0)
+    a = _stream(model, x, SamplerConfig(steps=2, seed=5))[0]
+    b = _stream(model, x, SamplerConfig(steps=2, seed=5))[0]
+    c = _stream(model, x, SamplerConfig(steps=2, seed=6))[0]
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_approx_clean_pass_differs_but_runs():
+    config = tiny(window=4)
+    model = random_model(config, 1)
+    x = random_inputs(config, 1, 5, 1)
+    exact = _stream(model, x, SamplerConfig(steps=3))[0]
+    approx = _stream(model, x, SamplerConfig(steps=3, clean_pass="approx"))[0]
+    # Frame 0 sees only the sink either way; later frames read approximate keys.
+    torch.testing.assert_close(exact[:, 0], approx[:, 0])
+    assert not torch.allclose(exact[:, 1:], approx[:, 1:])
+    with pytest.raises(ValueError, match="clean_pass='exact'"):
+        sample_full(
+            model, x["ref_latent_BCHW"], x["audio_BTLDa"], SamplerConfig(clean_pass="approx")
+        )
+
+
+def test_memory_flat_over_300_frames():
+    """300 frames with a window of 8: the cache is allocated once; frames past the window do
+    not grow it, and the sampler's live tensors do not accumulate."""
+    config = tiny(window=8)
+    model = random_model(config, 2)
+    x = random_inputs(config, 1, 300, 2)
+    audio = FixedWindows(x["audio_BTLDa"])
+    cache = model.new_cache(1, max_chunk=SamplerConfig(steps=2).max_pass_frames)
+    fixed = cache.memory_bytes()
+    sizes = []
+    count = 0
+    for out in sample_stream(
+        model, x["ref_latent_BCHW"], audio, SamplerConfig(steps=2), cache=cache
+    ):
+        count += out.z.shape[1]
+        assert cache.memory_bytes() == fixed
+        sizes.append(sum(t.numel() for t in [*cache.k.values(), *cache.v.values()]))
+    assert count == 300
+    assert len(set(sizes)) == 1
+    assert cache.frames_committed == 299  # every frame but the last is written clean
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("steps", 0),
+        ("chunk", 0),
+        ("stagger", 5),
+        ("clean_pass", "x"),
+        ("sigma_ctx", 2.0),
+        ("struct_prior", "y"),
+        ("struct_finish_step", 9),
+        ("sigma_s_start", 0.0),
+    ],
+)
+def test_config_errors_name_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        SamplerConfig(**{"steps": 4, field: value})

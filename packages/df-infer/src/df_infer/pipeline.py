@@ -188,8 +188,12 @@ class StreamingGenerator:
         *,
         max_frames: int | None = None,
         window: int | None = None,
+        ref_feats_BRD: torch.Tensor | None = None,
     ) -> Iterator[Frame]:
-        """Yields each frame as soon as it is generated and decoded (see the module doc)."""
+        """Yields each frame as soon as it is generated and decoded (see the module doc).
+
+        ``ref_feats_BRD`` are the global reference features ``[1, R, ref_feature_dim]`` of a
+        model with reference tokens (from the image encoder it was trained with)."""
         start = time.perf_counter()
         cfg = sampler if sampler is not None else self.default_sampler()
         ref = self.encode_reference(reference).to(self.dtype)

@@ -1,0 +1,193 @@
+"""``dualforce bench stream``: end-to-end streaming speed of a preset with random weights.
+
+Runs :class:`~df_infer.pipeline.StreamingGenerator` exactly as ``dualforce generate`` does:
+audio features computed incrementally from a waveform, K denoising passes per chunk plus the
+clean pass (fused with the next chunk's first step), the KV cache with sink and rolling window,
+and decoding of every frame to uint8 pixels on the host. Only the mp4 encoding is left out.
+
+Weights are random (``init_weights`` plus noise on every parameter, so gates are open and every
+path costs what it would trained). The codec is a random TinyAutoencoder of the preset's
+latent shape (8x, ``latent_channels``); the audio encoder is the 80-bin log-mel one (pretrained
+HuBERT weights cannot be downloaded here), so the preset's ``audio_dim`` is set to 80; global
+reference tokens, when the preset has them, are 257 random DINOv2-L-sized features.
+
+Reports frames/s, first-frame latency, per-frame latency against frame index (flat once the
+window is full), peak memory and utilisation: model FLOPs per frame (counted once with
+``FlopCounterMode`` on the eager passes of one steady-state frame, dense attention over the
+cache view) over the measured time per frame, against the H100's measured bf16 peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from df_data.features import LogMelEncoder
+from df_infer.pipeline import StreamingGenerator
+from df_infer.sampler import SamplerConfig
+from df_models.bundle import InferenceMeta
+from df_models.codecs import TinyAutoencoder, TinyAutoencoderConfig
+from df_models.config import PRESETS
+from df_models.dit import DualForceDiT
+from df_models.testing import randomize
+
+log = logging.getLogger(__name__)
+PEAK_TFLOPS = 771.0  # measured H100 bf16 dense matmul peak (DESIGN.md)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="dualforce bench stream", description=__doc__.splitlines()[0])
+    p.add_argument("--preset", choices=sorted(PRESETS), default="base")
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--chunk", type=int, default=1)
+    p.add_argument("--stagger", type=int, default=None)
+    p.add_argument("--frames", type=int, default=500)
+    p.add_argument("--clean-pass", choices=("exact", "approx"), default="exact")
+    p.add_argument("--cfg", type=float, default=1.0)
+    p.add_argument("--backend", default="auto", help="attention backend: auto, flex, sdpa, dense")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model's blocks")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
+    p.add_argument("--peak-tflops", type=float, default=PEAK_TFLOPS)
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = p.parse_args(argv)
+    for name in ("steps", "chunk", "frames"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1")
+    return args
+
+
+def build(preset: str, device, dtype, backend: str, compile_blocks: bool) -> StreamingGenerator:
+    config = PRESETS[preset]()
+    config = config.replace(audio_dim=80, audio_layers=1, window=config.window or 8)
+    with torch.device(device):
+        model = DualForceDiT(config)
+    model.init_weights()
+    randomize(model, seed=0, std=0.02)
+    model.attn_backend = backend
+    f = 8
+    codec = TinyAutoencoder(
+        TinyAutoencoderConfig(latent_channels=config.latent_channels, num_down=3)
+    )
+    codec.init_weights()
+    meta = InferenceMeta(
+        audio_encoder=LogMelEncoder().identity(),
+        image_size=(config.latent_height * f, config.latent_width * f),
+        noise_shift=3.0,
+    )
+    gen = StreamingGenerator(model, codec, meta, device=device, dtype=dtype)
+    if compile_blocks:
+        for block in gen.model.blocks:
+            block.compile(dynamic=False)
+    return gen
+
+
+def count_frame_flops(gen: StreamingGenerator, cfg: SamplerConfig, audio, ref, feats) -> float:
+    """Model FLOPs of one frame in the steady state (window full), eager, dense attention."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    window = gen.model.config.window or 8
+    warm = window + 2 * cfg.chunk + cfg.steps
+    frames = gen.frames(ref, audio, cfg, max_frames=warm + cfg.chunk, ref_feats_BRD=feats)
+    backend = gen.model.attn_backend
+    gen.model.attn_backend = "sdpa"
+    try:
+        for i, _ in enumerate(frames):
+            if i + 1 == warm:
+                break
+        counter = FlopCounterMode(display=False)
+        with counter:
+            for _ in range(cfg.chunk):
+                next(frames)
+    finally:
+        gen.model.attn_backend = backend
+        frames.close()
+    return counter.get_total_flops() / cfg.chunk
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("dualforce bench stream: CUDA is not available", file=sys.stderr)
+        return 2
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    gen = build(args.preset, device, dtype, args.backend, args.compile)
+    c = gen.model.config
+    cfg = SamplerConfig(
+        steps=args.steps,
+        chunk=args.chunk,
+        stagger=args.stagger,
+        clean_pass=args.clean_pass,
+        cfg_audio=args.cfg,
+        shift=3.0,
+    )
+    rng = np.random.default_rng(0)
+    audio = (0.1 * rng.standard_normal(640 * args.frames)).astype(np.float32)
+    ref = rng.integers(0, 255, (*gen.meta.image_size, 3), dtype=np.uint8)
+    feats = None
+    if c.ref_tokens_enabled:
+        feats = torch.randn(1, 257, c.ref_feature_dim, device=device, dtype=dtype)
+    # Warm-up (compilation, allocator, cuDNN autotuning) on a short clip.
+    for _ in gen.frames(ref, audio[: 640 * (2 * (c.window or 8))], cfg, ref_feats_BRD=feats):
+        pass
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    ready = []
+    start = time.perf_counter()
+    for frame in gen.frames(ref, audio, cfg, ref_feats_BRD=feats):
+        ready.append(frame.ready_s)
+    wall = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+    flops = count_frame_flops(gen, cfg, audio, ref, feats)
+    ready = np.asarray(ready)
+    gaps = np.diff(ready) * 1e3
+    settle = (c.window or 8) + 2 * args.chunk + args.steps
+    steady = gaps[settle:] if len(gaps) > settle + 10 else gaps
+    per_frame_s = float(np.mean(steady)) / 1e3
+    quarter = max(len(steady) // 4, 1)
+    result = {
+        "preset": args.preset,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "dtype": args.dtype,
+        "backend": args.backend,
+        "compile": args.compile,
+        "steps": args.steps,
+        "chunk": args.chunk,
+        "stagger": args.stagger,
+        "clean_pass": args.clean_pass,
+        "cfg": args.cfg,
+        "frames": len(ready),
+        "fps": len(ready) / wall,
+        "first_frame_ms": float(ready[0] * 1e3),
+        "per_frame_ms_mean": float(np.mean(steady)),
+        "per_frame_ms_p50": float(np.median(steady)),
+        "per_frame_ms_p95": float(np.percentile(steady, 95)),
+        "per_frame_ms_first_quarter": float(np.mean(steady[:quarter])),
+        "per_frame_ms_last_quarter": float(np.mean(steady[-quarter:])),
+        "peak_memory_gib": peak,
+        "cache_mib": gen._cache.memory_bytes() / 2**20,
+        "gflop_per_frame": flops / 1e9,
+        "mfu": flops / per_frame_s / (args.peak_tflops * 1e12),
+        "image_size": list(gen.meta.image_size),
+    }
+    print(json.dumps(result, indent=2))
+    print(
+        f"| {args.preset} | {args.steps} | {args.chunk} | {args.clean_pass} | "
+        f"{'compiled' if args.compile else 'eager'} {args.backend} | {result['fps']:.1f} | "
+        f"{result['first_frame_ms']:.0f} | {result['per_frame_ms_p50']:.1f} "
+        f"({result['per_frame_ms_first_quarter']:.1f} -> {result['per_frame_ms_last_quarter']:.1f}) | "
+        f"{peak:.1f} | {result['gflop_per_frame']:.0f} | {100 * result['mfu']:.1f}% |"
+    )
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0

@@ -213,7 +213,16 @@ class StreamingGenerator:
                 batch, window=window, max_chunk=cfg.max_pass_frames, device=self.device
             )
             self._cache = cache  # reused (reset) by the next call: no reallocation
-        for out in sample_stream(self.model, ref, feats, cfg, max_frames=max_frames, cache=cache):
+        stream = sample_stream(
+            self.model,
+            ref,
+            feats,
+            cfg,
+            max_frames=max_frames,
+            cache=cache,
+            ref_feats_BRD=ref_feats_BRD,
+        )
+        for out in stream:
             video = self.codec.decode(out.z.to(torch.float32))  # [1, n, 3, H, W] in [-1, 1]
             images = (video[0].permute(0, 2, 3, 1).add(1.0).mul(127.5).round().clamp(0, 255)).to(
                 torch.uint8

@@ -57,6 +57,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
     p.add_argument("--peak-tflops", type=float, default=PEAK_TFLOPS)
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument(
+        "--profile", type=int, default=0, help="also profile this many frames; print the top ops"
+    )
     args = p.parse_args(argv)
     for name in ("steps", "chunk", "frames"):
         if getattr(args, name) < 1:
@@ -191,7 +194,27 @@ def main(argv: list[str]) -> int:
     )
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2))
+    if args.profile:
+        profile(gen, cfg, audio, ref, feats, args.profile)
     return 0
+
+
+def profile(gen, cfg, audio, ref, feats, frames: int) -> None:
+    """Prints the top operators (device and host time) of ``frames`` steady-state frames."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    warm = (gen.model.config.window or 8) + cfg.steps
+    stream = gen.frames(ref, audio, cfg, max_frames=warm + frames, ref_feats_BRD=feats)
+    for i, _ in enumerate(stream):
+        if i + 1 == warm:
+            break
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with torch_profile(activities=acts) as prof:
+        for _ in stream:
+            pass
+    for key in ("self_cuda_time_total", "self_cpu_time_total"):
+        print(prof.key_averages().table(sort_by=key, row_limit=22, max_name_column_width=60))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ def test_checkpoint_then_requeued_submission_resumes(tiny_store, tmp_path):
         json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
     ]
     assert steps == list(range(1, 11))
-    assert (tmp_path / "ema" / "model.safetensors").is_file()
+    assert (tmp_path / "bundle" / "model" / "model.safetensors").is_file()
+    assert (tmp_path / "bundle" / "inference.json").is_file()
 
 
 def test_preemption_signal_waits_for_the_step_boundary():

@@ -25,9 +25,16 @@ def tiny_config(store, out, **changes):
 def test_loss_falls_on_a_tiny_store(tiny_store, tmp_path):
     config = tiny_config(tiny_store, tmp_path, steps=150, ckpt_every=1000)
     history = Trainer(config).fit(progress=False)
-    first = sum(m.loss for m in history[:15]) / 15
-    last = sum(m.loss for m in history[-15:]) / 15
-    assert last < 0.7 * first, (first, last)
+
+    def mean(key, part):
+        return sum(getattr(m, key) for m in part) / len(part)
+
+    # Structure is normalised to unit variance, so its velocity loss starts near 2 (eps and
+    # x0 both unit variance) and falls slowly; the video loss falls by more than half.
+    first, last = mean("loss", history[:15]), mean("loss", history[-15:])
+    assert last < 0.8 * first, (first, last)
+    assert mean("loss_video", history[-15:]) < 0.6 * mean("loss_video", history[:15])
+    assert mean("loss_struct", history[-15:]) < mean("loss_struct", history[:15])
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 150 and "tokens_per_s" in json.loads(lines[-1])
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
@@ -152,7 +159,7 @@ def test_cli_trains_and_resumes(tiny_store, tmp_path, capsys):
         str(tmp_path),
     ]
     assert dualforce(argv) == 0
-    assert (tmp_path / "ema" / "model.safetensors").is_file()
+    assert (tmp_path / "bundle" / "inference.json").is_file()
     assert dualforce([*argv[:-2], "--set", "steps=6", "--out", str(tmp_path), "--resume"]) == 0
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 6
     assert dualforce(["train", "--recipe", "nope"]) == 2

@@ -82,15 +82,33 @@ def main(argv: list[str]) -> int:
             if args.local:
                 print(job.result())
             return 0
-        from df_train.trainer import Trainer
-
-        trainer = Trainer(config)
-        if args.resume and not trainer.resume():
-            logging.getLogger(__name__).info("no checkpoint in %s: starting from scratch", out)
-        trainer.fit(progress=not args.no_progress)
-        path = trainer.export_ema(out / "ema")
-        print(f"trained {config.name} to step {trainer.step}; EMA weights in {path}")
+        return _train(config, out, resume=args.resume, progress=not args.no_progress)
     except ValueError as e:
         print(f"dualforce train: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _train(config: TrainConfig, out: Path, *, resume: bool, progress: bool) -> int:
+    """Trains in this process, or as one rank of a torchrun/srun launch (FSDP2 over all of
+    them), then exports the inference bundle to ``<out>/bundle``. The codec the bundle needs is
+    located before training, so a missing one fails at once, not after the run."""
+    from df_train.export import find_codec_dir, store_clip_metadata
+    from df_train.parallel import destroy_distributed, init_distributed
+    from df_train.trainer import Trainer
+
+    rank, world, _, device = init_distributed()
+    try:
+        trainer = Trainer(
+            config, rank=rank, world_size=world, device=str(device) if world > 1 else None
+        )
+        find_codec_dir(trainer, store_clip_metadata(trainer))
+        if resume and not trainer.resume():
+            logging.getLogger(__name__).info("no checkpoint in %s: starting from scratch", out)
+        trainer.fit(progress=progress)
+        path = trainer.export_bundle(out / "bundle")
+        if rank == 0:
+            print(f"trained {config.name} to step {trainer.step}; inference bundle in {path}")
+    finally:
+        destroy_distributed()
     return 0

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from df_models.config import DualForceConfig
+from df_train.parallel import ParallelConfig
 
 
 def _positive(
@@ -38,6 +39,8 @@ class DataConfig:
     ref_other_prob: float = 0.2  # reference frame other than the first
     hflip_prob: float = 0.0  # horizontal flips in latent space
     num_workers: int = 0  # DataLoader workers
+    normalize_struct: bool = True  # structure as (raw - mean) / std of the store's train split
+    codec_dir: str = ""  # codec for the inference bundle (default: the store's store.json)
 
     def __post_init__(self) -> None:
         _positive("DataConfig", "frames", self.frames, integer=True)
@@ -80,6 +83,7 @@ class LossConfig:
     lambda_aux: float = 0.0  # weight of the auxiliary 3-D label loss (decays)
     aux_decay_steps: int = 10_000  # steps over which lambda_aux decays to 0
     lambda_lip: float = 0.0  # weight of the contrastive audio-mouth loss
+    lip_sigma_max: float = 1.0  # L_lip only on frames with sigma_v <= this (x0_hat is blurry)
     uncertainty_weighting: bool = False  # learn the weights (Kendall et al.) instead
     audio_drop_prob: float = 0.1  # conditioning dropout for audio CFG
     ref_drop_prob: float = 0.0  # conditioning dropout of reference tokens
@@ -89,6 +93,7 @@ class LossConfig:
             _positive("LossConfig", name, getattr(self, name), zero_ok=True)
         _positive("LossConfig", "aux_decay_steps", self.aux_decay_steps, integer=True)
         _unit("LossConfig", "audio_drop_prob", self.audio_drop_prob)
+        _unit("LossConfig", "lip_sigma_max", self.lip_sigma_max)
         _unit("LossConfig", "ref_drop_prob", self.ref_drop_prob)
 
 
@@ -123,6 +128,7 @@ class TrainConfig:
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     steps: int = 1000  # optimiser steps
     batch_size: int = 8  # clips per rank per micro-batch
     grad_accum: int = 1  # micro-batches per optimiser step
@@ -133,6 +139,8 @@ class TrainConfig:
     keep_last: int = 3  # checkpoints kept
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | bf16 (autocast)
+    mfu: str = "auto"  # report model FLOPs utilisation: auto (on CUDA) | on | off
+    peak_tflops: float = 771.0  # MFU's peak: H100 bf16 dense matmul, measured; 0 = measure
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "log_every", "ckpt_every", "keep_last"):
@@ -141,6 +149,9 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.precision must be fp32 or bf16, got {self.precision!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"TrainConfig.device must be auto, cpu or cuda, got {self.device!r}")
+        if self.mfu not in ("auto", "on", "off"):
+            raise ValueError(f"TrainConfig.mfu must be auto, on or off, got {self.mfu!r}")
+        _positive("TrainConfig", "peak_tflops", self.peak_tflops, zero_ok=True)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

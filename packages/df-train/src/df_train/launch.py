@@ -6,9 +6,8 @@ newest checkpoint of the run directory, and trains. On preemption or timeout, su
 :meth:`TrainJob.checkpoint`, which saves a checkpoint and requeues the same job; the requeued
 run resumes from it.
 
-The checkpoint is consistent because the preemption signal is blocked while an optimiser step
-is in flight (:func:`signals_deferred`): it is delivered, and the handler runs, only between
-steps.
+The checkpoint is consistent because the preemption signal is held back while an optimiser
+step is in flight (:func:`signals_deferred`): its handler runs only between steps.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 from pathlib import Path
 
 import submitit
@@ -29,12 +29,29 @@ PREEMPT_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
 
 @contextlib.contextmanager
 def signals_deferred():
-    """Blocks the preemption signals for the duration (they are delivered on exit)."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, PREEMPT_SIGNALS)
+    """Holds back the preemption signals for the duration: their handlers run on exit.
+
+    Blocking the signals with ``pthread_sigmask`` is not enough: it blocks them in this thread
+    only, and the kernel hands a process-directed signal to any thread that does not block it
+    (loader, TensorBoard and runtime threads), after which CPython runs the Python handler in
+    the main thread at once. So the handlers are swapped for a recorder here, and each signal
+    that arrived is raised again, to the original handler, on exit.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set (and only run) in the main thread
+        return
+    arrived: list[int] = []
+    old = {
+        sig: signal.signal(sig, lambda signum, frame: arrived.append(signum))
+        for sig in PREEMPT_SIGNALS
+    }
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(arrived):
+            signal.raise_signal(sig)
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -59,27 +76,24 @@ class TrainJob(submitit.helpers.Checkpointable):
             )
 
     def __call__(self) -> dict:
+        from df_train.export import find_codec_dir, store_clip_metadata
         from df_train.parallel import init_distributed
         from df_train.trainer import Trainer
 
         self._set_distributed_env()
         rank, world, _, device = init_distributed()
-        if world > 1:
-            raise ValueError(
-                f"this trainer runs one process per job for now (world size {world}); FSDP2 sharding "
-                "(df_train.parallel) is not yet wired into the Trainer"
-            )
         self.trainer = Trainer(self.config, rank=rank, world_size=world, device=str(device))
+        find_codec_dir(self.trainer, store_clip_metadata(self.trainer))  # fail before training
         resumed = self.trainer.resume()
         start = self.trainer.step
         with_signals = self.trainer.fit(progress=False, step_guard=signals_deferred)
-        path = self.trainer.export_ema(Path(self.config.out_dir) / "ema")
+        path = self.trainer.export_bundle(Path(self.config.out_dir) / "bundle")
         return {
             "step": self.trainer.step,
             "resumed": resumed,
             "start_step": start,
             "steps_run": len(with_signals),
-            "ema": str(path),
+            "bundle": str(path),
         }
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:

@@ -7,12 +7,29 @@ meta device, materialised, initialised, then parallelised from outside. Each opt
    prefix between the modalities, and noises both;
 2. runs the training forward (whole clip, block-causal) with audio/reference dropout for CFG;
 3. computes the velocity losses per frame (context frames excluded) and their weighted sum;
-4. skips the step if the loss is not finite (counted; too many abort), else clips gradients,
-   steps AdamW and the warmup-cosine schedule, and updates the EMA weights.
+4. skips the step if the loss is not finite on any rank (counted; too many abort), else clips
+   gradients, steps AdamW and the warmup-cosine schedule, and updates the EMA weights.
 
 Exact resume: the sample position is ``step * batch * grad_accum`` (the dataset is a pure
 function of the sample index) and every RNG the loop draws from is in the checkpoint, so N
 steps, stop, resume, N steps equals 2N steps.
+
+Several processes (``torchrun``/SLURM, :func:`df_train.parallel.init_distributed`): the model
+is sharded with FSDP2 (:func:`df_train.parallel.parallelize`), each rank takes every
+``world``-th sample of the global sample sequence, so a micro-batch of ``batch_size`` per rank is
+the global batch of ``batch_size * world`` clips a single process would see, and the noise is
+drawn for that global batch from a generator every rank holds in the same state, each rank
+keeping its own rows. A run on W processes therefore sees the same clips and the same noise as
+one process with ``batch_size * W`` (up to float reduction order), and one process is exactly
+the old single-device loop. Model and optimiser state go through DCP's
+``get_state_dict``/``set_state_dict`` (sharded DTensors), the EMA is kept sharded like the
+parameters and gathered only for export, the loss terms are all-reduced for logging, and only
+rank 0 writes logs.
+
+Structure is trained in normalised units (``DataConfig.normalize_struct``: ``(raw - mean) /
+std`` of the store's train split, see :func:`df_data.store.struct_stats`); ``L_aux`` compares
+the struct stream's clean estimate with labels in the same units (the batch's structure). The
+statistics a run starts with are kept in ``<out>/struct_stats.json`` and reused on resume.
 """
 
 from __future__ import annotations
@@ -26,7 +43,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.tensor import DTensor
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from df_core import (
@@ -37,10 +58,19 @@ from df_core import (
     sample_frame_sigmas,
 )
 from df_data.dataset import ResumableSampler, WindowConfig, WindowDataset, collate_windows
+from df_data.store import STRUCT_STATS_NAME, StructStats, write_json_atomic
 from df_models import DualForceDiT
 from df_train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from df_train.config import TrainConfig
-from df_train.losses import UncertaintyWeighting, aux_struct_loss, aux_weight
+from df_train.losses import (
+    LipSyncLoss,
+    UncertaintyWeighting,
+    aux_struct_loss,
+    aux_weight,
+    mouth_box_to_latent,
+)
+from df_train.parallel import parallelize
+from df_train.throughput import count_model_step_flops, measure_peak_tflops
 
 log = logging.getLogger(__name__)
 
@@ -81,33 +111,92 @@ class StepMetrics:
     grad_norm: float
     lr: float
     skipped: bool
+    loss_aux: float = 0.0
+    loss_lip: float = 0.0  # the generator's L_lip (unweighted)
+    loss_lip_heads: float = 0.0  # the lip heads' InfoNCE on ground-truth latents
+
+
+class Trainables(nn.Module):
+    """Everything the optimiser updates, under one root, so that DCP's ``get_state_dict`` can
+    name every parameter of the optimiser: the model, and optionally the learned loss weights
+    and the lip-sync heads."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        weighting: UncertaintyWeighting | None,
+        lip: LipSyncLoss | None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        if weighting is not None:
+            self.weighting = weighting
+        if lip is not None:
+            self.lip = lip
+
+
+def _distributed(world_size: int) -> bool:
+    return world_size > 1 and dist.is_available() and dist.is_initialized()
+
+
+def _barrier(world_size: int) -> None:
+    if _distributed(world_size):
+        dist.barrier()
 
 
 class Trainer:
     def __init__(
-        self, config: TrainConfig, *, rank: int = 0, world_size: int = 1, device: str | None = None
+        self,
+        config: TrainConfig,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        device: str | None = None,
+        dataset: Dataset | None = None,
     ) -> None:
+        """``dataset`` replaces the store's windows (benchmarks use synthetic ones); it must
+        return what :class:`df_data.dataset.WindowDataset` returns."""
         self.config = c = config
         self.rank, self.world_size = rank, world_size
+        if world_size > 1 and not _distributed(world_size):
+            raise ValueError(
+                f"world_size={world_size} needs an initialised process group "
+                "(df_train.parallel.init_distributed under torchrun/srun)"
+            )
         dev = device or c.device
         if dev == "auto":
             dev = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(dev)
+        self.out_dir = Path(c.out_dir)
+        self.dataset = dataset if dataset is not None else self._window_dataset()
+        self._check_store_matches_model()
         torch.manual_seed(c.seed)
         with torch.device("meta"):
             model = DualForceDiT(c.model)
         model.to_empty(device=self.device)
         model.init_weights()
-        self.model = model
-        self.ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+        # Counted before parallelize: no checkpointing recomputation, no compiled graphs.
+        self.step_flops = self._count_flops(model) if self._mfu_enabled() else None
+        self.peak_tflops = self._peak_tflops() if self.step_flops is not None else None
+        self.model = parallelize(model, c.parallel, world_size=world_size)
+        self._fsdp = world_size > 1 or c.parallel.fsdp
+        # EMA in fp32, sharded like the parameters (DTensors under FSDP).
+        self.ema = {k: v.detach().clone().float() for k, v in self.model.state_dict().items()}
         # Learned loss weights (Kendall et al. 2018), when asked for instead of fixed weights.
         self.weighting = None
-        groups = param_groups(model, c.optim.weight_decay)
+        groups = param_groups(self.model, c.optim.weight_decay)
         if c.loss.uncertainty_weighting:
             names = ["loss_video"] + (["loss_struct"] if c.model.struct_enabled else [])
             names += ["loss_aux"] if c.loss.lambda_aux > 0 and c.model.struct_enabled else []
             self.weighting = UncertaintyWeighting(names).to(self.device)
             groups.append({"params": list(self.weighting.parameters()), "weight_decay": 0.0})
+        # L_lip's heads: trained on ground-truth latents, read by the generator's term.
+        self.lip = None
+        if c.loss.lambda_lip > 0:
+            m = c.model
+            self.lip = LipSyncLoss(m.latent_channels, m.audio_dim, m.audio_window).to(self.device)
+            groups += param_groups(self.lip, c.optim.weight_decay)
+        self.trainables = Trainables(self.model, self.weighting, self.lip)
         self.optimizer = torch.optim.AdamW(groups, lr=c.optim.lr, betas=c.optim.betas)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
@@ -115,21 +204,60 @@ class Trainer:
                 s, warmup=c.optim.warmup_steps, total=c.steps, min_ratio=c.optim.min_lr_ratio
             ),
         )
-        self.noise_gen = torch.Generator().manual_seed(c.seed * 1000 + rank)
+        # The same state on every rank: each draws the global batch's noise and keeps its rows.
+        self.noise_gen = torch.Generator().manual_seed(c.seed * 1000)
         self.step = 0
         self.nan_skips = 0
-        self.out_dir = Path(c.out_dir)
-        self.dataset = WindowDataset(
+
+    def _window_dataset(self) -> WindowDataset:
+        c = self.config
+        return WindowDataset(
             c.data.store,
             WindowConfig(
                 frames=c.data.frames,
                 audio_context=c.data.audio_context,
                 ref_other_prob=c.data.ref_other_prob,
                 hflip_prob=c.data.hflip_prob,
+                normalize_struct=c.data.normalize_struct and c.model.struct_enabled,
             ),
             seed=c.seed,
         )
-        self._check_store_matches_model()
+
+    @property
+    def struct_stats(self) -> StructStats | None:
+        return getattr(self.dataset, "struct_stats", None)
+
+    # Throughput --------------------------------------------------------------------------------
+
+    def _mfu_enabled(self) -> bool:
+        mode = self.config.mfu
+        return mode == "on" or (mode == "auto" and self.device.type == "cuda")
+
+    def _count_flops(self, model: DualForceDiT) -> int:
+        """FLOPs of one optimiser step on this rank (forward + backward of every micro-batch)."""
+        c = self.config
+        batch = collate_windows([self.dataset[0]] * c.batch_size)
+        dev = self.device
+        B, T = batch["latents"].shape[:2]
+        inputs = {
+            "z_BTCHW": batch["latents"].to(dev),
+            "sigma_v_BT": torch.full((B, T), 0.5, device=dev),
+            "audio_BTLDa": batch["audio"].to(dev),
+            "ref_latent_BCHW": batch["ref_latent"].to(dev),
+            "s_BTDs": batch["struct"].to(dev) if c.model.struct_enabled else None,
+            "sigma_s_BT": torch.full((B, T), 0.5, device=dev) if c.model.struct_enabled else None,
+        }
+        return c.grad_accum * count_model_step_flops(model, inputs, precision=c.precision)
+
+    def _peak_tflops(self) -> float:
+        c = self.config
+        if c.peak_tflops > 0:
+            return c.peak_tflops
+        dtype = torch.bfloat16 if c.precision == "bf16" else torch.float32
+        size = 8192 if self.device.type == "cuda" else 1024
+        peak = measure_peak_tflops(self.device, dtype, size=size)
+        log.info("measured peak: %.1f TFLOP/s (%s matmul on %s)", peak, dtype, self.device)
+        return peak
 
     # Checks ------------------------------------------------------------------------------------
 
@@ -158,11 +286,14 @@ class Trainer:
     # State -------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        extra = {"weighting": self.weighting.state_dict()} if self.weighting is not None else {}
+        """The DCP state: model (with the loss weights and lip heads) and optimiser as
+        ``get_state_dict`` gives them (sharded under FSDP; it also creates AdamW's state before
+        the first step, so that a checkpoint can be loaded into a fresh trainer), the EMA, and
+        the counters and RNG states."""
+        model_state, optim_state = get_state_dict(self.trainables, self.optimizer)
         return {
-            **extra,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": model_state,
+            "optimizer": optim_state,
             "ema": self.ema,
             "trainer": {
                 "step": torch.tensor(self.step),
@@ -174,10 +305,12 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        if self.weighting is not None:
-            self.weighting.load_state_dict(state["weighting"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        set_state_dict(
+            self.trainables,
+            self.optimizer,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optimizer"],
+        )
         for k, v in state["ema"].items():
             self.ema[k].copy_(v)
         t = state["trainer"]
@@ -194,30 +327,57 @@ class Trainer:
             self.state_dict(), self.out_dir, self.step, keep_last=self.config.keep_last
         )
 
-    def export_ema(self, directory: str | Path) -> Path:
-        """Writes the EMA weights as a ``save_pretrained`` directory for inference."""
+    def ema_model(self) -> DualForceDiT | None:
+        """The EMA weights in a plain CPU model (gathered from the shards: every rank must call
+        this); None on ranks other than 0."""
+        full = {
+            k: (v.full_tensor() if isinstance(v, DTensor) else v).cpu() for k, v in self.ema.items()
+        }
+        if self.rank != 0:
+            return None
         with torch.device("meta"):
             model = DualForceDiT(self.config.model)
         model.to_empty(device="cpu")
-        model.load_state_dict({k: v.cpu() for k, v in self.ema.items()})
-        return model.save_pretrained(directory)
+        model.load_state_dict(full)
+        return model
+
+    def export_ema(self, directory: str | Path) -> Path:
+        """Writes the EMA weights as a ``save_pretrained`` directory (model only; every rank
+        must call it, rank 0 writes)."""
+        model = self.ema_model()
+        if model is not None:
+            model.save_pretrained(directory)
+        _barrier(self.world_size)
+        return Path(directory)
+
+    def export_bundle(self, directory: str | Path) -> Path:
+        """Writes the inference bundle (``df_models.bundle``): EMA model, the store's codec and
+        ``inference.json`` (every rank must call it, rank 0 writes); see
+        :func:`df_train.export.export_bundle`."""
+        from df_train.export import export_bundle
+
+        return export_bundle(self, directory)
 
     def resume(self) -> bool:
-        """Loads the newest complete checkpoint of ``out_dir``; False when there is none."""
+        """Loads the newest complete checkpoint of ``out_dir``; False when there is none. The
+        run's own ``struct_stats.json`` (the normalisation it trained with) replaces the
+        store's, should the store have changed since."""
         path = latest_checkpoint(self.out_dir)
         if path is None:
             return False
-        if not self.optimizer.state:  # create AdamW state so DCP has tensors to load into
-            for group in self.optimizer.param_groups:
-                for p in group["params"]:
-                    self.optimizer.state[p] = {
-                        "step": torch.tensor(0.0),
-                        "exp_avg": torch.zeros_like(p),
-                        "exp_avg_sq": torch.zeros_like(p),
-                    }
         state = self.state_dict()
         load_checkpoint(state, path)
         self.load_state_dict(state)
+        run_stats = self.out_dir / STRUCT_STATS_NAME
+        if self.struct_stats is not None and run_stats.is_file():
+            stats = StructStats.from_dict(json.loads(run_stats.read_text()), source=str(run_stats))
+            if stats != self.struct_stats:
+                log.warning(
+                    "%s differs from the store's struct stats (the store changed): keeping the "
+                    "run's, so that training continues in the same units",
+                    run_stats,
+                )
+                self.dataset.struct_stats = stats
         log.info("resumed from %s at step %d", path, self.step)
         return True
 
@@ -228,8 +388,11 @@ class Trainer:
         dev = self.device
         x0_v = batch["latents"].to(dev)
         B, T = x0_v.shape[:2]
-        # Step 1: per-frame noise levels with one shared clean-context prefix.
-        prefix = clean_prefix_lengths(B, T, generator=g, prob=c.noise.clean_prefix_prob)
+        # Step 1: per-frame noise levels with one shared clean-context prefix, drawn for the
+        # global batch (GB clips); this rank's clips are rows rank, rank + world, ...
+        GB, mine = B * self.world_size, slice(self.rank, None, self.world_size)
+        prefix_G = clean_prefix_lengths(GB, T, generator=g, prob=c.noise.clean_prefix_prob)
+        prefix = prefix_G[mine]
         n = c.noise
         common = dict(
             generator=g,
@@ -238,22 +401,22 @@ class Trainer:
             scale=n.scale,
             shift=n.shift,
             temporal=n.temporal,
-            prefix_B=prefix,
+            prefix_B=prefix_G,
             sigma_ctx=n.sigma_ctx,
         )
-        sigma_v = sample_frame_sigmas(B, T, sigma_max=1.0, **common)
+        sigma_v = sample_frame_sigmas(GB, T, sigma_max=1.0, **common)[mine]
         valid = torch.arange(T)[None, :] >= prefix[:, None]  # context frames carry no loss
-        eps_v = torch.randn(x0_v.shape, generator=g)
-        drop_audio = torch.rand(B, generator=g) < c.loss.audio_drop_prob
-        drop_ref = torch.rand(B, generator=g) < c.loss.ref_drop_prob
+        eps_v = torch.randn((GB, *x0_v.shape[1:]), generator=g)[mine]
+        drop_audio = (torch.rand(GB, generator=g) < c.loss.audio_drop_prob)[mine]
+        drop_ref = (torch.rand(GB, generator=g) < c.loss.ref_drop_prob)[mine]
         x_v = add_noise(x0_v, eps_v.to(dev), sigma_v.to(dev))
         s_args, x0_s, eps_s = {"s_BTDs": None, "sigma_s_BT": None}, None, None
         if c.model.struct_enabled:
             sigma_s = sample_frame_sigmas(
-                B, T, sigma_max=n.sigma_s_max, tail_prob=n.struct_tail_prob, **common
-            )
+                GB, T, sigma_max=n.sigma_s_max, tail_prob=n.struct_tail_prob, **common
+            )[mine]
             x0_s = batch["struct"].to(dev)
-            eps_s = torch.randn(x0_s.shape, generator=g).to(dev)
+            eps_s = torch.randn((GB, *x0_s.shape[1:]), generator=g)[mine].to(dev)
             s_args = {
                 "s_BTDs": add_noise(x0_s, eps_s, sigma_s.to(dev)),
                 "sigma_s_BT": sigma_s.to(dev),
@@ -280,6 +443,7 @@ class Trainer:
             total = total + c.loss.lambda_struct * loss_s
             # L_aux: the struct stream's clean estimate against the clip's 3-D labels (SynthTalk:
             # its exact ground truth), with a weight that decays so the stream can drift from them.
+            # Labels and estimate are both in the normalised units the struct stream sees.
             w_aux = aux_weight(self.step, c.loss.lambda_aux, c.loss.aux_decay_steps)
             if c.loss.lambda_aux > 0:
                 s0_hat = s_args["s_BTDs"] - s_args["sigma_s_BT"][..., None] * v_s.float()
@@ -287,7 +451,89 @@ class Trainer:
                 total = total + w_aux * terms["loss_aux"]
         if self.weighting is not None:
             total, _ = self.weighting(terms)
+        # Step 4: L_lip on the predicted clean latents, where the clip has mouth boxes.
+        if self.lip is not None and bool(batch["has_mouth_box"].any()):
+            lip_terms = self._lip_terms(batch, x_v, v_v, sigma_v, valid, drop_audio)
+            terms.update(lip_terms)
+            total = total + lip_terms["loss_lip_heads"] + c.loss.lambda_lip * lip_terms["loss_lip"]
         return total, terms
+
+    def _lip_terms(
+        self,
+        batch: dict,
+        x_v: torch.Tensor,
+        v_v: torch.Tensor,
+        sigma_v: torch.Tensor,
+        valid: torch.Tensor,
+        drop_audio: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """``loss_lip_heads``: the heads' InfoNCE on ground-truth latents (trains the heads
+        only); ``loss_lip``: the generator's InfoNCE on ``x0_hat = x_sigma - sigma * v_hat``
+        against the same heads, frozen (trains the model only), on frames that carry loss, with
+        a box, with audio (not dropped for CFG) and ``sigma_v <= lip_sigma_max``."""
+        dev = self.device
+        sizes = set(map(tuple, batch["image_size"]))
+        if len(sizes) != 1:
+            raise ValueError(f"mouth boxes of one batch refer to several frame sizes {sizes}")
+        box = mouth_box_to_latent(batch["mouth_box"].to(dev), sizes.pop(), tuple(x_v.shape[-2:]))
+        audio = batch["audio"].to(dev)
+        has_box = batch["has_mouth_box"].to(dev)[:, None].expand(valid.shape)
+        x0_v = batch["latents"].to(dev)
+        heads, _ = self.lip(x0_v, box, audio, has_box)
+        sigma_v = sigma_v.to(dev)
+        gen_valid = (
+            has_box
+            & valid.to(dev)
+            & ~drop_audio.to(dev)[:, None]
+            & (sigma_v <= self.config.loss.lip_sigma_max)
+        )
+        x0_hat = x_v - sigma_v[:, :, None, None, None] * v_v.float()
+        gen, _ = self.lip(x0_hat, box, audio, gen_valid, heads_grad=False)
+        return {"loss_lip_heads": heads, "loss_lip": gen}
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite on every rank (all ranks skip a step together: one rank
+        going on alone would wait forever in FSDP's collectives)."""
+        finite = torch.isfinite(loss.detach())
+        if _distributed(self.world_size):
+            flag = finite.float().reshape(1)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            return bool(flag.item() > 0)
+        return bool(finite)
+
+    def _reduce_aux_grads(self) -> None:
+        """Averages the gradients of the parameters FSDP does not manage (learned loss weights,
+        lip heads) over the ranks; a rank without a gradient contributes zeros."""
+        if not _distributed(self.world_size):
+            return
+        for module in (self.weighting, self.lip):
+            if module is None:
+                continue
+            for p in module.parameters():
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                p.grad.div_(self.world_size)
+
+    def _clip_gradients(self) -> torch.Tensor:
+        """Clips the model's gradients to ``grad_clip`` (global norm over all shards)."""
+        max_norm = self.config.optim.grad_clip if self.config.optim.grad_clip > 0 else float("inf")
+        if not self._fsdp:
+            return torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if isinstance(norm, DTensor):  # a partial norm of the local shards: reduce it
+            norm = norm.full_tensor()
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+        return norm
+
+    def _reduce_for_logging(self, values: dict[str, float]) -> dict[str, float]:
+        if not _distributed(self.world_size) or not values:
+            return values
+        keys = sorted(values)
+        t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return dict(zip(keys, (t / self.world_size).tolist(), strict=True))
 
     def train_step(self, batches: list[dict]) -> StepMetrics:
         c = self.config
@@ -296,7 +542,7 @@ class Trainer:
         finite = True
         for batch in batches:
             loss, terms = self.loss(batch)
-            if not torch.isfinite(loss):
+            if not self._all_finite(loss):
                 finite = False
                 break
             (loss / len(batches)).backward()
@@ -316,17 +562,10 @@ class Trainer:
             log.warning(
                 "non-finite loss at step %d: skipped (%d so far)", self.step, self.nan_skips
             )
-            return StepMetrics(
-                float("nan"),
-                float("nan"),
-                float("nan"),
-                float("nan"),
-                self.scheduler.get_last_lr()[0],
-                True,
-            )
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.model.parameters(), c.optim.grad_clip if c.optim.grad_clip > 0 else float("inf")
-        )
+            nan = float("nan")
+            return StepMetrics(nan, nan, nan, nan, self.scheduler.get_last_lr()[0], True)
+        self._reduce_aux_grads()
+        grad_norm = self._clip_gradients()
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -336,13 +575,17 @@ class Trainer:
             d = c.optim.ema_decay
             for k, v in self.model.state_dict().items():
                 self.ema[k].mul_(d).add_(v.float(), alpha=1 - d)
+        logged = self._reduce_for_logging({"loss": total, **terms_sum})
         return StepMetrics(
-            total,
-            terms_sum.get("loss_video", 0.0),
-            terms_sum.get("loss_struct", 0.0),
+            logged["loss"],
+            logged.get("loss_video", 0.0),
+            logged.get("loss_struct", 0.0),
             float(grad_norm),
             lr,
             False,
+            loss_aux=logged.get("loss_aux", 0.0),
+            loss_lip=logged.get("loss_lip", 0.0),
+            loss_lip_heads=logged.get("loss_lip_heads", 0.0),
         )
 
     # The loop ----------------------------------------------------------------------------------
@@ -372,20 +615,29 @@ class Trainer:
 
         ``step_guard`` wraps each optimiser step (the launcher defers preemption signals with it
         so that a checkpoint taken on preemption is always at a step boundary).
+
+        Each step's record in ``metrics.jsonl`` has the loss terms, ``tokens_per_s`` (all ranks)
+        and, where MFU is reported (``TrainConfig.mfu``), ``tflops`` (per rank) and ``mfu``.
         """
         c = self.config
         stop = min(c.steps, max_steps if max_steps is not None else c.steps)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "config.json").write_text(c.to_json())
+        if self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.json").write_text(c.to_json())
+            run_stats = self.out_dir / STRUCT_STATS_NAME
+            if self.struct_stats is not None and not run_stats.is_file():
+                write_json_atomic(run_stats, self.struct_stats.to_dict())
         metrics_path = self.out_dir / "metrics.jsonl"
         loader = iter(self._loader(self.step * c.batch_size * c.grad_accum))
         history = []
         tokens_per_step = (
-            c.batch_size
+            self.world_size
+            * c.batch_size
             * c.grad_accum
             * (c.data.frames + 1)
             * (c.model.video_tokens + c.model.struct_tokens)
         )
+        sync = self.device.type == "cuda" and self.step_flops is not None
         bar = tqdm(
             total=stop,
             initial=self.step,
@@ -406,26 +658,24 @@ class Trainer:
             with step_guard():
                 m = self.train_step(batches)
                 history.append(m)
-                elapsed = time.perf_counter() - t0
+                if sync:
+                    torch.cuda.synchronize(self.device)
+                elapsed = max(time.perf_counter() - t0, 1e-9)
                 t0 = time.perf_counter()
                 if self.rank == 0:
-                    record = {
-                        "step": self.step,
-                        **m.__dict__,
-                        "tokens_per_s": tokens_per_step / max(elapsed, 1e-9),
-                    }
+                    record = {"step": self.step, **m.__dict__, "tokens_per_s": 0.0}
+                    record["tokens_per_s"] = tokens_per_step / elapsed
+                    postfix = {"loss": f"{m.loss:.4f}", "tok_s": f"{record['tokens_per_s']:.0f}"}
+                    if self.step_flops is not None:
+                        record["tflops"] = self.step_flops / elapsed / 1e12
+                        record["mfu"] = record["tflops"] / self.peak_tflops
+                        postfix["mfu"] = f"{record['mfu']:.1%}"
                     with metrics_path.open("a") as f:
                         f.write(json.dumps(record) + "\n")
-                    for key in (
-                        "loss",
-                        "loss_video",
-                        "loss_struct",
-                        "grad_norm",
-                        "lr",
-                        "tokens_per_s",
-                    ):
-                        writer.add_scalar(f"train/{key}", record[key], self.step)
-                    bar.set_postfix(loss=f"{m.loss:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                    for key, value in record.items():
+                        if key != "step" and isinstance(value, float):
+                            writer.add_scalar(f"train/{key}", value, self.step)
+                    bar.set_postfix(postfix)
                     bar.update(1)
                 if self.step % c.ckpt_every == 0 or self.step == stop:
                     self.save()

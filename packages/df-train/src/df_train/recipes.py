@@ -151,3 +151,52 @@ def get_recipe(name: str) -> TrainConfig | CodecTrainConfig:
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; known: {sorted(RECIPES)}")
     return RECIPES[name]()
+
+
+# The `dualforce demo` recipes (df_eval.demo): sized so that the whole CPU demo (corpus, codec,
+# store, training, generation, evaluation) fits in about 15 minutes on two cores.
+
+
+def codec_synthtalk_demo() -> CodecTrainConfig:
+    """The demo's codec: 64x64 frames -> 8 x 8 x 8 latents, narrow full-resolution levels (the
+    costliest on a CPU), a few hundred steps."""
+    return CodecTrainConfig(
+        name="codec_synthtalk_demo",
+        codec=TinyAutoencoderConfig(
+            latent_channels=8, base_channels=8, max_channels=64, num_down=3, norm_groups=8
+        ),
+        steps=400,
+        batch_size=16,
+        lr=2e-3,
+        log_every=25,
+    )
+
+
+def synthtalk_demo() -> TrainConfig:
+    """The CPU demo's DualForce: a ~1 M-parameter ``synthtalk_small`` variant on 8x8x8 latents
+    that learns audio-driven jaw motion within minutes on two cores."""
+    model = small_model(
+        video_dim=96,
+        video_depth=4,
+        video_heads=3,
+        struct_dim=64,
+        struct_depth=2,
+        n_fusion=2,
+        mlp_ratio=2.0,
+        noise_freq_dim=64,
+    )
+    return TrainConfig(
+        name="synthtalk_demo",
+        model=model,
+        data=DataConfig(frames=8),
+        steps=1200,
+        batch_size=8,
+        optim=OptimConfig(lr=1e-3, warmup_steps=50, ema_decay=0.99),
+        loss=LossConfig(lambda_lip=0.0),
+        log_every=20,
+        ckpt_every=100,
+    )
+
+
+RECIPES["codec_synthtalk_demo"] = codec_synthtalk_demo
+RECIPES["synthtalk_demo"] = synthtalk_demo

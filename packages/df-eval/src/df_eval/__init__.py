@@ -1,0 +1,1 @@
+"""DualForce evaluation: SynthTalk probe metrics, reports, and the end-to-end demo."""

@@ -1,0 +1,515 @@
+"""``dualforce demo``: the whole job end to end on SynthTalk, in one resumable command.
+
+Stages (each records its completion atomically in ``<out>/stages/<stage>.json``; a rerun skips
+the finished ones, and an interrupted training resumes from its newest checkpoint):
+
+1. ``corpus``   SynthTalk clips (``df_data.synthtalk.generate_corpus``), train and test identities
+2. ``codec``    the latent codec (``df_train.codec.train_codec``) on the train frames
+3. ``store``    the clip store (``df_data.extract.extract_store``): latents, audio features, struct
+4. ``train``    DualForce (``df_train.trainer.Trainer``); exports two inference bundles, the
+                step-0 (untrained) model and the trained EMA model
+5. ``generate`` videos of held-out identities from their audio, streaming (``df_infer``), for the
+                trained model, the untrained model, and a still reference frame
+6. ``evaluate`` SynthTalk probe metrics of each (``df_eval.evaluate``)
+7. ``report``   ``<out>/report.md``: videos, plots and the comparison table
+
+Presets: ``cpu`` (default, ~15 minutes on two cores), ``gpu`` (more data and steps, CUDA) and
+``smoke`` (a few minutes; CI). ``--set field=value`` changes a preset field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from df_eval.demo_report import write_report
+
+log = logging.getLogger(__name__)
+
+STAGES = ("corpus", "codec", "store", "train", "generate", "evaluate", "report")
+VARIANTS = ("trained", "untrained", "still")  # the model and its two baselines
+JAW = 6  # index of "jaw" in df_data.synthtalk.STRUCT_NAMES
+
+
+@dataclass(frozen=True)
+class DemoPreset:
+    name: str = "cpu"
+    train_clips: int = 40  # SynthTalk training clips (over train_clips // 2 identities)
+    test_clips: int = 4  # held-out clips (over test_clips // 2 unseen identities)
+    seconds: float = 6.0  # length of each clip
+    size: int = 64  # frame height and width (the codec makes 8x8 latents of it)
+    codec_recipe: str = "codec_synthtalk_demo"  # df_train.recipes name
+    codec_steps: int = 400  # codec optimiser steps
+    train_recipe: str = "synthtalk_demo"  # df_train.recipes name
+    train_steps: int = 1200  # DualForce optimiser steps
+    batch_size: int = 8  # DualForce clips per step
+    sampler_steps: int = 4  # denoising steps per frame at generation
+    eval_clips: int = 4  # test clips generated and scored per variant
+    probe_steps: int = 700  # optimiser steps of the evaluation probe
+    device: str = "cpu"  # cpu | cuda | auto
+    workers: int = 2  # corpus synthesis processes
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "train_clips",
+            "test_clips",
+            "size",
+            "codec_steps",
+            "train_steps",
+            "batch_size",
+            "sampler_steps",
+            "eval_clips",
+            "probe_steps",
+            "workers",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"DemoPreset.{name} must be a positive integer, got {value!r}")
+        if not self.seconds > 0:
+            raise ValueError(f"DemoPreset.seconds must be > 0, got {self.seconds!r}")
+        if self.eval_clips > self.test_clips:
+            raise ValueError(
+                f"DemoPreset.eval_clips={self.eval_clips} exceeds test_clips={self.test_clips}"
+            )
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"DemoPreset.device must be cpu, cuda or auto, got {self.device!r}")
+
+
+PRESETS: dict[str, DemoPreset] = {
+    "cpu": DemoPreset(),
+    "gpu": DemoPreset(
+        name="gpu",
+        train_clips=200,
+        test_clips=8,
+        seconds=8.0,
+        codec_steps=2000,
+        train_steps=6000,
+        batch_size=32,
+        sampler_steps=8,
+        eval_clips=8,
+        probe_steps=1500,
+        device="cuda",
+        workers=8,
+    ),
+    "smoke": DemoPreset(
+        name="smoke",
+        train_clips=4,
+        test_clips=2,
+        seconds=2.0,
+        codec_steps=30,
+        train_steps=30,
+        batch_size=4,
+        sampler_steps=2,
+        eval_clips=1,
+        probe_steps=40,
+        workers=1,
+    ),
+}
+
+
+def apply_sets(preset: DemoPreset, items: list[str]) -> DemoPreset:
+    """``field=value`` overrides, parsed by the type of the field's current value."""
+    known = {f.name: f for f in dataclasses.fields(DemoPreset)}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in known:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD in {sorted(known)}")
+        current = getattr(preset, key)
+        try:
+            parsed = type(current)(value) if not isinstance(current, str) else value
+        except ValueError as e:
+            raise ValueError(
+                f"--set {key}: cannot parse {value!r} as {type(current).__name__}"
+            ) from e
+        preset = replace(preset, **{key: parsed})
+    return preset
+
+
+# Stage bookkeeping --------------------------------------------------------------------------
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_jsonable))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def stage_path(out: Path, stage: str) -> Path:
+    return out / "stages" / f"{stage}.json"
+
+
+def stage_record(out: Path, stage: str) -> dict | None:
+    """The completion record of ``stage``, or None when it has not finished."""
+    path = stage_path(out, stage)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _check_preset(out: Path, preset: DemoPreset) -> None:
+    """A run directory belongs to one preset: resuming it with another would mix stages."""
+    path = out / "demo.json"
+    if path.is_file():
+        recorded = json.loads(path.read_text())["preset"]
+        if recorded != asdict(preset):
+            diff = sorted(k for k in recorded if recorded.get(k) != asdict(preset).get(k))
+            raise ValueError(
+                f"{out} was made with another preset (fields differ: {diff}); pass a new --out "
+                "or delete the directory"
+            )
+    else:
+        write_json_atomic(path, {"preset": asdict(preset)})
+
+
+# Stages -------------------------------------------------------------------------------------
+
+
+class Demo:
+    """The stages of one demo run in ``out``; ``run()`` executes the unfinished ones."""
+
+    def __init__(self, out: str | Path, preset: DemoPreset, *, progress: bool = True) -> None:
+        self.out = Path(out)
+        self.preset = preset
+        self.progress = progress
+        self.corpus = self.out / "corpus"
+        self.codec_run = self.out / "codec"
+        self.codec_dir = self.codec_run / "codec"
+        self.store = self.out / "store"
+        self.train_dir = self.out / "train"
+        self.bundles = {v: self.out / "bundles" / v for v in ("trained", "untrained")}
+        self.pred = {v: self.out / "pred" / v for v in VARIANTS}
+        self.structs = {v: self.out / "structs" / v for v in ("trained", "untrained")}
+        self.eval_dir = self.out / "eval"
+
+    def run(self, *, until: str | None = None) -> dict[str, dict]:
+        """Runs every unfinished stage (up to ``until``); returns every stage's record."""
+        if until is not None and until not in STAGES:
+            raise ValueError(f"until must be one of {STAGES}, got {until!r}")
+        self.out.mkdir(parents=True, exist_ok=True)
+        _check_preset(self.out, self.preset)
+        records = {}
+        for stage in STAGES:
+            record = stage_record(self.out, stage)
+            if record is None:
+                log.info("demo: stage %s", stage)
+                load = os.getloadavg()[0]
+                t0 = time.perf_counter()
+                summary = getattr(self, f"stage_{stage}")()
+                record = {
+                    "stage": stage,
+                    "seconds": round(time.perf_counter() - t0, 2),
+                    "load_start": round(load, 2),
+                    "load_end": round(os.getloadavg()[0], 2),
+                    "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "summary": summary,
+                }
+                write_json_atomic(stage_path(self.out, stage), record)
+                log.info("demo: stage %s done in %.1f s", stage, record["seconds"])
+            else:
+                log.info("demo: stage %s already done (%s s), skipped", stage, record["seconds"])
+            records[stage] = record
+            if stage == until:
+                break
+        return records
+
+    # Step 1: the corpus.
+    def stage_corpus(self) -> dict:
+        from df_data.synthtalk import generate_corpus
+
+        p = self.preset
+        dirs = generate_corpus(
+            self.corpus,
+            clips=p.train_clips,
+            seconds=p.seconds,
+            size=p.size,
+            test_clips=p.test_clips,
+            seed=p.seed,
+            workers=p.workers,
+            progress=self.progress,
+        )
+        return {"clips": len(dirs), "dir": str(self.corpus)}
+
+    # Step 2: the codec.
+    def stage_codec(self) -> dict:
+        from df_train.codec import train_codec
+        from df_train.recipes import get_recipe
+
+        p = self.preset
+        config = replace(
+            get_recipe(p.codec_recipe),
+            corpus=str(self.corpus),
+            out_dir=str(self.codec_run),
+            steps=p.codec_steps,
+            device=p.device,
+            seed=p.seed,
+        )
+        return train_codec(config, progress=self.progress)
+
+    # Step 3: the clip store.
+    def stage_store(self) -> dict:
+        from df_data.extract import extract_store
+
+        device = _device(self.preset.device)
+        summary = extract_store(
+            self.corpus, self.store, codec=self.codec_dir, device=device, progress=self.progress
+        )
+        if summary["failed"]:
+            raise RuntimeError(
+                f"extraction failed for {summary['failed']} clips ({summary['failures']}); see "
+                f"{self.store / 'failures.jsonl'}"
+            )
+        return summary
+
+    def train_config(self):
+        from df_train.recipes import get_recipe
+
+        p = self.preset
+        config = get_recipe(p.train_recipe)
+        return replace(
+            config,
+            data=replace(config.data, store=str(self.store)),
+            out_dir=str(self.train_dir),
+            steps=p.train_steps,
+            batch_size=p.batch_size,
+            device=p.device,
+            seed=p.seed,
+            ckpt_every=min(config.ckpt_every, p.train_steps),
+        )
+
+    # Step 4: DualForce, and the untrained model's bundle (its step-0 weights).
+    def stage_train(self) -> dict:
+        from df_models.bundle import META_NAME
+        from df_train.trainer import Trainer
+
+        config = self.train_config()
+        if not (self.bundles["untrained"] / META_NAME).is_file():
+            Trainer(config).export_bundle(self.bundles["untrained"])
+        trainer = Trainer(config)
+        resumed = trainer.resume()
+        start = trainer.step
+        history = trainer.fit(progress=self.progress)
+        trainer.export_bundle(self.bundles["trained"])
+        losses = [m.loss for m in history]
+        return {
+            "steps": trainer.step,
+            "resumed_from_step": start if resumed else None,
+            "final_loss": float(np.mean(losses[-20:])) if losses else None,
+            "parameters": sum(p.numel() for p in trainer.model.parameters()),
+            "bundle": str(self.bundles["trained"]),
+        }
+
+    def eval_clip_dirs(self) -> list[Path]:
+        dirs = sorted(d for d in (self.corpus / "test").iterdir() if (d / "video.mp4").is_file())
+        if len(dirs) < self.preset.eval_clips:
+            raise RuntimeError(
+                f"{self.corpus / 'test'} has {len(dirs)} clips, the demo scores "
+                f"{self.preset.eval_clips}"
+            )
+        return dirs[: self.preset.eval_clips]
+
+    # Step 5: videos of held-out identities from their audio (reference = the clip's first frame).
+    def stage_generate(self) -> dict:
+        from df_data.media import read_video, read_wav
+        from df_infer.generate import generate_video
+        from df_infer.pipeline import StreamingGenerator
+        from df_infer.video import StreamingVideoWriter
+
+        p = self.preset
+        clips = self.eval_clip_dirs()
+        summary: dict[str, Any] = {"clips": [d.name for d in clips]}
+        for variant in ("trained", "untrained"):
+            gen = StreamingGenerator.from_bundle(self.bundles[variant], device=_device(p.device))
+            sampler = gen.default_sampler(steps=p.sampler_steps, seed=p.seed)
+            fps, frames = [], 0
+            for d in clips:
+                mp4 = self.pred[variant] / f"{d.name}.mp4"
+                struct_file = self.structs[variant] / f"{d.name}.npy"
+                if mp4.is_file() and struct_file.is_file():
+                    continue
+                reference = read_video(d / "video.mp4", indices=[0])[0][0]
+                result = generate_video(
+                    gen, reference, d / "audio.wav", mp4, sampler, progress=self.progress
+                )
+                _save_npy_atomic(struct_file, result.structs)
+                fps.append(result.fps)
+                frames += result.frames
+            summary[variant] = {
+                "frames": frames,
+                "fps": float(np.mean(fps)) if fps else None,
+                "sampler": asdict(sampler),
+            }
+        for d in clips:  # the still baseline: the reference frame, repeated, with the audio
+            mp4 = self.pred["still"] / f"{d.name}.mp4"
+            if mp4.is_file():
+                continue
+            video, _ = read_video(d / "video.mp4")
+            audio = read_wav(d / "audio.wav")
+            with StreamingVideoWriter(mp4) as writer:
+                writer.set_audio(audio)
+                for _ in range(len(video)):
+                    writer.write(video[0])
+        return summary
+
+    # Step 6: the probe metrics, and the structure-stream jaw proxy.
+    def stage_evaluate(self) -> dict:
+        from df_eval.evaluate import evaluate_ground_truth, evaluate_videos
+        from df_eval.probe import ProbeConfig, load_or_train_probe
+
+        p = self.preset
+        config = ProbeConfig(size=p.size, steps=p.probe_steps, seed=p.seed)
+        probe = load_or_train_probe(self.corpus, config, progress=self.progress)
+        common = {"probe": probe, "progress": self.progress}
+        results: dict[str, Any] = {"probe": {"config": asdict(config), **probe.info}}
+        for variant in VARIANTS:
+            scores = evaluate_videos(self.pred[variant], self.corpus, **common)
+            write_json_atomic(self.eval_dir / variant / "metrics.json", scores)
+            results[variant] = {"metrics": scores["aggregate"], "curves": scores["curves"]}
+        clips = [d.name for d in self.eval_clip_dirs()]
+        truth = evaluate_ground_truth(self.corpus, clips, **common)
+        write_json_atomic(self.eval_dir / "ground_truth" / "metrics.json", truth)
+        results["ground_truth"] = {"metrics": truth["aggregate"], "curves": truth["curves"]}
+        for variant in ("trained", "untrained"):
+            results[variant]["struct_jaw"] = self.struct_jaw_sync(variant)
+        return results
+
+    def struct_jaw_sync(self, variant: str) -> dict:
+        """Pearson correlation (and RMSE) of the generated structure's jaw with the ground
+        truth's, per clip and averaged: the model's own account of its lip sync, beside the
+        probe's reading of its pixels."""
+        from safetensors.numpy import load_file
+
+        per_clip = {}
+        for d in self.eval_clip_dirs():
+            gen = np.load(self.structs[variant] / f"{d.name}.npy")[:, JAW]
+            gt = load_file(str(d / "gt.safetensors"))["struct"][:, JAW]
+            n = min(len(gen), len(gt))
+            per_clip[d.name] = {
+                "corr": _corr(gen[:n], gt[:n]),
+                "rmse": float(np.sqrt(np.mean((gen[:n] - gt[:n]) ** 2))),
+            }
+        return {
+            "corr": float(np.mean([v["corr"] for v in per_clip.values()])),
+            "rmse": float(np.mean([v["rmse"] for v in per_clip.values()])),
+            "per_clip": per_clip,
+        }
+
+    # Step 7: the report.
+    def stage_report(self) -> dict:
+        records = {s: stage_record(self.out, s) for s in STAGES if s != "report"}
+        path = write_report(self.out, self.preset, records)
+        return {"report": str(path)}
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    denom = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / denom) if denom > 0 else 0.0
+
+
+def _save_npy_atomic(path: Path, array: np.ndarray | None) -> None:
+    if array is None:
+        raise RuntimeError(f"{path}: the model generated no structure (struct stream disabled?)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npy")
+    try:
+        np.save(tmp, array)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+# CLI ----------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dualforce demo",
+        description="SynthTalk end to end: corpus, codec, store, training, streaming "
+        "generation, evaluation against two baselines, report. Resumable.",
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory")
+    p.add_argument(
+        "--preset", choices=sorted(PRESETS), default="cpu", help="cpu (default), gpu or smoke"
+    )
+    p.add_argument(
+        "--smoke", action="store_true", help="the few-minute CI version (--preset smoke)"
+    )
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="change a preset field, e.g. train_steps=2000 (repeatable)",
+    )
+    p.add_argument("--until", choices=STAGES, default=None, help="stop after this stage")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    try:
+        if args.smoke and args.preset != "cpu":
+            raise ValueError("--smoke is --preset smoke; pass one of them")
+        preset = apply_sets(PRESETS["smoke" if args.smoke else args.preset], args.sets)
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ValueError(f"--threads must be >= 1, got {args.threads}")
+            import torch
+
+            torch.set_num_threads(args.threads)
+        t0 = time.perf_counter()
+        records = Demo(args.out, preset, progress=not args.no_progress).run(until=args.until)
+    except ValueError as e:
+        print(f"dualforce demo: {e}", file=sys.stderr)
+        return 2
+    ran = sum(r["seconds"] for r in records.values())
+    print(
+        f"demo ({preset.name}) in {args.out}: {len(records)} stages, "
+        f"{ran:.0f} s of stage time ({time.perf_counter() - t0:.0f} s this run)"
+    )
+    if "report" in records:
+        print(f"report: {records['report']['summary']['report']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,276 @@
+"""The demo's ``report.md``: stage times, the lip-sync comparison with the two baselines, every
+metric side by side, the videos and the plots.
+
+The report is written from the stage records alone (``<out>/stages/*.json``), so it can be
+rebuilt without rerunning anything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+VARIANT_LABELS = {
+    "trained": "DualForce (trained)",
+    "untrained": "untrained model (step 0)",
+    "still": "still reference frame",
+}
+COLUMNS = {**VARIANT_LABELS, "ground_truth": "ground-truth video (probe ceiling)"}
+
+
+def flatten(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a nested metrics dict as ``{"a.b.c": value}`` (lists are skipped:
+    they are curves, plotted rather than tabulated)."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        elif isinstance(value, bool):
+            continue
+        elif isinstance(value, int | float):
+            out[name] = float(value)
+    return out
+
+
+def _fmt(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if value == 0 or 1e-3 <= abs(value) < 1e4:
+        return f"{value:.4g}"
+    return f"{value:.3e}"
+
+
+def _better(direction: str, a: float, b: float) -> float:
+    """How much ``a`` is better than ``b`` (> 0: better) for a metric of ``direction``."""
+    if direction == "higher":
+        return a - b
+    if direction == "lower":
+        return b - a
+    return abs(b) - abs(a)  # "zero": closer to 0 is better
+
+
+def lip_sync_rows(evaluate: dict) -> list[tuple[str, str, str, dict[str, float | None]]]:
+    """``(metric, meaning, direction, {variant: value})`` of the lip-sync metrics: the probe's
+    reading of the generated pixels (every variant and the ground truth) and the structure
+    stream's own jaw track (the two models)."""
+    from df_eval.evaluate import METRICS
+
+    rows = []
+    for key, direction, meaning in METRICS:
+        if key.startswith("sync_"):
+            values = {v: evaluate[v]["metrics"].get(key) for v in COLUMNS}
+            rows.append((key, meaning, direction, values))
+    for key, direction, meaning in (
+        ("corr", "higher", "Pearson r of the generated structure's jaw vs the ground truth"),
+        ("rmse", "lower", "RMSE of the generated structure's jaw vs the ground truth"),
+    ):
+        values = {v: evaluate.get(v, {}).get("struct_jaw", {}).get(key) for v in COLUMNS}
+        rows.append((f"struct_jaw_{key}", meaning, direction, values))
+    return rows
+
+
+def margins(rows) -> list[str]:
+    """Sentences saying by how much the trained model beats (or trails) each baseline."""
+    lines = []
+    for key, _, direction, values in rows:
+        t = values.get("trained")
+        if t is None:
+            continue
+        for base in ("still", "untrained"):
+            b = values.get(base)
+            if b is None:
+                continue
+            gain = _better(direction, t, b)
+            verdict = "beats" if gain > 0 else "does NOT beat"
+            lines.append(
+                f"- `{key}`: trained {_fmt(t)} vs {VARIANT_LABELS[base]} {_fmt(b)}: "
+                f"{verdict} it by {_fmt(abs(gain))}"
+            )
+    return lines
+
+
+def _plot_jaw(out: Path, clip: str, paths: dict[str, Path], gt: np.ndarray) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3))
+    t = np.arange(len(gt)) / 25.0
+    ax.plot(t, gt, label="ground truth", color="black", lw=1.5)
+    for variant, path in paths.items():
+        jaw = np.load(path)[:, 6]
+        ax.plot(np.arange(len(jaw)) / 25.0, jaw, label=VARIANT_LABELS[variant], lw=1)
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("jaw opening")
+    ax.set_title(f"generated structure vs ground truth, test {clip}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "plots" / f"jaw_{clip}.png"
+    _savefig(fig, path)
+    plt.close(fig)
+    return path
+
+
+def _plot_curves(out: Path, ev: dict, curve: str, xlabel: str, ylabel: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for variant, label in COLUMNS.items():
+        y = ev[variant]["curves"][curve]
+        x = ev[variant]["curves"]["sync_offsets"] if curve == "sync" else range(len(y))
+        ax.plot(list(x), y, label=label, lw=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "plots" / f"{curve}.png"
+    _savefig(fig, path)
+    plt.close(fig)
+    return path
+
+
+def _plot_loss(out: Path, metrics_jsonl: Path) -> Path | None:
+    if not metrics_jsonl.is_file():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in metrics_jsonl.read_text().splitlines() if line]
+    if not records:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3))
+    steps = [r["step"] for r in records]
+    for key in ("loss", "loss_video", "loss_struct"):
+        if key in records[0]:
+            ax.plot(steps, [r[key] for r in records], label=key, lw=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_title("DualForce training loss")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "plots" / "train_loss.png"
+    _savefig(fig, path)
+    plt.close(fig)
+    return path
+
+
+def _savefig(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_report(out: Path, preset, records: dict[str, dict | None]) -> Path:
+    """Writes ``<out>/report.md`` (atomically) from the finished stages' records."""
+    from safetensors.numpy import load_file
+
+    missing = [s for s, r in records.items() if r is None]
+    if missing:
+        raise RuntimeError(f"cannot write the report: stages {missing} have not finished")
+    gen, ev = records["generate"]["summary"], records["evaluate"]["summary"]
+    clips = gen["clips"]
+    rows = lip_sync_rows(ev)
+    total = sum(r["seconds"] for r in records.values())
+    md = [
+        "# DualForce demo on SynthTalk",
+        "",
+        f"Preset `{preset.name}`; {len(records)} stages in {total / 60:.1f} minutes of stage time "
+        f"on {os.cpu_count()} CPUs. Videos are generated from the audio of {len(clips)} held-out "
+        "test clips (identities never seen in training), streaming, with each clip's first frame "
+        "as the reference image, and scored by the SynthTalk probe (trained on the train split "
+        "only) against the clip's ground truth. The ground-truth column is the real video scored "
+        "the same way: the ceiling of each metric as the probe measures it.",
+        "",
+        "## Lip sync: the trained model against two baselines",
+        "",
+        "| metric | better | " + " | ".join(COLUMNS.values()) + " |",
+        "|---|---|" + "---|" * len(COLUMNS),
+    ]
+    for key, meaning, direction, values in rows:
+        cells = " | ".join(_fmt(values[v]) for v in COLUMNS)
+        md.append(f"| `{key}`: {meaning} | {direction} | {cells} |")
+    md += ["", *margins(rows), ""]
+    from df_eval.evaluate import AGGREGATE_ONLY, METRICS
+
+    md += [
+        "## Every metric (mean over the test clips)",
+        "",
+        "| metric | better | " + " | ".join(COLUMNS.values()) + " |",
+        "|---|---|" + "---|" * len(COLUMNS),
+    ]
+    for key, direction, meaning in (*METRICS, *AGGREGATE_ONLY):
+        cells = " | ".join(_fmt(ev[v]["metrics"].get(key)) for v in COLUMNS)
+        md.append(f"| `{key}`: {meaning} | {direction} | {cells} |")
+    md += ["", "## Videos", ""]
+    for clip in clips:
+        links = ", ".join(f"[{VARIANT_LABELS[v]}](pred/{v}/{clip}.mp4)" for v in VARIANT_LABELS)
+        md.append(f"- test `{clip}`: {links}, [ground truth](corpus/test/{clip}/video.mp4)")
+    md += ["", "## Plots", ""]
+    gt = load_file(str(out / "corpus" / "test" / clips[0] / "gt.safetensors"))["struct"][:, 6]
+    structs = {v: out / "structs" / v / f"{clips[0]}.npy" for v in ("trained", "untrained")}
+    plots = [
+        _plot_curves(out, ev, "sync", "audio-visual offset (frames)", "jaw correlation"),
+        _plot_curves(out, ev, "id_drift", "frame", "probe identity distance to the reference"),
+        _plot_jaw(out, clips[0], structs, gt),
+        _plot_loss(out, out / "train" / "metrics.jsonl"),
+    ]
+    for plot in plots:
+        if plot is not None:
+            rel = os.path.relpath(plot, out)
+            md.append(f"![{rel}]({rel})")
+    md += [
+        "",
+        "## Stages",
+        "",
+        "| stage | seconds | load average (start / end) |",
+        "|---|---|---|",
+    ]
+    for stage, r in records.items():
+        md.append(f"| {stage} | {r['seconds']:.1f} | {r['load_start']} / {r['load_end']} |")
+    md += [
+        "",
+        "## Settings",
+        "",
+        "```json",
+        json.dumps(_settings(preset, records), indent=2, sort_keys=True),
+        "```",
+        "",
+    ]
+    path = out / "report.md"
+    tmp = path.with_name(f".report.md.tmp-{os.getpid()}")
+    try:
+        tmp.write_text("\n".join(md))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _settings(preset, records: dict[str, Any]) -> dict:
+    train = records["train"]["summary"]
+    return {
+        "preset": asdict(preset),
+        "codec_heldout_psnr_db": records["codec"]["summary"].get("heldout_psnr_db"),
+        "model_parameters": train.get("parameters"),
+        "train_final_loss": train.get("final_loss"),
+        "sampler": records["generate"]["summary"]["trained"].get("sampler"),
+    }

@@ -24,8 +24,9 @@ A pass over one chunk of ``C`` frames:
 
 The write pointer and next frame id are 0-dim device tensors and the slots are computed with
 tensor arithmetic, so a pass has no host sync and no allocation that grows with the stream,
-and it traces under ``torch.compile``. ``frames_committed`` is a host-side counter kept for
-reporting; it is only ever advanced by ints the caller already has.
+and it traces under ``torch.compile`` without value guards (a host-side Python counter would be
+guarded on and recompile every frame). ``frames_committed`` reads the device counter, for
+tests and reports only.
 """
 
 from __future__ import annotations
@@ -102,7 +103,12 @@ class KVCache:
         self._next_frame = torch.zeros((), dtype=torch.long, device=device)  # next frame id
         self._chunk_slots = torch.zeros(max_chunk, dtype=torch.long, device=device)
         self._chunk_len = 0
-        self.frames_committed = 0
+
+    @property
+    def frames_committed(self) -> int:
+        """Frames committed since the last reset (reads a device counter: a host sync, for
+        tests and reports; the hot loop never calls it)."""
+        return int(self._next_frame)
 
     # Step-free verbs -------------------------------------------------------------------------
 
@@ -115,7 +121,6 @@ class KVCache:
         self._ptr.zero_()
         self._next_frame.zero_()
         self._chunk_len = 0
-        self.frames_committed = 0
 
     def write_sink(self, stream: str, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Stores the sink's keys/values ``[B, Hd, S, Dh]`` for one layer (kept until reset)."""
@@ -184,7 +189,6 @@ class KVCache:
             )
         self._ptr.add_(num_frames).remainder_(self.slots)
         self._next_frame.add_(num_frames)
-        self.frames_committed += num_frames
         self._chunk_len = 0
 
     def window_start(self) -> torch.Tensor:

@@ -23,5 +23,10 @@ def corpus(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def probe_config():
+    return TEST_PROBE
+
+
+@pytest.fixture(scope="session")
 def probe(corpus):
     return load_or_train_probe(corpus, TEST_PROBE, progress=False)

@@ -87,9 +87,7 @@ def test_psnr_and_ssim():
     a = np.repeat(smooth[None], 3, axis=0).astype(np.uint8)
     assert np.all(M.psnr(a, a) == M.PSNR_CAP_DB)
     np.testing.assert_allclose(M.ssim(a, a), 1.0)
-    noisy = [
-        np.clip(a + rng.normal(0, s, a.shape), 0, 255).astype(np.uint8) for s in (5.0, 20.0)
-    ]
+    noisy = [np.clip(a + rng.normal(0, s, a.shape), 0, 255).astype(np.uint8) for s in (5.0, 20.0)]
     p5, p20 = (M.psnr(b, a) for b in noisy)
     assert np.all(p5 == pytest.approx(10 * np.log10(255**2 / 25.0), abs=0.5))
     assert np.all(p20 < p5)

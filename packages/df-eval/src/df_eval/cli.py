@@ -23,6 +23,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--train-log", type=Path, default=None, help="trainer metrics.jsonl to plot")
     p.add_argument("--name", default="pred", help="label of the generated videos in the report")
     p.add_argument("--max-offset", type=int, default=5, help="lip-sync offset search, frames")
+    p.add_argument(
+        "--probe",
+        type=Path,
+        default=None,
+        help="a trained probe directory (default: the corpus's cached probe, trained if missing)",
+    )
     p.add_argument("--probe-steps", type=int, default=None, help="probe training steps")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
@@ -36,7 +42,7 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         from df_eval.evaluate import evaluate
-        from df_eval.probe import ProbeConfig
+        from df_eval.probe import Probe, ProbeConfig
 
         config = ProbeConfig() if args.probe_steps is None else ProbeConfig(steps=args.probe_steps)
         if args.train_log is not None and not args.train_log.is_file():
@@ -47,6 +53,7 @@ def main(argv: list[str]) -> int:
             args.data,
             out,
             train_log=args.train_log,
+            probe=None if args.probe is None else Probe.from_pretrained(args.probe),
             probe_config=config,
             max_offset=args.max_offset,
             name=args.name,

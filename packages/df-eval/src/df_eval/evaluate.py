@@ -259,6 +259,7 @@ def evaluate(
     out_dir: str | Path,
     *,
     train_log: str | Path | None = None,
+    probe: Probe | None = None,
     probe_config: ProbeConfig | None = None,
     max_offset: int = DEFAULT_MAX_OFFSET,
     name: str = "pred",
@@ -267,13 +268,14 @@ def evaluate(
     """Scores ``pred_dir`` against the corpus ``data_dir`` and writes ``metrics.json``,
     ``report.md`` and PNG plots into ``out_dir``; returns the ``metrics.json`` content.
 
-    The report has two rows: ``name`` (the generated videos) and ``ground_truth`` (the same
+    ``probe`` defaults to ``load_or_train_probe(data_dir, probe_config)``. The report has two rows: ``name`` (the generated videos) and ``ground_truth`` (the same
     clips' real videos, the probe's ceiling).
     """
     from df_eval.report import write_report
 
     frames, names = read_pred_dir(pred_dir, data_dir)
-    probe = load_or_train_probe(data_dir, probe_config or ProbeConfig(), progress=progress)
+    if probe is None:
+        probe = load_or_train_probe(data_dir, probe_config or ProbeConfig(), progress=progress)
     common = {"probe": probe, "max_offset": max_offset, "progress": progress}
     systems = {
         name: evaluate_frames(frames, data_dir, names=names, **common),

@@ -179,3 +179,14 @@ def test_aux_loss_and_uncertainty_weighting_train(tiny_store, tmp_path):
     history = trainer.fit(progress=False)
     assert all(not m.skipped for m in history)
     assert not torch.equal(before, trainer.weighting.log_vars.detach())
+
+
+def test_reference_tokens_without_features_are_refused():
+    from dataclasses import replace
+
+    from df_train.recipes import get_recipe
+
+    config = get_recipe("synthtalk_tiny")
+    config = replace(config, model=config.model.replace(ref_tokens_enabled=True))
+    with pytest.raises(ValueError, match="ref_tokens_enabled"):
+        Trainer(config)

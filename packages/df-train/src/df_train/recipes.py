@@ -61,7 +61,9 @@ def hdtf_base() -> TrainConfig:
 
     return TrainConfig(
         name="hdtf_base",
-        model=base(),
+        # No reference tokens: clip stores hold no DINOv2 features yet (no weights offline);
+        # the reference enters as the clean sink frame.
+        model=base(ref_tokens_enabled=False),
         data=DataConfig(frames=16, num_workers=8),
         steps=200_000,
         batch_size=2,

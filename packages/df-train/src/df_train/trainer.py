@@ -157,6 +157,11 @@ class Trainer:
         """``dataset`` replaces the store's windows (benchmarks use synthetic ones); it must
         return what :class:`df_data.dataset.WindowDataset` returns."""
         self.config = c = config
+        if c.model.ref_tokens_enabled:
+            raise ValueError(
+                "TrainConfig.model.ref_tokens_enabled is True, but clip stores hold no global "
+                "reference features to train them on; set ref_tokens_enabled=False"
+            )
         self.rank, self.world_size = rank, world_size
         if world_size > 1 and not _distributed(world_size):
             raise ValueError(

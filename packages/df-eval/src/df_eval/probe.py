@@ -244,7 +244,9 @@ def train_probe(
     }
     with _deterministic(config.seed):
         net = ProbeNet(config)
-        X = to_input(x, config.size)
+        X = torch.from_numpy(
+            x
+        )  # uint8, converted per batch (float32 frames would take 4x the memory)
         S = torch.from_numpy(
             (s - np.asarray(stats["struct_mean"])) / np.asarray(stats["struct_std"])
         ).float()
@@ -264,7 +266,8 @@ def train_probe(
         bar = tqdm(range(config.steps), desc="probe: train", disable=not progress)
         for _ in bar:
             idx = torch.randint(len(X), (config.batch_size,), generator=g)
-            xb = _augment(X[idx], g) if config.augment else X[idx]
+            xb = to_input(X[idx], config.size)
+            xb = _augment(xb, g) if config.augment else xb
             _, s_hat, id_hat = net(xb)
             loss = F.mse_loss(s_hat, S[idx]) + config.identity_weight * F.mse_loss(id_hat, ID[idx])
             opt.zero_grad(set_to_none=True)

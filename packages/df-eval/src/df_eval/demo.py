@@ -49,7 +49,7 @@ class DemoPreset:
     seconds: float = 6.0  # length of each clip
     size: int = 64  # frame height and width (the codec makes 8x8 latents of it)
     codec_recipe: str = "codec_synthtalk_demo"  # df_train.recipes name
-    codec_steps: int = 400  # codec optimiser steps
+    codec_steps: int = 700  # codec optimiser steps
     train_recipe: str = "synthtalk_demo"  # df_train.recipes name
     train_steps: int = 1200  # DualForce optimiser steps
     batch_size: int = 8  # DualForce clips per step
@@ -58,6 +58,9 @@ class DemoPreset:
     probe_steps: int = 700  # optimiser steps of the evaluation probe
     device: str = "cpu"  # cpu | cuda | auto
     workers: int = 2  # corpus synthesis processes
+    threads: int = 1  # torch CPU threads; 0 = torch's default. The demo's ops are small, so
+    # one thread loses little, and it avoids OpenMP spinning when the cores are shared (10x
+    # slower streaming measured with 2 threads on a loaded 2-core machine)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -76,6 +79,8 @@ class DemoPreset:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"DemoPreset.{name} must be a positive integer, got {value!r}")
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
+            raise ValueError(f"DemoPreset.threads must be an integer >= 0, got {self.threads!r}")
         if not self.seconds > 0:
             raise ValueError(f"DemoPreset.seconds must be > 0, got {self.seconds!r}")
         if self.eval_clips > self.test_clips:
@@ -103,6 +108,7 @@ PRESETS: dict[str, DemoPreset] = {
         probe_steps=1500,
         device="cuda",
         workers=8,
+        threads=0,
     ),
     "smoke": DemoPreset(
         name="smoke",
@@ -213,6 +219,10 @@ class Demo:
             raise ValueError(f"until must be one of {STAGES}, got {until!r}")
         self.out.mkdir(parents=True, exist_ok=True)
         _check_preset(self.out, self.preset)
+        if self.preset.threads:
+            import torch
+
+            torch.set_num_threads(self.preset.threads)
         records = {}
         for stage in STAGES:
             record = stage_record(self.out, stage)
@@ -343,6 +353,12 @@ class Demo:
         p = self.preset
         clips = self.eval_clip_dirs()
         summary: dict[str, Any] = {"clips": [d.name for d in clips]}
+        # An interrupted run (killed, not unwound) can leave writers' temporaries behind; they
+        # are not videos, and the evaluation reads every *.mp4 of a directory.
+        for directory in (*self.pred.values(), *self.structs.values()):
+            for tmp in directory.glob(".*.tmp-*"):
+                log.info("removing %s, left by an interrupted run", tmp)
+                tmp.unlink()
         for variant in ("trained", "untrained"):
             gen = StreamingGenerator.from_bundle(self.bundles[variant], device=_device(p.device))
             sampler = gen.default_sampler(steps=p.sampler_steps, seed=p.seed)
@@ -462,7 +478,12 @@ def _parser() -> argparse.ArgumentParser:
         description="SynthTalk end to end: corpus, codec, store, training, streaming "
         "generation, evaluation against two baselines, report. Resumable.",
     )
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="run directory (default runs/demo, or runs/demo-<preset> for other presets)",
+    )
     p.add_argument(
         "--preset", choices=sorted(PRESETS), default="cpu", help="cpu (default), gpu or smoke"
     )
@@ -478,9 +499,6 @@ def _parser() -> argparse.ArgumentParser:
         help="change a preset field, e.g. train_steps=2000 (repeatable)",
     )
     p.add_argument("--until", choices=STAGES, default=None, help="stop after this stage")
-    p.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
-    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -492,12 +510,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.smoke and args.preset != "cpu":
             raise ValueError("--smoke is --preset smoke; pass one of them")
         preset = apply_sets(PRESETS["smoke" if args.smoke else args.preset], args.sets)
-        if args.threads is not None:
-            if args.threads < 1:
-                raise ValueError(f"--threads must be >= 1, got {args.threads}")
-            import torch
-
-            torch.set_num_threads(args.threads)
+        if args.out is None:
+            args.out = Path("runs/demo" if preset.name == "cpu" else f"runs/demo-{preset.name}")
         t0 = time.perf_counter()
         records = Demo(args.out, preset, progress=not args.no_progress).run(until=args.until)
     except ValueError as e:

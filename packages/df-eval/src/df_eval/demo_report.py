@@ -192,7 +192,8 @@ def write_report(out: Path, preset, records: dict[str, dict | None]) -> Path:
     md = [
         "# DualForce demo on SynthTalk",
         "",
-        f"Preset `{preset.name}`; {len(records)} stages in {total / 60:.1f} minutes of stage time "
+        f"Preset `{preset.name}`; the {len(records)} stages before this report took "
+        f"{total / 60:.1f} minutes "
         f"on {os.cpu_count()} CPUs. Videos are generated from the audio of {len(clips)} held-out "
         "test clips (identities never seen in training), streaming, with each clip's first frame "
         "as the reference image, and scored by the SynthTalk probe (trained on the train split "

@@ -107,6 +107,7 @@ def _pred_dir(tmp_path, corpus, clip_ids):
 def test_cli_writes_metrics_report_and_plots(tmp_path, corpus, probe, capsys):
     clip_ids = list(clip_dirs(corpus, "test"))[:3]
     pred = _pred_dir(tmp_path, corpus, clip_ids)
+    (pred / f".{clip_ids[0]}.tmp-123.mp4").write_bytes(b"partial")  # an interrupted writer's
     log = tmp_path / "metrics.jsonl"
     log.write_text(
         "\n".join(json.dumps({"step": s, "loss": 1.0 / s, "lr": 1e-3}) for s in range(1, 30))

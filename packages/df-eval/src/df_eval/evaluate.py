@@ -222,7 +222,8 @@ def read_pred_dir(
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise ValueError(f"{pred_dir}: prediction directory does not exist")
-    files = sorted(pred_dir.glob("*.mp4"))
+    # Hidden files are writers' temporaries (an interrupted run), not videos.
+    files = sorted(p for p in pred_dir.glob("*.mp4") if not p.name.startswith("."))
     if not files:
         raise ValueError(f"{pred_dir}: holds no <clip_id>.mp4 videos")
     test = clip_dirs(data_dir, "test")

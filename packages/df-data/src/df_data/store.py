@@ -54,6 +54,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from df_models.pretrained import read_json_object
+
 logger = logging.getLogger(__name__)
 
 STORE_VERSION = 1
@@ -596,13 +598,7 @@ def read_store_info(store_dir: str | Path) -> dict[str, Any]:
     path = Path(store_dir) / STORE_INFO_NAME
     if not path.is_file():
         return {}
-    try:
-        info = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise StoreError(f"{path} is not valid JSON ({e})") from e
-    if not isinstance(info, dict):
-        raise StoreError(f"{path} is not a JSON object")
-    return info
+    return read_json_object(path, StoreError)
 
 
 def update_store_info(store_dir: str | Path, **fields: Any) -> dict[str, Any]:

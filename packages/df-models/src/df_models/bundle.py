@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from df_models.pretrained import read_json_object
+
 META_NAME = "inference.json"
 MODEL_DIR = "model"
 CODEC_DIR = "codec"
@@ -130,13 +132,7 @@ def read_bundle(directory: str | Path) -> tuple[Path, Path, InferenceMeta]:
             f"{meta_path} does not exist: {str(directory)!r} is not an inference bundle "
             f"(expected {MODEL_DIR}/, {CODEC_DIR}/ and {META_NAME}; `dualforce train` exports one)"
         )
-    try:
-        data = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{meta_path} is not valid JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{meta_path} must hold a JSON object")
-    meta = InferenceMeta.from_dict(data, source=str(meta_path))
+    meta = InferenceMeta.from_dict(read_json_object(meta_path), source=str(meta_path))
     for sub in (MODEL_DIR, CODEC_DIR):
         if (
             not (directory / sub / "config.json").is_file()

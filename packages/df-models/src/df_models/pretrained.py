@@ -44,17 +44,24 @@ def save_pretrained(
     return directory
 
 
+def read_json_object(path: str | Path, error: type[ValueError] = ValueError) -> dict[str, Any]:
+    """A JSON file holding an object; ``error`` (a ValueError) names the file otherwise."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise error(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise error(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
 def read_config(directory: str | Path, kind: str | None = None) -> dict[str, Any]:
     """Reads ``config.json``; with ``kind``, checks it was written for that class."""
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise ValueError(f"{path} does not exist: not a directory written by save_pretrained")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(config).__name__}")
+    config = read_json_object(path)
     if kind is not None and config.get("kind") != kind:
         raise ValueError(f"{path} field 'kind' is {config.get('kind')!r}, expected {kind!r}")
     return config

@@ -124,8 +124,8 @@ def train_codec(config: CodecTrainConfig, *, progress: bool = True) -> dict:
         if (step + 1) % c.log_every == 0 or step + 1 == c.steps:
             record = {
                 "step": step + 1,
-                "loss": float(loss),
-                "recon": float(rec),
+                "loss": float(loss.detach()),
+                "recon": float(rec.detach()),
                 "lr": sched.get_last_lr()[0],
             }
             metrics.write(json.dumps(record) + "\n")

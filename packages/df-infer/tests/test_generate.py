@@ -39,30 +39,18 @@ def _wav(path, seconds, rate=22050, channels=2, silent=False):
     return path
 
 
+def _argv(bundle, ref, audio, out, *extra):
+    paths = {"--checkpoint": bundle, "--ref": ref, "--audio": audio, "--out": out}
+    flags = [x for k, v in paths.items() for x in (k, str(v))]
+    return [*flags, "--device", "cpu", "--quiet", *extra]
+
+
 @pytest.mark.parametrize("silent", [False, True])
 def test_cli_writes_matching_mp4(bundle, ref_png, tmp_path, capsys, silent):
     seconds = 1.37
     audio = _wav(tmp_path / "speech.wav", seconds, silent=silent)
     out = tmp_path / "out" / "video.mp4"
-    rc = main(
-        [
-            "--checkpoint",
-            str(bundle),
-            "--ref",
-            str(ref_png),
-            "--audio",
-            str(audio),
-            "--out",
-            str(out),
-            "--steps",
-            "2",
-            "--seed",
-            "1",
-            "--device",
-            "cpu",
-            "--quiet",
-        ]
-    )
+    rc = main(_argv(bundle, ref_png, audio, out, "--steps", "2", "--seed", "1"))
     assert rc == 0
     summary = capsys.readouterr().out
     assert "frames" in summary and "fps" in summary and "first frame" in summary
@@ -114,19 +102,7 @@ def test_load_image_crops_and_resizes(ref_png):
 
 def test_bad_input_is_named(bundle, ref_png, tmp_path, capsys):
     audio = _wav(tmp_path / "a.wav", 0.5)
-    base = [
-        "--checkpoint",
-        str(bundle),
-        "--ref",
-        str(ref_png),
-        "--audio",
-        str(audio),
-        "--out",
-        str(tmp_path / "o.mp4"),
-        "--device",
-        "cpu",
-        "--quiet",
-    ]
+    base = _argv(bundle, ref_png, audio, tmp_path / "o.mp4")
 
     def run(**change):
         args = list(base)
@@ -166,3 +142,16 @@ def test_bundle_mismatch_is_named(bundle, tmp_path):
     (broken / "inference.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="image_size"):
         StreamingGenerator.from_bundle(broken, device="cpu")
+
+
+def test_interleaved_streams_do_not_share_a_cache(bundle, ref_png):
+    gen = StreamingGenerator.from_bundle(bundle, device="cpu")
+    rng = np.random.default_rng(2)
+    a_audio, b_audio = (rng.normal(0, 0.1, 6400).astype(np.float32) for _ in range(2))
+    cfg = gen.default_sampler(steps=2)
+    alone_a = [f.image for f in gen.frames(ref_png, a_audio, cfg)]
+    alone_b = [f.image for f in gen.frames(ref_png, b_audio, cfg)]
+    ia, ib = gen.frames(ref_png, a_audio, cfg), gen.frames(ref_png, b_audio, cfg)
+    both = [(next(ia).image, next(ib).image) for _ in range(len(alone_a))]
+    assert all(np.array_equal(x, a) for (x, _), a in zip(both, alone_a, strict=True))
+    assert all(np.array_equal(y, b) for (_, y), b in zip(both, alone_b, strict=True))

@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import time
 import traceback
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from df_train.config import apply_overrides
@@ -73,35 +70,10 @@ def _worker(rank: int, port: int, store: str, root: str) -> None:
         destroy_distributed()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.multiprocess
 @pytest.mark.slow
-def test_two_process_fsdp_training_matches_one_process(tiny_store, tmp_path):
-    # fork: the children reuse this process's imports; the parent holds no process group.
-    ctx = mp.start_processes(
-        _worker,
-        args=(_free_port(), tiny_store, str(tmp_path)),
-        nprocs=WORLD,
-        join=False,
-        start_method="fork",
-    )
-    deadline = time.monotonic() + TIMEOUT_S
-    finished = False
-    try:
-        while not finished and time.monotonic() < deadline:
-            finished = ctx.join(timeout=max(1.0, deadline - time.monotonic()))
-    except Exception as e:
-        errors = "\n".join(p.read_text() for p in tmp_path.glob("*.err"))
-        raise AssertionError(f"trainer worker failed:\n{errors}") from e
-    if not finished:
-        for process in ctx.processes:
-            process.kill()
-        pytest.fail(f"trainer workers still running after {TIMEOUT_S} s")
+def test_two_process_fsdp_training_matches_one_process(tiny_store, tmp_path, run_workers):
+    run_workers(_worker, (tiny_store, str(tmp_path)), WORLD, TIMEOUT_S)
 
     single = Trainer(_config(tiny_store, tmp_path / "single", 2 * 2))
     losses = [m.loss for m in single.fit(progress=False)]

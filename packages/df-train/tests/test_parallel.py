@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import copy
 import os
-import socket
-import time
 import traceback
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 from torch.distributed.tensor import DTensor
@@ -301,37 +298,10 @@ def _fsdp_worker(rank: int, port: int, out: str) -> None:
         destroy_distributed()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.multiprocess
-def test_fsdp_two_processes_match_single_process(tmp_path):
+def test_fsdp_two_processes_match_single_process(tmp_path, run_workers):
     out = str(tmp_path / "rank0.safetensors")
-    # fork: the children reuse this process's imports (a fresh interpreter spends seconds
-    # importing torch); the parent holds no process group, and the children never touch CUDA.
-    ctx = mp.start_processes(
-        _fsdp_worker,
-        args=(_free_port(), out),
-        nprocs=WORLD,
-        join=False,
-        start_method="fork",
-    )
-    deadline = time.monotonic() + TIMEOUT_S
-    finished = False
-    try:
-        # join returns once any process ends (True when all have): wait for the rest.
-        while not finished and time.monotonic() < deadline:
-            finished = ctx.join(timeout=max(1.0, deadline - time.monotonic()))
-    except Exception as e:
-        errors = "\n".join(p.read_text() for p in tmp_path.glob("*.err"))
-        raise AssertionError(f"FSDP worker failed:\n{errors}") from e
-    if not finished:
-        for process in ctx.processes:
-            process.kill()
-        pytest.fail(f"FSDP workers still running after {TIMEOUT_S} s")
+    run_workers(_fsdp_worker, (out,), WORLD, TIMEOUT_S)
 
     config = df_models.tiny()
     model = random_model(config, seed=2).train()

@@ -51,6 +51,117 @@ class VideoInfo:
     has_audio: bool
 
 
+class VideoWriter:
+    """An mp4 written one frame at a time (H.264, yuv420p), with mono AAC audio muxed at the
+    end, so memory does not grow with the video's length. Atomic: the file appears under its
+    name only when complete; an exception (or a killed process) leaves no file of that name.
+
+        with VideoWriter("out.mp4", fps=25) as w:
+            w.write(frame_HW3)       # uint8 RGB [H, W, 3], even H and W
+            w.set_audio(audio_N)     # optional, mono float [N] in [-1, 1]
+
+    Args:
+        audio: mux an audio track (the ``set_audio`` samples, or silence when none were set).
+        fit_audio: cut or zero-pad the audio to the video's duration (streaming generation);
+            otherwise it is muxed as given.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        fps: float = FPS,
+        crf: int = 18,
+        audio: bool = True,
+        fit_audio: bool = True,
+        sample_rate: int = SAMPLE_RATE,
+    ) -> None:
+        self.path = Path(path)
+        if self.path.suffix.lower() != ".mp4":
+            raise MediaError(f"{self.path}: the output must end in .mp4")
+        self.fps, self.crf, self.sample_rate = fps, crf, sample_rate
+        self.with_audio, self.fit_audio = audio, fit_audio
+        self.frames = 0
+        self._audio: np.ndarray | None = None
+        self._container = self._video = self._audio_stream = None
+        self._atomic = None
+
+    def __enter__(self) -> VideoWriter:
+        import av
+
+        self._atomic = atomic_path(self.path)
+        tmp = self._atomic.__enter__()
+        self._container = av.open(str(tmp), "w", format="mp4")
+        return self
+
+    def write(self, frame_HW3: np.ndarray) -> None:
+        """Encodes one uint8 RGB frame ``[H, W, 3]``."""
+        import av
+
+        frame = np.asarray(frame_HW3)
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise MediaError(
+                f"{self.path}: frames must be uint8 [H, W, 3], got {frame.dtype} {frame.shape}"
+            )
+        if self._video is None:
+            H, W = frame.shape[:2]
+            if H % 2 or W % 2:
+                raise MediaError(f"{self.path}: H.264 needs even height and width, got {H}x{W}")
+            self._video = self._container.add_stream("libx264", rate=round(self.fps))
+            self._video.width, self._video.height, self._video.pix_fmt = W, H, "yuv420p"
+            self._video.options = {"crf": str(self.crf), "preset": "veryfast"}
+            if self.with_audio:  # every stream must exist before the first packet is muxed
+                self._audio_stream = self._container.add_stream("aac", rate=self.sample_rate)
+                self._audio_stream.layout = "mono"
+        elif frame.shape[:2] != (self._video.height, self._video.width):
+            raise MediaError(
+                f"{self.path}: frame {self.frames} is {frame.shape[:2]}, earlier frames were "
+                f"{(self._video.height, self._video.width)}"
+            )
+        for packet in self._video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            self._container.mux(packet)
+        self.frames += 1
+
+    def set_audio(self, audio_N: np.ndarray) -> None:
+        """The mono float audio ``[N]`` at ``sample_rate`` to mux when the video closes."""
+        audio = np.asarray(audio_N, dtype=np.float32)
+        if audio.ndim != 1:
+            raise MediaError(f"{self.path}: audio must be mono [N], got shape {audio.shape}")
+        self._audio = audio
+
+    def _finish(self) -> None:
+        import av
+
+        if self.frames == 0:
+            raise MediaError(f"{self.path}: no frames were written")
+        for packet in self._video.encode():
+            self._container.mux(packet)
+        if self._audio_stream is None:
+            return
+        audio = np.zeros(0, np.float32) if self._audio is None else self._audio
+        if self.fit_audio or self._audio is None:
+            n = round(self.frames * self.sample_rate / self.fps)
+            audio = np.pad(audio[:n], (0, max(n - audio.shape[0], 0)))
+        samples = np.clip(audio, -1.0, 1.0).reshape(1, -1)
+        aframe = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
+        aframe.sample_rate = self.sample_rate
+        for packet in self._audio_stream.encode(aframe):
+            self._container.mux(packet)
+        for packet in self._audio_stream.encode():
+            self._container.mux(packet)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self._finish()
+        except BaseException as e:
+            self._container.close()
+            self._atomic.__exit__(type(e), e, e.__traceback__)
+            raise
+        self._container.close()
+        self._atomic.__exit__(exc_type, exc, tb)
+
+
 def write_video(
     path: str | Path,
     frames_THWC: np.ndarray,
@@ -61,40 +172,21 @@ def write_video(
     crf: int = 18,
 ) -> Path:
     """Writes uint8 RGB frames ``[T, H, W, 3]`` as H.264 (yuv420p, even H and W) with the
-    optional mono float audio ``[N]`` in [-1, 1] muxed in as AAC."""
-    import av
-
+    optional mono float audio ``[N]`` in [-1, 1] muxed in as AAC, as given."""
     frames_THWC = np.asarray(frames_THWC)
     if frames_THWC.ndim != 4 or frames_THWC.shape[-1] != 3 or frames_THWC.dtype != np.uint8:
         raise MediaError(
             f"{path}: frames must be uint8 [T, H, W, 3], got {frames_THWC.dtype} {frames_THWC.shape}"
         )
-    T, H, W, _ = frames_THWC.shape
-    if T == 0 or H % 2 or W % 2:
-        raise MediaError(
-            f"{path}: need at least one frame of even height and width, got {frames_THWC.shape}"
-        )
-    with atomic_path(path) as tmp, av.open(str(tmp), "w", format="mp4") as container:
-        video = container.add_stream("libx264", rate=round(fps))
-        video.width, video.height, video.pix_fmt = W, H, "yuv420p"
-        video.options = {"crf": str(crf), "preset": "veryfast"}
-        audio_stream = None
+    if frames_THWC.shape[0] == 0:
+        raise MediaError(f"{path}: need at least one frame, got {frames_THWC.shape}")
+    with VideoWriter(
+        path, fps=fps, crf=crf, audio=audio_N is not None, fit_audio=False, sample_rate=sample_rate
+    ) as writer:
         if audio_N is not None:
-            audio_stream = container.add_stream("aac", rate=sample_rate)
-            audio_stream.layout = "mono"
+            writer.set_audio(audio_N)
         for frame in frames_THWC:
-            for packet in video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in video.encode():
-            container.mux(packet)
-        if audio_stream is not None:
-            samples = np.clip(np.asarray(audio_N, dtype=np.float32).reshape(1, -1), -1.0, 1.0)
-            frame = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
-            frame.sample_rate = sample_rate
-            for packet in audio_stream.encode(frame):
-                container.mux(packet)
-            for packet in audio_stream.encode():
-                container.mux(packet)
+            writer.write(frame)
     return Path(path)
 
 

@@ -345,10 +345,9 @@ class Demo:
 
     # Step 5: videos of held-out identities from their audio (reference = the clip's first frame).
     def stage_generate(self) -> dict:
-        from df_data.media import read_video, read_wav
+        from df_data.media import VideoWriter, read_video, read_wav
         from df_infer.generate import generate_video
         from df_infer.pipeline import StreamingGenerator
-        from df_infer.video import StreamingVideoWriter
 
         p = self.preset
         clips = self.eval_clip_dirs()
@@ -386,7 +385,7 @@ class Demo:
                 continue
             video, _ = read_video(d / "video.mp4")
             audio = read_wav(d / "audio.wav")
-            with StreamingVideoWriter(mp4) as writer:
+            with VideoWriter(mp4) as writer:
                 writer.set_audio(audio)
                 for _ in range(len(video)):
                     writer.write(video[0])

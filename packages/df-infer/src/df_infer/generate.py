@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from df_data.media import read_wav
+from df_data.media import VideoWriter, read_wav
 from df_infer.pipeline import StreamingGenerator
 from df_infer.sampler import SamplerConfig
-from df_infer.video import StreamingVideoWriter
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +54,7 @@ def generate_video(
     first = None
     structs = []
     bar = tqdm(total=total, unit="frame", disable=not progress, desc="generate")
-    with StreamingVideoWriter(out, fps=fps) as writer:
+    with VideoWriter(out, fps=fps) as writer:
         writer.set_audio(audio)
         for frame in generator.frames(reference, audio, sampler, window=window):
             writer.write(frame.image)

@@ -201,7 +201,9 @@ class StreamingGenerator:
             self.encoder, audio_source(audio), context=self.model.config.audio_context
         )
         batch = 2 if cfg.cfg_audio != 1.0 else 1
-        cache = self._cache
+        # Take the cache for this stream: a second stream started while this one runs gets a
+        # cache of its own instead of overwriting this one's keys and values.
+        cache, self._cache = self._cache, None
         want_window = window if window is not None else self.model.config.window
         if (
             cache is None
@@ -212,7 +214,6 @@ class StreamingGenerator:
             cache = self.model.new_cache(
                 batch, window=window, max_chunk=cfg.max_pass_frames, device=self.device
             )
-            self._cache = cache  # reused (reset) by the next call: no reallocation
         stream = sample_stream(
             self.model,
             ref,
@@ -222,6 +223,12 @@ class StreamingGenerator:
             cache=cache,
             ref_feats_BRD=ref_feats_BRD,
         )
+        try:
+            yield from self._decoded(stream, start)
+        finally:
+            self._cache = cache  # reused (reset) by the next call: no reallocation
+
+    def _decoded(self, stream, start: float) -> Iterator[Frame]:
         for out in stream:
             video = self.codec.decode(out.z.to(torch.float32))  # [1, n, 3, H, W] in [-1, 1]
             images = (video[0].permute(0, 2, 3, 1).add(1.0).mul(127.5).round().clamp(0, 255)).to(

@@ -78,3 +78,27 @@ def test_smoke_demo_end_to_end(tmp_path):
     before = {s: stage_record(out, s) for s in STAGES}
     assert demo.main(["--smoke", "--out", str(out), "--no-progress"]) == 0
     assert {s: stage_record(out, s) for s in STAGES} == before
+
+
+def test_margins_say_how_much_of_the_gap_is_closed():
+    from df_eval.demo_report import margins
+
+    rows = [
+        (
+            "sync_corr",
+            "",
+            "higher",
+            {"trained": 0.5, "still": 0.1, "untrained": 0.5, "ground_truth": 0.9},
+        ),
+        (
+            "sync_rmse",
+            "",
+            "lower",
+            {"trained": 0.3, "still": 0.2, "untrained": None, "ground_truth": 0.1},
+        ),
+    ]
+    lines = margins(rows)
+    assert "beats it by 0.4, 50% of the gap to the ground-truth video" in lines[0]
+    assert lines[1].endswith("ties with it, 0% of the gap to the ground-truth video")
+    assert "does NOT beat it by 0.1, -100% of the gap" in lines[2]
+    assert len(lines) == 3

@@ -88,11 +88,18 @@ def margins(rows) -> list[str]:
             if b is None:
                 continue
             gain = _better(direction, t, b)
-            verdict = "beats" if gain > 0 else "does NOT beat"
-            lines.append(
+            verdict = "ties with" if gain == 0 else "beats" if gain > 0 else "does NOT beat"
+            line = (
                 f"- `{key}`: trained {_fmt(t)} vs {VARIANT_LABELS[base]} {_fmt(b)}: "
-                f"{verdict} it by {_fmt(abs(gain))}"
+                f"{verdict} it" + ("" if gain == 0 else f" by {_fmt(abs(gain))}")
             )
+            # How much of the way from the baseline to the ground-truth video (the ceiling as
+            # the probe reads it) the trained model goes: the size of the margin, in context.
+            ceiling = values.get("ground_truth")
+            gap = None if ceiling is None else _better(direction, ceiling, b)
+            if gap is not None and gap > 0:
+                line += f", {100 * gain / gap:.0f}% of the gap to the ground-truth video"
+            lines.append(line)
     return lines
 
 

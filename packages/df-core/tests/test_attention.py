@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from df_core import attention, block_causal_mask, resolve_backend, token_frames, xformers_available
+from df_core.attention import FLEX_MIN_KEYS
 
 
 @given(
@@ -61,7 +62,11 @@ def test_auto_picks_by_device_and_mask():
     mask = block_causal_mask(token_frames(2, 2))
     assert resolve_backend("auto", None, torch.device("cpu")) == "sdpa"
     assert resolve_backend("auto", mask, torch.device("cpu")) == "dense"
-    assert resolve_backend("auto", mask, torch.device("cuda")) == "flex"
+    # a 4-key mask has no blocks to skip: dense SDPA even on CUDA; 256+ keys: FlexAttention
+    assert resolve_backend("auto", mask, torch.device("cuda")) == "dense"
+    long = block_causal_mask(token_frames(4, FLEX_MIN_KEYS // 4))
+    assert resolve_backend("auto", long, torch.device("cuda")) == "flex"
+    assert resolve_backend("auto", long, torch.device("cuda"), head_dim=8) == "dense"
     with pytest.raises(ValueError, match="backend"):
         resolve_backend("fast", mask, torch.device("cpu"))
 

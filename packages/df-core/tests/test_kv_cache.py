@@ -31,13 +31,13 @@ def fill(cache: KVCache, chunk: int, value: float) -> torch.Tensor:
 
 def test_memory_is_constant_and_buffers_are_never_reallocated():
     cache = KVCache(SPECS, batch=2, window=4, max_chunk=2)
-    pointers = {n: cache.k[n].data_ptr() for n in SPECS}
+    pointers = {n: [t.data_ptr() for t in cache.k[n]] for n in SPECS}
     before = cache.memory_bytes()
     for i in range(150):  # 300 frames, far past the window
         fill(cache, 2, float(i))
         cache.commit(2)
     assert cache.memory_bytes() == before
-    assert {n: cache.k[n].data_ptr() for n in SPECS} == pointers
+    assert {n: [t.data_ptr() for t in cache.k[n]] for n in SPECS} == pointers
     assert cache.frames_committed == 300
     report = cache.memory_report()
     assert report["total"] == before and report["video"] > report["struct"] > 0

@@ -139,3 +139,45 @@ def test_modality_rules_of_shallow_and_deep_blocks():
 def test_bad_arguments_name_the_argument(call, argument):
     with pytest.raises(ValueError, match=argument):
         call()
+
+
+@given(
+    st.integers(0, 5),  # past frames in the cache
+    st.integers(1, 2),  # blocks per frame
+    st.integers(1, 3),  # chunk frames
+    st.integers(0, 3),  # empty slots
+    st.one_of(st.none(), st.integers(1, 6)),  # window
+)
+def test_frame_aligned_block_table_equals_dense_mask(past, blocks, chunk, empty, window):
+    """The block-table BlockMask of a frame-aligned layout (queries of a chunk against a cache
+    view in shuffled slot order) describes exactly the dense mask, and FlexAttention with it
+    equals dense-mask SDPA."""
+    bs = 4
+    n = blocks * bs  # tokens per frame, a whole number of blocks
+    g = torch.Generator().manual_seed(past * 97 + blocks * 13 + chunk * 7 + empty)
+    frame_slots = [SINK_FRAME] + list(range(past)) + [EMPTY_FRAME] * empty
+    order = torch.randperm(len(frame_slots), generator=g).tolist()
+    kv_frame_ids = [frame_slots[i] for i in order] + list(range(past, past + chunk))
+    kv = torch.tensor(kv_frame_ids).repeat_interleave(n)
+    q = token_frames(chunk, n, first_frame=past)
+    mask = block_causal_mask(q, kv, window=window, granule=n)
+    assert mask.block_aligned(bs)
+    table = mask.block_mask(block_size=bs)
+    dense = mask.dense()
+    assert torch.equal(
+        table.to_dense()[0, 0].repeat_interleave(bs, 0).repeat_interleave(bs, 1).bool(), dense
+    )
+    assert int(table.kv_num_blocks.sum()) == 0, "every visible block must be full"
+    qt, kt, vt = (torch.randn(1, 2, m, 8, generator=g) for m in (q.numel(), kv.numel(), kv.numel()))
+    flex = flex_attention(qt, kt, vt, block_mask=table)
+    ref = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, attn_mask=dense)
+    torch.testing.assert_close(flex, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_block_table_needs_a_granule_that_blocks_divide():
+    ids = token_frames(4, 8, sink_tokens=8)
+    assert not block_causal_mask(ids).block_aligned(4)  # no granule promised
+    assert block_causal_mask(ids, granule=8).block_aligned(4)
+    assert not block_causal_mask(ids, granule=8).block_aligned(16)
+    with pytest.raises(ValueError, match="granule"):
+        block_causal_mask(ids, granule=-1)

@@ -159,7 +159,7 @@ def test_memory_flat_over_300_frames():
     ):
         count += out.z.shape[1]
         assert cache.memory_bytes() == fixed
-        sizes.append(sum(t.numel() for t in [*cache.k.values(), *cache.v.values()]))
+        sizes.append(cache.memory_bytes())
     assert count == 300
     assert len(set(sizes)) == 1
     assert cache.frames_committed == 299  # every frame but the last is written clean
@@ -181,3 +181,44 @@ def test_memory_flat_over_300_frames():
 def test_config_errors_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         SamplerConfig(**{"steps": 4, field: value})
+
+
+# The compiled hot loop: the whole streaming forward traces into one graph per pass shape (no
+# graph breaks, no recompilation as the stream advances and the ring buffer wraps) and gives
+# the eager frames. A counting backend stands in for inductor, so this runs in seconds on a
+# CPU; the GPU suite runs the real inductor / CUDA-graph path.
+
+
+@pytest.mark.parametrize(
+    ("cfg", "shapes"),
+    [
+        # frame-wise: the first pass of each frame carries the previous clean frame (2 frames,
+        # commit 1), the other passes 1 frame; plus the stream's first pass (1 frame, no clean)
+        (SamplerConfig(steps=3, cfg_audio=2.0, shift=2.0), 2),
+        (SamplerConfig(steps=2, clean_pass="approx", shift=2.0), 2),
+    ],
+)
+def test_stream_forward_compiles_once_per_pass_shape(cfg, shapes):
+    config = tiny(window=3, bridge_temporal="causal")
+    model = random_model(config, seed=0)
+    x = random_inputs(config, batch=1, frames=11, seed=1)  # 11 frames: the ring wraps twice
+    eager_z, eager_s = _stream(model, x, cfg)
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    model.forward_stream = torch.compile(
+        model.forward_stream, backend=counting_backend, fullgraph=True, dynamic=False
+    )
+    try:
+        z, s = _stream(model, x, cfg)
+    finally:
+        del model.forward_stream
+        torch._dynamo.reset()
+    # One graph per distinct pass (frames in the pass, commit or not); none per frame index.
+    assert len(graphs) == shapes, f"{len(graphs)} graphs for {shapes} pass shapes (recompiles?)"
+    torch.testing.assert_close(z, eager_z, rtol=0, atol=0)
+    torch.testing.assert_close(s, eager_s, rtol=0, atol=0)

@@ -16,6 +16,9 @@ CONFIGS = [
     tiny(window=2),
     tiny(bridge_temporal="causal", ref_tokens_enabled=True, audio_into="all"),
     tiny(latent_height=16, latent_width=16, video_dim=64, video_heads=2, window=3),
+    # 256 video tokens per frame: frame-aligned with FlexAttention's 128-token blocks, so the
+    # video self-attention takes the block-table BlockMask (df_core.masks)
+    tiny(latent_height=32, latent_width=32, video_dim=64, video_heads=2, window=3),
 ]
 
 

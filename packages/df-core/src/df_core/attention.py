@@ -10,7 +10,9 @@ Backends (``backend=``):
 - ``dense``: SDPA with the dense boolean mask, the CPU fallback.
 - ``math``: an explicit ``softmax(q k^T * scale) v`` in float32, the reference in tests.
 - ``xformers``: ``memory_efficient_attention`` when xformers imports and works (optional).
-- ``auto``: ``sdpa`` without a mask; with a mask, ``flex`` on CUDA and ``dense`` elsewhere.
+- ``auto``: ``sdpa`` without a mask; with a mask, ``flex`` on CUDA and ``dense`` elsewhere
+  (and for short key sequences, under ``FLEX_MIN_KEYS``, where a block-sparse kernel has
+  nothing to skip and a tiny dense mask costs nothing).
 
 All take ``q_BHLD`` ``[B, Hd, Lq, Dh]`` and ``k_BHSD``, ``v_BHSD`` ``[B, Hd, Lkv, Dh]`` and
 return ``[B, Hd, Lq, Dh]``.
@@ -50,19 +52,21 @@ def xformers_available() -> bool:
 
 
 FLEX_MIN_HEAD_DIM = 16  # compiled FlexAttention kernels need head dims of at least 16
+FLEX_MIN_KEYS = 256  # below this many keys, auto uses dense-mask SDPA (2 blocks of 128)
 
 
 def resolve_backend(
     backend: str, mask: FrameMask | None, device: torch.device, head_dim: int | None = None
 ) -> str:
     """The backend ``auto`` picks for a mask on a device: SDPA without a mask; with one,
-    FlexAttention on CUDA (when the head dim allows its kernels), dense-mask SDPA otherwise."""
+    FlexAttention on CUDA (when the head dim allows its kernels and there are enough keys for
+    block sparsity to matter), dense-mask SDPA otherwise."""
     one_of("backend", backend, BACKENDS)
     if backend != "auto":
         return backend
     if mask is None:
         return "sdpa"
-    flex_ok = head_dim is None or head_dim >= FLEX_MIN_HEAD_DIM
+    flex_ok = (head_dim is None or head_dim >= FLEX_MIN_HEAD_DIM) and mask.shape[1] >= FLEX_MIN_KEYS
     return "flex" if device.type == "cuda" and flex_ok else "dense"
 
 
@@ -74,6 +78,7 @@ def attention(
     *,
     backend: str = "auto",
     block_mask: BlockMask | None = None,
+    dense_mask: torch.Tensor | None = None,
     scale: float | None = None,
 ) -> torch.Tensor:
     """Scaled dot-product attention with an optional frame mask.
@@ -82,6 +87,7 @@ def attention(
         mask: the :class:`~df_core.masks.FrameMask`; ``None`` attends to every key.
         block_mask: a prebuilt ``BlockMask`` for ``flex`` (build it once per layout and reuse
             it across layers); built from ``mask`` when omitted.
+        dense_mask: a prebuilt ``mask.dense()`` for the dense backends, likewise.
         scale: logit scale, ``1 / sqrt(Dh)`` by default.
     """
     if q_BHLD.dim() != 4 or k_BHSD.dim() != 4 or v_BHSD.dim() != 4:
@@ -100,9 +106,13 @@ def attention(
     if chosen == "flex":
         if block_mask is None and mask is not None:
             block_mask = mask.block_mask()
-        fn = _compiled_flex() if q_BHLD.device.type == "cuda" else flex_attention
+        # Eager CUDA calls go through the compiled kernel; inside a compiled region (a model
+        # under torch.compile) flex_attention is traced directly: calling the separately
+        # compiled function there would break the graph at every attention.
+        compiled = q_BHLD.device.type == "cuda" and not torch.compiler.is_compiling()
+        fn = _compiled_flex() if compiled else flex_attention
         return fn(q_BHLD, k_BHSD, v_BHSD, block_mask=block_mask, scale=scale)
-    dense = None if mask is None else mask.dense()
+    dense = None if mask is None else (dense_mask if dense_mask is not None else mask.dense())
     if chosen in ("sdpa", "dense"):
         return F.scaled_dot_product_attention(q_BHLD, k_BHSD, v_BHSD, attn_mask=dense, scale=scale)
     if chosen == "math":

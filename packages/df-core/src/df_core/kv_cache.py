@@ -2,8 +2,8 @@
 
 Layout, per stream (``video``, ``struct``, ...) and layer, preallocated once::
 
-    k[stream]: [L_stream, B, Hd, S + P * N, Dh]      (v alike)
-               |-- S sink tokens --|-- P ring slots of N tokens each --|
+    k[stream][layer]: [B, Hd, S + P * N, Dh]      (v alike)
+                      |-- S sink tokens --|-- P ring slots of N tokens each --|
 
 ``S`` is the stream's sink tokens (the clean reference frame, written once), ``N`` its tokens
 per frame and ``P = window - 1 + max_chunk`` frame slots: enough for the ``window - 1`` past
@@ -27,6 +27,14 @@ tensor arithmetic, so a pass has no host sync and no allocation that grows with 
 and it traces under ``torch.compile`` without value guards (a host-side Python counter would be
 guarded on and recompile every frame). ``frames_committed`` reads the device counter, for
 tests and reports only.
+
+Every buffer is allocated once and marked as a static address for ``torch.compile``: a compiled
+pass writes the cache in place, and CUDA graphs (``mode="reduce-overhead"``) may replay such
+in-place writes only on tensors whose address never changes (otherwise inductor skips graphs
+for "mutated inputs"). Each layer has its own tensors, written with ``index_copy_`` on the
+whole tensor: a write through a view of one stacked ``[L, ...]`` buffer is functionalised by
+the compiler into a scatter of the entire buffer at every layer (all layers' keys copied per
+layer and pass), while a per-layer ``index_copy_`` on a graph input is done in place.
 """
 
 from __future__ import annotations
@@ -81,28 +89,25 @@ class KVCache:
         self.window = window
         self.max_chunk = max_chunk
         self.slots = window - 1 + max_chunk  # P
-        self.k: dict[str, torch.Tensor] = {}
-        self.v: dict[str, torch.Tensor] = {}
+        self.k: dict[str, list[torch.Tensor]] = {}  # per stream, per layer
+        self.v: dict[str, list[torch.Tensor]] = {}
         self.kv_frames: dict[str, torch.Tensor] = {}
         self._in_frame: dict[str, torch.Tensor] = {}
         for name, s in self.streams.items():
-            shape = (
-                s.num_layers,
-                batch,
-                s.heads,
-                s.sink_tokens + self.slots * s.tokens_per_frame,
-                s.head_dim,
-            )
-            self.k[name] = torch.zeros(shape, device=device, dtype=dtype)
-            self.v[name] = torch.zeros(shape, device=device, dtype=dtype)
+            shape = (batch, s.heads, s.sink_tokens + self.slots * s.tokens_per_frame, s.head_dim)
+            kw = dict(device=device, dtype=dtype)
+            self.k[name] = [torch.zeros(shape, **kw) for _ in range(s.num_layers)]
+            self.v[name] = [torch.zeros(shape, **kw) for _ in range(s.num_layers)]
             self.kv_frames[name] = torch.full(
-                (shape[3],), EMPTY_FRAME, dtype=torch.long, device=device
+                (shape[2],), EMPTY_FRAME, dtype=torch.long, device=device
             )
             self._in_frame[name] = torch.arange(s.tokens_per_frame, device=device)
         self._ptr = torch.zeros((), dtype=torch.long, device=device)  # next ring slot
         self._next_frame = torch.zeros((), dtype=torch.long, device=device)  # next frame id
         self._chunk_slots = torch.zeros(max_chunk, dtype=torch.long, device=device)
         self._chunk_len = 0
+        for t in self._buffers():
+            torch._dynamo.mark_static_address(t)
 
     @property
     def frames_committed(self) -> int:
@@ -115,8 +120,8 @@ class KVCache:
     def reset(self) -> None:
         """Forgets every frame and the sink; buffers are reused, nothing is reallocated."""
         for name in self.streams:
-            self.k[name].zero_()
-            self.v[name].zero_()
+            for t in (*self.k[name], *self.v[name]):
+                t.zero_()
             self.kv_frames[name].fill_(EMPTY_FRAME)
         self._ptr.zero_()
         self._next_frame.zero_()
@@ -127,8 +132,8 @@ class KVCache:
         s = self._spec(stream)
         expected = (self.batch, s.heads, s.sink_tokens, s.head_dim)
         self._check_kv("sink", k, v, expected)
-        self.k[stream][layer, :, :, : s.sink_tokens].copy_(k)
-        self.v[stream][layer, :, :, : s.sink_tokens].copy_(v)
+        self.k[stream][layer][:, :, : s.sink_tokens].copy_(k)
+        self.v[stream][layer][:, :, : s.sink_tokens].copy_(v)
         self.kv_frames[stream][: s.sink_tokens] = SINK_FRAME
 
     def begin_chunk(self, num_frames: int) -> torch.Tensor:
@@ -163,7 +168,7 @@ class KVCache:
         expected = (self.batch, s.heads, self._chunk_len * s.tokens_per_frame, s.head_dim)
         self._check_kv("chunk", k, v, expected)
         idx = self._token_slots(stream, self._chunk_slots[: self._chunk_len])
-        self.k[stream][layer].index_copy_(2, idx, k)
+        self.k[stream][layer].index_copy_(2, idx, k)  # in place on the layer's own tensor
         self.v[stream][layer].index_copy_(2, idx, v)
 
     def view(self, stream: str, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -200,18 +205,23 @@ class KVCache:
 
     def memory_bytes(self) -> int:
         """Bytes held by all buffers; constant for the life of the cache."""
-        tensors = [*self.k.values(), *self.v.values(), *self.kv_frames.values()]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return sum(t.numel() * t.element_size() for t in self._buffers())
 
     def memory_report(self) -> dict[str, int]:
         """Bytes of keys+values per stream, plus ``total``."""
         report = {
-            name: self.k[name].numel() * self.k[name].element_size() * 2 for name in self.streams
+            name: sum(t.numel() * t.element_size() for t in (*self.k[name], *self.v[name]))
+            for name in self.streams
         }
         report["total"] = self.memory_bytes()
         return report
 
     # Helpers ---------------------------------------------------------------------------------
+
+    def _buffers(self) -> list[torch.Tensor]:
+        layers = [t for d in (self.k, self.v) for ts in d.values() for t in ts]
+        ids = [*self.kv_frames.values(), *self._in_frame.values()]
+        return [*layers, *ids, self._ptr, self._next_frame, self._chunk_slots]
 
     def _spec(self, stream: str) -> StreamSpec:
         if stream not in self.streams:

@@ -18,6 +18,14 @@ Rules:
 Each factory returns a :class:`FrameMask`, which gives the FlexAttention ``BlockMask``
 (:meth:`FrameMask.block_mask`), the equivalent dense boolean mask (:meth:`FrameMask.dense`,
 the reference and the CPU fallback), and the ``mask_mod`` both are built from.
+
+Frame-aligned layouts: when every frame (the sink included) spans a whole number of attention
+blocks (``granule``, e.g. 1,024 video tokens per frame and 128-token blocks), every block of
+the mask is either fully visible or fully hidden. :meth:`FrameMask.block_mask` then builds the
+``BlockMask`` from the per-block frame ids alone (a ``[Q/128, KV/128]`` table instead of
+evaluating ``mask_mod`` on all ``Q x KV`` pairs) and marks every visible block "full", so the
+kernel never evaluates ``mask_mod`` either. It is a handful of small tensor ops with no host
+sync: cheap enough to build once per streaming pass, and traceable by ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -109,6 +117,10 @@ class FrameMask:
         q_modality, kv_modality: optional int64 ``[Q]`` / ``[KV]`` modality ids.
         allowed: optional bool ``[M, M]``: ``allowed[mq, mk]`` says whether a query of modality
             ``mq`` may attend to a key of modality ``mk``.
+        granule: 0, or a token count such that frame ids (and modalities) are constant over
+            every consecutive run of ``granule`` tokens from token 0, in both ``q_frames`` and
+            ``kv_frames`` (a promise by the caller, which knows its layout; it enables the
+            block-table fast path of :meth:`block_mask`).
     """
 
     name: str
@@ -119,6 +131,7 @@ class FrameMask:
     q_modality: torch.Tensor | None = None
     kv_modality: torch.Tensor | None = None
     allowed: torch.Tensor | None = None
+    granule: int = 0
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -153,9 +166,25 @@ class FrameMask:
             keep = keep & self.allowed[self.q_modality[:, None], self.kv_modality[None, :]]
         return keep
 
-    def block_mask(self, *, block_size: int = 128, compile: bool = False) -> BlockMask:
-        """The FlexAttention ``BlockMask`` (block-sparse form; fully masked blocks are skipped)."""
+    def block_aligned(self, block_size: int) -> bool:
+        """Whether every ``block_size x block_size`` tile lies inside one frame pair (see
+        ``granule``), so the block table alone describes the mask."""
         q_len, kv_len = self.shape
+        return (
+            self.granule > 0
+            and self.granule % block_size == 0
+            and q_len % block_size == 0
+            and kv_len % block_size == 0
+        )
+
+    def block_mask(self, *, block_size: int = 128, compile: bool = False) -> BlockMask:
+        """The FlexAttention ``BlockMask`` (block-sparse form; fully masked blocks are skipped).
+
+        Frame-aligned masks (:meth:`block_aligned`) are built from the per-block frame ids,
+        every visible block full; others by ``create_block_mask`` over ``mask_mod``."""
+        q_len, kv_len = self.shape
+        if self.block_aligned(block_size):
+            return self._block_table_mask(block_size)
         return create_block_mask(
             self.mask_mod,
             None,
@@ -165,6 +194,39 @@ class FrameMask:
             device=self.q_frames.device,
             BLOCK_SIZE=block_size,
             _compile=compile,
+        )
+
+    def _table_mask_mod(self):
+        """The element mask to carry in a block-table BlockMask.
+
+        On CUDA, FlexAttention always runs compiled kernels (df-core's eager path compiles it;
+        a compiled model's inductor generates it), and those skip hidden blocks and never
+        evaluate ``mask_mod`` on full ones; with no partial blocks the element mask is unused,
+        so the trivial one is given. This matters: inductor fails to compile a ``mask_mod``
+        that indexes frame-id tensors built inside a compiled graph (a Triton ``NameError:
+        XBLOCK`` on one-frame passes, torch 2.11). Elsewhere (the unfused CPU reference, which
+        applies ``mask_mod`` to every pair and ignores the block table) the real one is kept.
+        """
+        return None if self.q_frames.is_cuda else self.mask_mod
+
+    def _block_table_mask(self, block_size: int) -> BlockMask:
+        q_len, kv_len = self.shape
+        first = slice(None, None, block_size)  # the first token of each block speaks for it
+        keep = self._visible(self.q_frames[first, None], self.kv_frames[None, first])
+        if self.allowed is not None:
+            keep = keep & self.allowed[self.q_modality[first, None], self.kv_modality[None, first]]
+        full_num = keep.sum(-1, dtype=torch.int32)  # [Qb]
+        # Visible blocks first, in kv order (a stable sort of "hidden" flags).
+        full_idx = torch.argsort((~keep).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+        none = torch.zeros_like(full_num)
+        return BlockMask.from_kv_blocks(
+            none[None, None],
+            full_idx[None, None],
+            full_num[None, None],
+            full_idx[None, None],
+            BLOCK_SIZE=block_size,
+            mask_mod=self._table_mask_mod(),
+            seq_lengths=(q_len, kv_len),
         )
 
 
@@ -188,16 +250,18 @@ def block_causal_mask(
     *,
     window: int | None = None,
     name: str = "block_causal",
+    granule: int = 0,
 ) -> FrameMask:
     """Block-causal attention with the sink and an optional sliding window of ``window`` frames.
 
     Self-attention within one stream (pass the same ids twice, or ``kv_frames=None``), a chunk
     of queries against the KV cache's view, or the causal form of the bridge (queries of one
-    stream, keys of the other).
+    stream, keys of the other). ``granule``: see :class:`FrameMask` (0 when unknown).
     """
     q = _check_ids("q_frames", q_frames)
     kv = q if kv_frames is None else _check_ids("kv_frames", kv_frames)
-    return FrameMask(name, q, kv, "causal", _window(window))
+    non_negative_int("granule", granule)
+    return FrameMask(name, q, kv, "causal", _window(window), granule=granule)
 
 
 def same_frame_mask(

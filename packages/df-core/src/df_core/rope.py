@@ -75,11 +75,32 @@ def rope_cos_sin(
 
     Returns:
         ``(cos_LD2, sin_LD2)``: ``[L, Dh/2]`` each, angles computed in float64 then cast.
+
+    The tables are one opaque operator (``df_core::rope_cos_sin``) to ``torch.compile``: they
+    are computed once per forward and read by every layer. Left to inductor, the float64
+    cosines were fused into (recomputed by) every layer's rotation of the cached keys: 210 us
+    per layer at 10,240 keys on the H100, a quarter of a streaming pass.
     """
     if len(positions) != len(dims):
         raise ValueError(f"got {len(positions)} position axes but {len(dims)} dims")
+    for d in dims:
+        if d % 2:
+            raise ValueError(f"dims must be even, got {list(dims)}")
+    positive_float("theta", theta)
+    stacked = torch.stack([p.to(torch.long) for p in positions])
+    return _rope_tables(stacked, list(dims), timeless, float(theta), dtype)
+
+
+@torch.library.custom_op("df_core::rope_cos_sin", mutates_args=())
+def _rope_tables(
+    positions_AL: torch.Tensor,
+    dims: list[int],
+    timeless: torch.Tensor | None,
+    theta: float,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
     angles = torch.cat(
-        [axis_angles(p, d, theta) for p, d in zip(positions, dims, strict=True)], dim=1
+        [axis_angles(p, d, theta) for p, d in zip(positions_AL, dims, strict=True)], dim=1
     )
     cos, sin = angles.cos(), angles.sin()
     if timeless is not None:
@@ -87,6 +108,13 @@ def rope_cos_sin(
         keep[:, : dims[0] // 2] = (~timeless).to(torch.float64)[:, None]
         cos, sin = cos * keep, sin * keep
     return cos.to(dtype), sin.to(dtype)
+
+
+@_rope_tables.register_fake
+def _(positions_AL, dims, timeless, theta, dtype):
+    shape = (positions_AL.shape[1], sum(dims) // 2)
+    empty = positions_AL.new_empty(shape, dtype=dtype)
+    return empty, torch.empty_like(empty)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

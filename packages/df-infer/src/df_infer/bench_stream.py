@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from df_data.features import LogMelEncoder
-from df_infer.pipeline import StreamingGenerator
+from df_infer.pipeline import COMPILE_MODES, StreamingGenerator
 from df_infer.sampler import SamplerConfig
 from df_models.bundle import InferenceMeta
 from df_models.codecs import TinyAutoencoder, TinyAutoencoderConfig
@@ -54,7 +54,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--backend", default="auto", help="attention backend: auto, flex, sdpa, dense")
     p.add_argument(
         "--compile",
-        choices=("none", "blocks", "stream", "stream-graphs"),
+        choices=COMPILE_MODES,
         default="none",
         help="torch.compile each block, or the whole streaming forward (stream-graphs: with "
         "CUDA graphs, mode=reduce-overhead)",
@@ -73,7 +73,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def build(preset: str, device, dtype, backend: str, compile_mode: str) -> StreamingGenerator:
+def build(preset: str, device, dtype, backend: str) -> StreamingGenerator:
     config = PRESETS[preset]()
     config = config.replace(audio_dim=80, audio_layers=1, window=config.window or 8)
     with torch.device(device):
@@ -91,14 +91,7 @@ def build(preset: str, device, dtype, backend: str, compile_mode: str) -> Stream
         image_size=(config.latent_height * f, config.latent_width * f),
         noise_shift=3.0,
     )
-    gen = StreamingGenerator(model, codec, meta, device=device, dtype=dtype)
-    if compile_mode == "blocks":
-        for block in gen.model.blocks:
-            block.compile(dynamic=False)
-    elif compile_mode in ("stream", "stream-graphs"):
-        mode = "reduce-overhead" if compile_mode == "stream-graphs" else None
-        gen.model.forward_stream = torch.compile(gen.model.forward_stream, dynamic=False, mode=mode)
-    return gen
+    return StreamingGenerator(model, codec, meta, device=device, dtype=dtype)
 
 
 def count_frame_flops(gen: StreamingGenerator, cfg: SamplerConfig, audio, ref, feats) -> float:
@@ -132,7 +125,7 @@ def main(argv: list[str]) -> int:
         print("dualforce bench stream: CUDA is not available", file=sys.stderr)
         return 2
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    gen = build(args.preset, device, dtype, args.backend, args.compile)
+    gen = build(args.preset, device, dtype, args.backend)
     c = gen.model.config
     cfg = SamplerConfig(
         steps=args.steps,
@@ -148,6 +141,11 @@ def main(argv: list[str]) -> int:
     feats = None
     if c.ref_tokens_enabled:
         feats = torch.randn(1, 257, c.ref_feature_dim, device=device, dtype=dtype)
+    # FLOPs are counted on the eager model, before compiling (a dispatch mode around a
+    # compiled model would run it differently from the timed stream).
+    flops = count_frame_flops(gen, cfg, audio, ref, feats)
+    graphs_before = _compiled_graphs()
+    gen.compile(args.compile)
     # Warm-up (compilation, allocator, cuDNN autotuning) on a short clip.
     for _ in gen.frames(ref, audio[: 640 * (2 * (c.window or 8))], cfg, ref_feats_BRD=feats):
         pass
@@ -160,7 +158,7 @@ def main(argv: list[str]) -> int:
         ready.append(frame.ready_s)
     wall = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
-    flops = count_frame_flops(gen, cfg, audio, ref, feats)
+    graphs = {k: v - graphs_before[k] for k, v in _compiled_graphs().items()}
     ready = np.asarray(ready)
     # Frames of one chunk arrive together: latency per frame is the gap between chunks / chunk.
     gaps = np.diff(ready[:: args.chunk]) * 1e3 / args.chunk
@@ -192,6 +190,9 @@ def main(argv: list[str]) -> int:
         "gflop_per_frame": flops / 1e9,
         "mfu": flops / per_frame_s / (args.peak_tflops * 1e12),
         "image_size": list(gen.meta.image_size),
+        # compiled graphs and CUDA-graph skips, for checking that the compile covered the
+        # whole pass (graph breaks show up as extra graphs)
+        **graphs,
     }
     print(json.dumps(result, indent=2))
     print(
@@ -206,6 +207,16 @@ def main(argv: list[str]) -> int:
     if args.profile:
         profile(gen, cfg, audio, ref, feats, args.profile)
     return 0
+
+
+def _compiled_graphs() -> dict:
+    from torch._dynamo.utils import counters
+
+    return {
+        "compiled_graphs": int(counters["stats"]["unique_graphs"]),
+        "graph_breaks": int(sum(counters["graph_break"].values())),
+        "cudagraph_skips": int(counters["inductor"]["cudagraph_skips"]),
+    }
 
 
 def profile(gen, cfg, audio, ref, feats, frames: int) -> None:

@@ -293,6 +293,11 @@ def sample_stream(
         zs_ = torch.cat(zs, 1).to(dtype) if zs else None
         ss_ = torch.cat(ss, 1) if ss else None
 
+        if device.type == "cuda":
+            # A new step for CUDA-graph trees (a forward compiled with reduce-overhead): this
+            # pass may reuse the previous pass's output memory, which the Euler step below
+            # has already consumed. A no-op for eager models.
+            torch.compiler.cudagraph_mark_step_begin()
         if cfg_on:
             out = model.forward_stream(
                 cache,

@@ -31,6 +31,7 @@ class AttnSite:
         mask: frame mask over (query tokens, key tokens); None attends to every key.
         block_mask: FlexAttention form of ``mask``, built on first use and then shared by
             every layer of the forward.
+        dense_mask: the dense boolean form, likewise (for the dense backends).
         rope_q, rope_kv: ``(cos, sin)`` tables for queries and keys; None for no RoPE.
         per_frame: same-frame attention done as a batch of per-frame attentions (queries of
             frame f against the keys of frame f only), which needs no mask.
@@ -42,6 +43,7 @@ class AttnSite:
 
     mask: FrameMask | None = None
     block_mask: BlockMask | None = None
+    dense_mask: torch.Tensor | None = None
     rope_q: tuple[torch.Tensor, torch.Tensor] | None = None
     rope_kv: tuple[torch.Tensor, torch.Tensor] | None = None
     per_frame: bool = False
@@ -60,6 +62,16 @@ class AttnSite:
         if self.block_mask is None:
             self.block_mask = self.mask.block_mask()
         return self.block_mask
+
+    def dense_mask_for(self, q: torch.Tensor) -> torch.Tensor | None:
+        """The dense mask when a dense backend will run for queries like ``q``, else None."""
+        if self.mask is None:
+            return None
+        if resolve_backend(self.backend, self.mask, q.device, q.shape[-1]) == "flex":
+            return None
+        if self.dense_mask is None:
+            self.dense_mask = self.mask.dense()
+        return self.dense_mask
 
     def keys_values(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
@@ -123,7 +135,13 @@ class Attention(nn.Module):
             o = rearrange(o, "(b f) h n d -> b (f n) (h d)", f=frames)
         else:
             o = attention(
-                q, k, v, site.mask, block_mask=site.block_mask_for(q), backend=site.backend
+                q,
+                k,
+                v,
+                site.mask,
+                block_mask=site.block_mask_for(q),
+                dense_mask=site.dense_mask_for(q),
+                backend=site.backend,
             )
             o = rearrange(o, "b h l d -> b l (h d)")
         return self.out(o)

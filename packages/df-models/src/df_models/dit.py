@@ -143,8 +143,12 @@ class DualForceDiT(nn.Module):
         """Sites for query token frames ``vq``/``sq`` and key token frames ``vkv``/``skv``."""
         c = self.config
         cached = dict(cache=cache, sink_pass=sink_pass)
+        # Video frames (and the sink, which has as many tokens) span whole attention blocks
+        # at the usual sizes: the mask's block table is then exact (df_core.masks).
         video_self = self._site(
-            None if sink_pass else block_causal_mask(vq, vkv, window=window),
+            None
+            if sink_pass
+            else block_causal_mask(vq, vkv, window=window, granule=c.video_tokens),
             rope_q=self._rope_video(vq, base),
             rope_kv=self._rope_video(vkv, base),
             cache_stream="video",

@@ -1,0 +1,21 @@
+"""``dualforce bench stream`` runs end to end on a tiny preset on the CPU and reports every
+figure BENCHMARKS.md quotes (the H100 numbers come from the same code)."""
+
+from __future__ import annotations
+
+import json
+
+from df_infer.bench_stream import main
+
+
+def test_bench_stream_tiny_cpu(tmp_path, capsys):
+    out = tmp_path / "stream.json"
+    argv = ["--preset", "tiny", "--device", "cpu", "--dtype", "fp32", "--frames", "14"]
+    assert main([*argv, "--steps", "2", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["frames"] == 14
+    assert result["fps"] > 0 and result["first_frame_ms"] > 0
+    assert result["gflop_per_frame"] > 0 and result["mfu"] > 0
+    assert result["per_frame_ms_p50"] > 0 and result["cache_mib"] > 0
+    assert result["compiled_graphs"] == 0  # --compile none
+    assert "| tiny | 2 | 1 |" in capsys.readouterr().out

@@ -53,6 +53,10 @@ def test_preset_overrides_and_errors():
         apply_sets(PRESETS["cpu"], ["train_steps=many"])
     with pytest.raises(ValueError, match="eval_clips"):
         replace(PRESETS["cpu"], eval_clips=99)
+    assert apply_sets(PRESETS["cpu"], ["cfg_audio=2"]).cfg_audio == 2.0
+    for bad in (-1.0, float("inf"), float("nan"), True):
+        with pytest.raises(ValueError, match=r"DemoPreset\.cfg_audio must be a finite number"):
+            replace(PRESETS["cpu"], cfg_audio=bad)
     assert demo.main(["--smoke", "--preset", "gpu", "--out", "unused"]) == 2
 
 
@@ -72,6 +76,9 @@ def test_smoke_demo_end_to_end(tmp_path):
     assert "struct_jaw_corr" in report and "beat" in report
     for variant in ("trained", "untrained", "still"):
         assert list((out / "pred" / variant).glob("clip_*.mp4"))
+    generated = stage_record(out, "generate")["summary"]
+    for variant in ("trained", "untrained"):  # one sampler for both, the preset's guidance
+        assert generated[variant]["sampler"]["cfg_audio"] == PRESETS["smoke"].cfg_audio
     for link in ("plots/sync.png", "plots/train_loss.png"):
         assert link in report and (out / link).is_file()
     # A rerun finds every stage done and changes nothing.

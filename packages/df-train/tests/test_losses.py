@@ -17,7 +17,9 @@ from df_train.losses import (
     aux_weight,
     crop_and_resize,
     mouth_box_to_latent,
+    mouth_weight_map,
     velocity_losses,
+    weighted_frame_mse,
     weighted_sum,
 )
 
@@ -122,6 +124,84 @@ def test_mouth_box_to_latent_scales():
     assert torch.equal(out, torch.tensor([[[4.0, 4.0, 12.0, 7.0]]]))
     with pytest.raises(ValueError):
         mouth_box_to_latent(box[..., :3], 64, 8)
+
+
+def test_mouth_weight_map_weights_only_the_box():
+    # Box x in [1, 3), y in [2, 5) on a 6x6 latent: those 6 pixels get the weight, no others.
+    w = mouth_weight_map(torch.tensor([[[1.0, 2.0, 3.0, 5.0]]]), 6, 6, 10.0)[0, 0]
+    inside = torch.zeros(6, 6, dtype=torch.bool)
+    inside[2:5, 1:3] = True
+    assert torch.equal(w[inside], torch.full((6,), 10.0))
+    assert torch.equal(w[~inside], torch.ones(30))
+    # A box edge half-way through a pixel gives it half the extra weight.
+    w = mouth_weight_map(torch.tensor([[[1.5, 2.0, 3.0, 3.0]]]), 6, 6, 10.0)[0, 0]
+    assert w[2, 1] == pytest.approx(5.5) and w[2, 2] == 10.0 and w[1, 2] == 1.0
+    # Weight 1 is the plain mean.
+    assert torch.equal(
+        mouth_weight_map(torch.tensor([[[0.0, 0, 6, 6]]]), 6, 6, 1.0), torch.ones(1, 1, 6, 6)
+    )
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.floats(-3.0, 11.0), min_size=4, max_size=4),
+    st.floats(1.0, 50.0),
+)
+def test_mouth_weight_map_extra_weight_is_the_box_area_in_the_image(coords, weight):
+    x0, x1 = sorted(coords[:2])
+    y0, y1 = sorted(coords[2:])
+    H, W = 6, 8
+    w = mouth_weight_map(torch.tensor([[[x0, y0, x1, y1]]], dtype=torch.float64), H, W, weight)
+    area = max(0.0, min(x1, W) - max(x0, 0.0)) * max(0.0, min(y1, H) - max(y0, 0.0))
+    assert float((w - 1).sum()) == pytest.approx((weight - 1) * area, abs=1e-9)
+    assert float(w.min()) >= 1.0 and float(w.max()) <= weight + 1e-12
+
+
+def test_weighted_frame_mse_equals_hand_loop_and_moves_the_loss_to_the_mouth():
+    g = torch.Generator().manual_seed(0)
+    B, T, C, H, W = 2, 3, 4, 5, 6
+    pred = torch.randn(B, T, C, H, W, generator=g)
+    target = torch.randn(B, T, C, H, W, generator=g)
+    weight = torch.rand(B, T, H, W, generator=g) + 0.5
+    out = weighted_frame_mse(pred, target, weight)
+    for b in range(B):
+        for t in range(T):
+            err = ((pred[b, t] - target[b, t]) ** 2).mean(0)
+            ref = (weight[b, t] * err).sum() / weight[b, t].sum()
+            assert float(out[b, t]) == pytest.approx(float(ref), rel=1e-5)
+    # Uniform weights: the plain per-frame mean.
+    plain = ((pred - target) ** 2).flatten(2).mean(2)
+    torch.testing.assert_close(weighted_frame_mse(pred, target, torch.ones(B, T, H, W)), plain)
+    # An error outside the mouth costs less, and one inside it more, as the mouth weight grows.
+    box = torch.tensor([1.0, 1.0, 3.0, 3.0]).expand(1, 1, 4)
+    outside = torch.zeros(1, 1, 1, H, W)
+    outside[..., 4, 5] = 1.0
+    inside = torch.zeros(1, 1, 1, H, W)
+    inside[..., 2, 2] = 1.0
+    zero = torch.zeros(1, 1, 1, H, W)
+
+    def loss(err, m):
+        return float(weighted_frame_mse(err, zero, mouth_weight_map(box, H, W, m)))
+
+    assert loss(outside, 1.0) == pytest.approx(1 / 30) and loss(inside, 1.0) == pytest.approx(
+        1 / 30
+    )
+    assert loss(outside, 10.0) == pytest.approx(1 / (26 + 40))
+    assert loss(inside, 10.0) == pytest.approx(10 / (26 + 40))
+
+
+def test_mouth_weight_rejects_bad_arguments():
+    box = torch.zeros(1, 2, 4)
+    with pytest.raises(ValueError, match="mouth_weight"):
+        mouth_weight_map(box, 4, 4, 0.5)
+    with pytest.raises(ValueError, match="mouth_weight"):
+        mouth_weight_map(box, 4, 4, math.inf)
+    with pytest.raises(ValueError, match="box_BT4"):
+        mouth_weight_map(torch.zeros(2, 4), 4, 4, 2.0)
+    with pytest.raises(ValueError, match="weight_BTHW"):
+        weighted_frame_mse(
+            torch.zeros(1, 2, 3, 4, 4), torch.zeros(1, 2, 3, 4, 4), torch.ones(1, 2, 4, 5)
+        )
 
 
 def test_crop_and_resize_samples_box_exactly():

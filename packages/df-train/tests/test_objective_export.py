@@ -154,6 +154,52 @@ def test_store_without_mouth_boxes_still_trains_with_lambda_lip(tiny_store, tmp_
     assert len(history) == 3 and all(not m.skipped and m.loss_lip == 0.0 for m in history)
 
 
+def test_mouth_weight_moves_the_video_loss_to_the_mouth_box(tiny_store, tmp_path):
+    trainer = Trainer(tiny_config(tiny_store, tmp_path / "w", "loss.mouth_weight=10.0"))
+    batch = next(iter(trainer._loader(0)))
+    assert batch["has_mouth_box"].all()
+    B, T, C, H, W = batch["latents"].shape
+    box = trainer._mouth_boxes(batch, (H, W))
+    # A unit error on the latent pixels entirely inside the box, and one on those entirely
+    # outside it (pixels the box edge cuts through carry neither).
+    cols, rows = torch.arange(W), torch.arange(H)
+    in_x = (cols >= box[..., 0, None]) & (cols + 1 <= box[..., 2, None])
+    in_y = (rows >= box[..., 1, None]) & (rows + 1 <= box[..., 3, None])
+    out_x = (cols + 1 <= box[..., 0, None]) | (cols >= box[..., 2, None])
+    out_y = (rows + 1 <= box[..., 1, None]) | (rows >= box[..., 3, None])
+    inside = (in_y[..., :, None] & in_x[..., None, :])[:, :, None].expand(B, T, C, H, W)
+    outside = (out_y[..., :, None] | out_x[..., None, :])[:, :, None].expand(B, T, C, H, W)
+    zero = torch.zeros(B, T, C, H, W)
+    plain = Trainer(tiny_config(tiny_store, tmp_path / "p"))
+    for err, grows in ((inside, True), (outside, False)):
+        frames = err.flatten(2).any(2)  # frames with such pixels (tiny boxes may have none)
+        assert frames.any()
+        weighted = trainer._video_frame_mse(batch, err.float(), zero)[frames]
+        uniform = plain._video_frame_mse(batch, err.float(), zero)[frames]
+        assert ((weighted > uniform) if grows else (weighted < uniform)).all()
+    # The objective runs, and only the video term changes with the weight.
+    torch.manual_seed(0)
+    _, terms_w = trainer.loss(batch)
+    _, terms_p = plain.loss(batch)
+    assert torch.isfinite(terms_w["loss_video"])
+    torch.testing.assert_close(terms_w["loss_struct"], terms_p["loss_struct"])
+    assert not torch.equal(terms_w["loss_video"], terms_p["loss_video"])
+
+
+def test_mouth_weight_without_mouth_boxes_is_the_plain_loss(tiny_store, tmp_path):
+    store = _store_copy(tiny_store, tmp_path, boxes=False)
+    weighted = Trainer(tiny_config(store, tmp_path / "w", "loss.mouth_weight=10.0"))
+    plain = Trainer(tiny_config(store, tmp_path / "p"))
+    batch = next(iter(weighted._loader(0)))
+    assert not batch["has_mouth_box"].any()
+    torch.testing.assert_close(weighted.loss(batch)[1], plain.loss(batch)[1])
+
+
+def test_mouth_weight_is_validated():
+    with pytest.raises(ValueError, match=r"LossConfig\.mouth_weight must be a finite number >= 1"):
+        apply_overrides(get_recipe("synthtalk_tiny"), ["loss.mouth_weight=0.5"])
+
+
 # The inference bundle ---------------------------------------------------------------------------
 
 

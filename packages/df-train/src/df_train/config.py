@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +85,7 @@ class LossConfig:
     aux_decay_steps: int = 10_000  # steps over which lambda_aux decays to 0
     lambda_lip: float = 0.0  # weight of the contrastive audio-mouth loss
     lip_sigma_max: float = 1.0  # L_lip only on frames with sigma_v <= this (x0_hat is blurry)
+    mouth_weight: float = 1.0  # video loss weight inside the mouth box, 1 elsewhere (1 = off)
     uncertainty_weighting: bool = False  # learn the weights (Kendall et al.) instead
     audio_drop_prob: float = 0.1  # conditioning dropout for audio CFG
     ref_drop_prob: float = 0.0  # conditioning dropout of reference tokens
@@ -95,6 +97,9 @@ class LossConfig:
         _unit("LossConfig", "audio_drop_prob", self.audio_drop_prob)
         _unit("LossConfig", "lip_sigma_max", self.lip_sigma_max)
         _unit("LossConfig", "ref_drop_prob", self.ref_drop_prob)
+        w = self.mouth_weight
+        if isinstance(w, bool) or not isinstance(w, int | float) or not 1.0 <= w < math.inf:
+            raise ValueError(f"LossConfig.mouth_weight must be a finite number >= 1, got {w!r}")
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@
 
 - :func:`velocity_losses`: flow-matching velocity MSE, per token averaged per frame, then a
   weighted mean over the frames that count (``L_video`` and ``L_struct``).
+- :func:`mouth_weight_map` and :func:`weighted_frame_mse`: the video loss re-weighted towards
+  the mouth box (``LossConfig.mouth_weight``).
 - :func:`aux_struct_loss` and :func:`aux_weight`: the struct stream's clean estimate aligned with
   auxiliary 3-D labels where a clip has them, under a weight that decays to 0.
 - :class:`LipSyncLoss`: contrastive (InfoNCE) audio-mouth loss on predicted clean video latents
@@ -153,6 +155,70 @@ def mouth_box_to_latent(
     box = box_px_BT4.float() if not box_px_BT4.is_floating_point() else box_px_BT4
     scale = box.new_tensor([w / W, h / H, w / W, h / H])
     return box * scale
+
+
+def mouth_weight_map(
+    box_BT4: torch.Tensor, height: int, width: int, mouth_weight: float
+) -> torch.Tensor:
+    """Per-latent-pixel loss weights: ``1 + (mouth_weight - 1) * coverage``.
+
+    ``coverage`` is the fraction of latent pixel ``(i, j)`` (the square ``[j, j + 1) x [i, i +
+    1)``) that lies inside the box, so a box edge between pixel centres gives its pixels a
+    partial weight, and the map changes continuously with the box (no jump when a box edge
+    crosses a pixel centre).
+
+    Why: the mouth is a small part of a talking-head frame, and the part that only the audio
+    explains; with a plain mean over the frame its error is drowned by the rest (identity, pose,
+    background), so a small model learns a still mouth first. Weighting the mouth region up is
+    the usual remedy in talking-head generation (e.g. Wav2Lip's and many successors' mouth or
+    lower-face losses).
+
+    Args:
+        box_BT4: ``[B, T, 4]`` boxes ``(x0, y0, x1, y1)`` in latent pixels
+            (:func:`mouth_box_to_latent`).
+        height, width: the latent size ``H, W``.
+        mouth_weight: the weight of a pixel fully inside the box (>= 1; 1 gives all ones).
+
+    Returns:
+        Float ``[B, T, H, W]`` weights in ``[1, mouth_weight]``.
+    """
+    if box_BT4.dim() != 3 or box_BT4.shape[-1] != 4:
+        raise ValueError(f"box_BT4 must be [B, T, 4], got {tuple(box_BT4.shape)}")
+    if not math.isfinite(mouth_weight) or mouth_weight < 1:
+        raise ValueError(f"mouth_weight must be a finite number >= 1, got {mouth_weight!r}")
+    box = box_BT4 if box_BT4.is_floating_point() else box_BT4.float()
+    x0, y0, x1, y1 = (box[..., k, None] for k in range(4))
+    cols = torch.arange(width, device=box.device, dtype=box.dtype)
+    rows = torch.arange(height, device=box.device, dtype=box.dtype)
+    cover_x_BTW = (torch.minimum(cols + 1, x1) - torch.maximum(cols, x0)).clamp(0, 1)
+    cover_y_BTH = (torch.minimum(rows + 1, y1) - torch.maximum(rows, y0)).clamp(0, 1)
+    coverage_BTHW = cover_y_BTH[..., :, None] * cover_x_BTW[..., None, :]
+    return 1.0 + (mouth_weight - 1.0) * coverage_BTHW
+
+
+def weighted_frame_mse(
+    pred_BTCHW: torch.Tensor, target_BTCHW: torch.Tensor, weight_BTHW: torch.Tensor
+) -> torch.Tensor:
+    """Per-frame MSE under per-pixel weights: ``sum_hw w * mean_c (pred - target)^2 / sum_hw
+    w``, ``[B, T, C, H, W] -> [B, T]``.
+
+    A weighted *mean* per frame: with all weights equal it is :func:`df_core.frame_mse`, and a
+    larger mouth weight moves the frame's loss towards the mouth without changing its scale
+    (the balance with ``L_struct`` and the learning rate stay as tuned).
+    """
+    if pred_BTCHW.shape != target_BTCHW.shape or pred_BTCHW.dim() != 5:
+        raise ValueError(
+            f"pred {tuple(pred_BTCHW.shape)} and target {tuple(target_BTCHW.shape)} must be the "
+            "same [B, T, C, H, W]"
+        )
+    B, T, _, H, W = pred_BTCHW.shape
+    if weight_BTHW.shape != (B, T, H, W):
+        raise ValueError(
+            f"weight_BTHW must be [{B}, {T}, {H}, {W}], got {tuple(weight_BTHW.shape)}"
+        )
+    err_BTHW = (pred_BTCHW.float() - target_BTCHW.float()).pow(2).mean(dim=2)
+    w = weight_BTHW.float()
+    return (w * err_BTHW).sum(dim=(2, 3)) / w.sum(dim=(2, 3))
 
 
 def crop_and_resize(z_NCHW: torch.Tensor, box_N4: torch.Tensor, size: int) -> torch.Tensor:

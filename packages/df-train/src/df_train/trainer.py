@@ -68,6 +68,8 @@ from df_train.losses import (
     aux_struct_loss,
     aux_weight,
     mouth_box_to_latent,
+    mouth_weight_map,
+    weighted_frame_mse,
 )
 from df_train.parallel import parallelize
 from df_train.throughput import count_model_step_flops, measure_peak_tflops
@@ -439,7 +441,9 @@ class Trainer:
             )
         # Step 3: velocity losses, per token averaged per frame, context frames excluded.
         valid = valid.to(dev)
-        loss_v = reduce_frame_loss(frame_mse(v_v, eps_v.to(dev) - x0_v), valid_BT=valid)
+        loss_v = reduce_frame_loss(
+            self._video_frame_mse(batch, v_v, eps_v.to(dev) - x0_v), valid_BT=valid
+        )
         terms = {"loss_video": loss_v}
         total = loss_v
         if v_s is not None:
@@ -463,6 +467,28 @@ class Trainer:
             total = total + lip_terms["loss_lip_heads"] + c.loss.lambda_lip * lip_terms["loss_lip"]
         return total, terms
 
+    def _mouth_boxes(self, batch: dict, latent_size: tuple[int, int]) -> torch.Tensor:
+        """The batch's mouth boxes in latent pixels, ``[B, T, 4]``."""
+        sizes = set(map(tuple, batch["image_size"]))
+        if len(sizes) != 1:
+            raise ValueError(f"mouth boxes of one batch refer to several frame sizes {sizes}")
+        return mouth_box_to_latent(batch["mouth_box"].to(self.device), sizes.pop(), latent_size)
+
+    def _video_frame_mse(
+        self, batch: dict, v_pred: torch.Tensor, v_target: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-frame video velocity MSE ``[B, T]``: a plain mean over the frame, or, with
+        ``LossConfig.mouth_weight > 1``, a weighted mean with the mouth box weighted up (clips
+        without a box keep uniform weights)."""
+        weight = self.config.loss.mouth_weight
+        if weight == 1.0 or not bool(batch["has_mouth_box"].any()):
+            return frame_mse(v_pred, v_target)
+        H, W = v_pred.shape[-2:]
+        w_BTHW = mouth_weight_map(self._mouth_boxes(batch, (H, W)), H, W, weight)
+        has_box_B = batch["has_mouth_box"].to(self.device)
+        w_BTHW = torch.where(has_box_B[:, None, None, None], w_BTHW, torch.ones_like(w_BTHW))
+        return weighted_frame_mse(v_pred, v_target, w_BTHW)
+
     def _lip_terms(
         self,
         batch: dict,
@@ -477,10 +503,7 @@ class Trainer:
         against the same heads, frozen (trains the model only), on frames that carry loss, with
         a box, with audio (not dropped for CFG) and ``sigma_v <= lip_sigma_max``."""
         dev = self.device
-        sizes = set(map(tuple, batch["image_size"]))
-        if len(sizes) != 1:
-            raise ValueError(f"mouth boxes of one batch refer to several frame sizes {sizes}")
-        box = mouth_box_to_latent(batch["mouth_box"].to(dev), sizes.pop(), tuple(x_v.shape[-2:]))
+        box = self._mouth_boxes(batch, tuple(x_v.shape[-2:]))
         audio = batch["audio"].to(dev)
         has_box = batch["has_mouth_box"].to(dev)[:, None].expand(valid.shape)
         x0_v = batch["latents"].to(dev)

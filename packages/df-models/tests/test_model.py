@@ -138,6 +138,8 @@ def test_loading_rejects_other_kinds_and_missing_files(tmp_path):
     [
         ({"video_depth": 0}, "video_depth"),
         ({"video_dim": 13}, "video_dim"),
+        # 8 < 2 * 2 * 4: the head could not predict a whole token's velocity
+        ({"video_dim": 8, "video_heads": 2}, r"video_dim=8 must be at least .* = 16"),
         ({"struct_depth": 4}, "struct_depth"),
         ({"n_fusion": 3}, "n_fusion"),
         ({"bridge": "sideways"}, "bridge"),

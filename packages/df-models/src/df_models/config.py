@@ -111,6 +111,14 @@ class DualForceConfig:
                 raise ValueError(
                     f"DualForceConfig.{side}={getattr(self, side)} must be a multiple of patch_size={self.patch_size}"
                 )
+        token_values = self.patch_size**2 * self.latent_channels
+        if self.video_dim < token_values:
+            # The video head is a linear map video_dim -> token values: narrower, it can only
+            # predict velocities in a subspace, and the noise outside it is never removed.
+            raise ValueError(
+                f"DualForceConfig.video_dim={self.video_dim} must be at least patch_size**2 * "
+                f"latent_channels = {token_values} (the values of one video token)"
+            )
         if self.struct_depth > self.video_depth:
             raise ValueError(
                 f"DualForceConfig.struct_depth={self.struct_depth} must be <= video_depth={self.video_depth}"
@@ -215,7 +223,7 @@ def tiny(**overrides: Any) -> DualForceConfig:
         latent_height=4,
         latent_width=4,
         patch_size=2,
-        video_dim=12,
+        video_dim=16,
         video_depth=3,
         video_heads=2,
         struct_raw_dim=6,

@@ -54,6 +54,12 @@ def test_preset_overrides_and_errors():
     with pytest.raises(ValueError, match="eval_clips"):
         replace(PRESETS["cpu"], eval_clips=99)
     assert apply_sets(PRESETS["cpu"], ["cfg_audio=2"]).cfg_audio == 2.0
+    # overrides apply together: shrinking test_clips below the preset's eval_clips is fine
+    # when eval_clips shrinks too, in either order; the combination is still validated
+    for order in (["test_clips=2", "eval_clips=1"], ["eval_clips=1", "test_clips=2"]):
+        assert apply_sets(PRESETS["gpu"], order).test_clips == 2
+    with pytest.raises(ValueError, match="eval_clips"):
+        apply_sets(PRESETS["gpu"], ["test_clips=2"])
     for bad in (-1.0, float("inf"), float("nan"), True):
         with pytest.raises(ValueError, match=r"DemoPreset\.cfg_audio must be a finite number"):
             replace(PRESETS["cpu"], cfg_audio=bad)

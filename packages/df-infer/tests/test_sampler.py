@@ -61,6 +61,7 @@ def _stream(model, x, cfg, **kw):
     prior=st.sampled_from(["previous", "zero"]),
     finish=st.booleans(),
     cfg_audio=st.sampled_from([1.0, 2.0]),
+    cfg_struct=st.sampled_from([None, 1.0, 3.0]),
     batch=st.integers(1, 2),
     seed=st.integers(0, 1000),
 )
@@ -75,6 +76,7 @@ def test_stream_equals_full(
     prior,
     finish,
     cfg_audio,
+    cfg_struct,
     batch,
     seed,
 ):
@@ -91,13 +93,14 @@ def test_stream_equals_full(
         struct_prior=prior,
         struct_finish_step=1 if finish else None,
         cfg_audio=cfg_audio,
+        cfg_struct=cfg_struct,
         seed=seed,
         shift=2.0,
     )
     if window is None:
         # A window-less model streams with a window spanning the clip.
         cache = model.new_cache(
-            batch * (2 if cfg_audio != 1 else 1), window=frames, max_chunk=cfg.max_pass_frames
+            batch * (2 if cfg.guided else 1), window=frames, max_chunk=cfg.max_pass_frames
         )
     else:
         cache = None
@@ -176,6 +179,7 @@ def test_memory_flat_over_300_frames():
         ("struct_prior", "y"),
         ("struct_finish_step", 9),
         ("sigma_s_start", 0.0),
+        ("cfg_struct", -1.0),
     ],
 )
 def test_config_errors_name_the_field(field, value):
@@ -222,3 +226,21 @@ def test_stream_forward_compiles_once_per_pass_shape(cfg, shapes):
     assert len(graphs) == shapes, f"{len(graphs)} graphs for {shapes} pass shapes (recompiles?)"
     torch.testing.assert_close(z, eager_z, rtol=0, atol=0)
     torch.testing.assert_close(s, eager_s, rtol=0, atol=0)
+
+
+def test_struct_guidance_scale_moves_only_the_structure_stream_when_it_is_cut_off():
+    """With the video stream blind to the structure (bridge off), a structure
+    guidance scale of its own leaves the video frames exactly as they were and changes the
+    structure; None means the audio scale."""
+    config = tiny(window=3, bridge="off")
+    model = random_model(config, seed=3)
+    x = random_inputs(config, 1, 4, seed=3)
+    runs = {
+        g: _stream(model, x, SamplerConfig(steps=2, cfg_audio=2.0, cfg_struct=g, shift=2.0))
+        for g in (None, 2.0, 0.5)
+    }
+    torch.testing.assert_close(runs[None][0], runs[2.0][0], rtol=0, atol=0)
+    torch.testing.assert_close(runs[None][1], runs[2.0][1], rtol=0, atol=0)
+    torch.testing.assert_close(runs[0.5][0], runs[2.0][0], rtol=0, atol=0)
+    assert not torch.allclose(runs[0.5][1], runs[2.0][1])
+    assert SamplerConfig(cfg_struct=2.0).guided and not SamplerConfig().guided

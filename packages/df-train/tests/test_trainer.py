@@ -108,7 +108,9 @@ def test_bad_configuration_is_reported(tiny_store, tmp_path):
         apply_overrides(get_recipe("synthtalk_tiny"), ["steps=many"])
     with pytest.raises(ValueError, match=r"TrainConfig\.batch_size"):
         apply_overrides(get_recipe("synthtalk_tiny"), ["batch_size=0"])
-    wrong = apply_overrides(tiny_config(tiny_store, tmp_path), ["model.latent_channels=8"])
+    wrong = apply_overrides(
+        tiny_config(tiny_store, tmp_path), ["model.video_dim=32", "model.latent_channels=8"]
+    )
     with pytest.raises(ValueError, match="latent_channels"):
         Trainer(wrong)
     with pytest.raises(ValueError, match=r"no clips|manifest"):

@@ -143,8 +143,10 @@ PRESETS: dict[str, DemoPreset] = {
 
 
 def apply_sets(preset: DemoPreset, items: list[str]) -> DemoPreset:
-    """``field=value`` overrides, parsed by the type of the field's current value."""
+    """``field=value`` overrides, parsed by the type of the field's current value, applied
+    together (so their order does not matter: the preset is validated once, with all of them)."""
     known = {f.name: f for f in dataclasses.fields(DemoPreset)}
+    changes: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or key not in known:
@@ -156,8 +158,8 @@ def apply_sets(preset: DemoPreset, items: list[str]) -> DemoPreset:
             raise ValueError(
                 f"--set {key}: cannot parse {value!r} as {type(current).__name__}"
             ) from e
-        preset = replace(preset, **{key: parsed})
-    return preset
+        changes[key] = parsed
+    return replace(preset, **changes)
 
 
 # Stage bookkeeping --------------------------------------------------------------------------

@@ -31,6 +31,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cfg", type=float, default=1.0, help="classifier-free guidance on audio (1 = off)"
     )
+    p.add_argument(
+        "--cfg-struct",
+        type=float,
+        default=None,
+        help="the structure stream's audio guidance (default: --cfg)",
+    )
     p.add_argument("--shift", type=float, default=None, help="schedule shift (default: training's)")
     p.add_argument(
         "--clean-pass",
@@ -72,6 +78,7 @@ def main(argv: list[str]) -> int:
             chunk=args.chunk,
             stagger=args.stagger,
             cfg_audio=args.cfg,
+            cfg_struct=args.cfg_struct,
             clean_pass=args.clean_pass,
             struct_finish_step=args.struct_finish_step,
             seed=args.seed,

@@ -223,7 +223,7 @@ class StreamingGenerator:
         feats = StreamingFeatures(
             self.encoder, audio_source(audio), context=self.model.config.audio_context
         )
-        batch = 2 if cfg.cfg_audio != 1.0 else 1
+        batch = 2 if cfg.guided else 1
         # Take the cache for this stream: a second stream started while this one runs gets a
         # cache of its own instead of overwriting this one's keys and values.
         cache, self._cache = self._cache, None

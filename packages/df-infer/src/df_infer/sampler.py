@@ -46,6 +46,10 @@ class SamplerConfig:
     clean_pass: str = "exact"  # exact: clean frames rewritten at sigma_ctx | approx: last step's
     sigma_ctx: float = 0.0  # noise level of the clean pass (training's context noise)
     cfg_audio: float = 1.0  # classifier-free guidance scale on audio; 1 = off
+    # the structure stream's own audio-guidance scale; None = cfg_audio. Guidance sharpens the
+    # video's mouth but extrapolates the structure too (its jaw overshoots), so the two
+    # streams may want different scales.
+    cfg_struct: float | None = None
     struct_prior: str = "previous"  # structure starts from the last clean frame's | zero
     seed: int = 0
 
@@ -84,6 +88,20 @@ class SamplerConfig:
             )
         if not self.cfg_audio >= 0:
             raise ValueError(f"SamplerConfig.cfg_audio must be >= 0, got {self.cfg_audio!r}")
+        if self.cfg_struct is not None and not self.cfg_struct >= 0:
+            raise ValueError(
+                f"SamplerConfig.cfg_struct must be >= 0 or None, got {self.cfg_struct!r}"
+            )
+
+    @property
+    def struct_guidance(self) -> float:
+        """The structure stream's guidance scale."""
+        return self.cfg_audio if self.cfg_struct is None else self.cfg_struct
+
+    @property
+    def guided(self) -> bool:
+        """Whether a pass needs the unconditional half of the batch."""
+        return self.cfg_audio != 1.0 or self.struct_guidance != 1.0
 
     @property
     def every(self) -> int:
@@ -166,14 +184,16 @@ def _start_chunk(model, cfg, t0, n, batch, prior_s, sig_s0, device, gen) -> _Chu
 
 
 def _combine(cfg: SamplerConfig, out):
-    """Classifier-free guidance on audio: the batch holds [conditional; unconditional] halves."""
-    if cfg.cfg_audio == 1.0:
+    """Classifier-free guidance on audio: the batch holds [conditional; unconditional] halves;
+    the video takes ``cfg_audio``, the structure ``struct_guidance``."""
+    if not cfg.guided:
         return out
     v, s = out
     half, g = v.shape[0] // 2, cfg.cfg_audio
     v = v[half:] + g * (v[:half] - v[half:])
     if s is not None:
-        s = s[half:] + g * (s[:half] - s[half:])
+        gs = cfg.struct_guidance
+        s = s[half:] + gs * (s[:half] - s[half:])
     return v, s
 
 
@@ -220,7 +240,7 @@ def sample_stream(
     cfg, mc = config, model.config
     B = ref_latent_BCHW.shape[0]
     device, dtype = ref_latent_BCHW.device, next(model.parameters()).dtype
-    cfg_on = cfg.cfg_audio != 1.0
+    cfg_on = cfg.guided
     Bc = 2 * B if cfg_on else B
     if cache is None:
         cache = model.new_cache(Bc, max_chunk=cfg.max_pass_frames, device=device)
@@ -376,7 +396,7 @@ def sample_full(
         eps_s = xs.clone()
     prior_s = torch.zeros(B, mc.struct_raw_dim, device=device)
     ctx = torch.tensor(cfg.sigma_ctx, device=device)
-    cfg_on = cfg.cfg_audio != 1.0
+    cfg_on = cfg.guided
     for i in range(len(steps_IT) - 1):
         now, nxt = steps_IT[i], steps_IT[i + 1]
         active = [t for t in range(T) if nxt[t] > now[t]]

@@ -63,6 +63,8 @@ def test_preset_overrides_and_errors():
     for bad in (-1.0, float("inf"), float("nan"), True):
         with pytest.raises(ValueError, match=r"DemoPreset\.cfg_audio must be a finite number"):
             replace(PRESETS["cpu"], cfg_audio=bad)
+        with pytest.raises(ValueError, match=r"DemoPreset\.cfg_struct must be a finite number"):
+            replace(PRESETS["cpu"], cfg_struct=bad)
     assert demo.main(["--smoke", "--preset", "gpu", "--out", "unused"]) == 2
 
 
@@ -85,6 +87,7 @@ def test_smoke_demo_end_to_end(tmp_path):
     generated = stage_record(out, "generate")["summary"]
     for variant in ("trained", "untrained"):  # one sampler for both, the preset's guidance
         assert generated[variant]["sampler"]["cfg_audio"] == PRESETS["smoke"].cfg_audio
+        assert generated[variant]["sampler"]["cfg_struct"] == PRESETS["smoke"].cfg_struct
     for link in ("plots/sync.png", "plots/train_loss.png"):
         assert link in report and (out / link).is_file()
     # A rerun finds every stage done and changes nothing.

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from df_data.media import atomic_path
 from df_eval.demo_report import write_report
 
 log = logging.getLogger(__name__)
@@ -167,14 +168,8 @@ def apply_sets(preset: DemoPreset, items: list[str]) -> DemoPreset:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_jsonable))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _jsonable(value: Any) -> Any:
@@ -473,14 +468,8 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 def _save_npy_atomic(path: Path, array: np.ndarray | None) -> None:
     if array is None:
         raise RuntimeError(f"{path}: the model generated no structure (struct stream disabled?)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npy")
-    try:
+    with atomic_path(path) as tmp:
         np.save(tmp, array)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _device(name: str) -> str:

@@ -16,6 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from df_data.media import atomic_path
+
+# report.py selects the Agg backend before pyplot is imported; use its pyplot
+from df_eval.report import plot_drift, plot_loss, plot_sync, plt, save_figure
+
 VARIANT_LABELS = {
     "trained": "DualForce (trained)",
     "untrained": "untrained model (step 0)",
@@ -104,85 +109,18 @@ def margins(rows) -> list[str]:
 
 
 def _plot_jaw(out: Path, clip: str, paths: dict[str, Path], gt: np.ndarray) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(8, 3))
     t = np.arange(len(gt)) / 25.0
     ax.plot(t, gt, label="ground truth", color="black", lw=1.5)
     for variant, path in paths.items():
         jaw = np.load(path)[:, 6]
         ax.plot(np.arange(len(jaw)) / 25.0, jaw, label=VARIANT_LABELS[variant], lw=1)
-    ax.set_xlabel("seconds")
-    ax.set_ylabel("jaw opening")
+    ax.set(xlabel="seconds", ylabel="jaw opening")
     ax.set_title(f"generated structure vs ground truth, test {clip}")
     ax.legend(fontsize=8)
-    fig.tight_layout()
     path = out / "plots" / f"jaw_{clip}.png"
-    _savefig(fig, path)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
-
-
-def _plot_curves(out: Path, ev: dict, curve: str, xlabel: str, ylabel: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3))
-    for variant, label in COLUMNS.items():
-        y = ev[variant]["curves"][curve]
-        x = ev[variant]["curves"]["sync_offsets"] if curve == "sync" else range(len(y))
-        ax.plot(list(x), y, label=label, lw=1)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "plots" / f"{curve}.png"
-    _savefig(fig, path)
-    plt.close(fig)
-    return path
-
-
-def _plot_loss(out: Path, metrics_jsonl: Path) -> Path | None:
-    if not metrics_jsonl.is_file():
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = [json.loads(line) for line in metrics_jsonl.read_text().splitlines() if line]
-    if not records:
-        return None
-    fig, ax = plt.subplots(figsize=(6, 3))
-    steps = [r["step"] for r in records]
-    for key in ("loss", "loss_video", "loss_struct"):
-        if key in records[0]:
-            ax.plot(steps, [r[key] for r in records], label=key, lw=1)
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_title("DualForce training loss")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "plots" / "train_loss.png"
-    _savefig(fig, path)
-    plt.close(fig)
-    return path
-
-
-def _savefig(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_report(out: Path, preset, records: dict[str, dict | None]) -> Path:
@@ -234,16 +172,18 @@ def write_report(out: Path, preset, records: dict[str, dict | None]) -> Path:
     md += ["", "## Plots", ""]
     gt = load_file(str(out / "corpus" / "test" / clips[0] / "gt.safetensors"))["struct"][:, 6]
     structs = {v: out / "structs" / v / f"{clips[0]}.npy" for v in ("trained", "untrained")}
+    systems = {label: ev[variant] for variant, label in COLUMNS.items()}
     plots = [
-        _plot_curves(out, ev, "sync", "audio-visual offset (frames)", "jaw correlation"),
-        _plot_curves(out, ev, "id_drift", "frame", "probe identity distance to the reference"),
+        plot_sync(systems, out / "plots" / "sync.png"),
+        plot_drift(systems, out / "plots" / "id_drift.png"),
         _plot_jaw(out, clips[0], structs, gt),
-        _plot_loss(out, out / "train" / "metrics.jsonl"),
     ]
+    train_log = out / "train" / "metrics.jsonl"
+    if train_log.is_file():
+        plots.append(plot_loss(train_log, out / "plots" / "train_loss.png"))
     for plot in plots:
-        if plot is not None:
-            rel = os.path.relpath(plot, out)
-            md.append(f"![{rel}]({rel})")
+        rel = os.path.relpath(plot, out)
+        md.append(f"![{rel}]({rel})")
     md += [
         "",
         "## Stages",
@@ -263,13 +203,8 @@ def write_report(out: Path, preset, records: dict[str, dict | None]) -> Path:
         "",
     ]
     path = out / "report.md"
-    tmp = path.with_name(f".report.md.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         tmp.write_text("\n".join(md))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

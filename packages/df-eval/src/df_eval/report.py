@@ -71,7 +71,8 @@ def read_train_log(path: str | Path) -> tuple[list[int], list[float]]:
     return steps, losses
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
+    """Writes ``fig`` to ``path`` as PNG, atomically, and closes it."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -85,7 +86,7 @@ def plot_drift(systems: Mapping[str, dict], path: Path) -> Path:
     ax.set(xlabel="frame", ylabel="identity distance to reference", title="Identity drift")
     ax.grid(alpha=0.3)
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
     return path
 
 
@@ -99,7 +100,7 @@ def plot_sync(systems: Mapping[str, dict], path: Path) -> Path:
     ax.set(xlabel="offset (frames; > 0: mouth lags)", ylabel="jaw correlation", title="Lip sync")
     ax.grid(alpha=0.3)
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
     return path
 
 
@@ -112,7 +113,7 @@ def plot_loss(train_log: str | Path, path: Path) -> Path:
         ax.set_yscale("log")
     ax.set(xlabel="step", ylabel="loss", title="Training loss")
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path)
     return path
 
 

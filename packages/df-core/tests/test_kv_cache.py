@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from df_core import (
     EMPTY_FRAME,
@@ -12,6 +14,7 @@ from df_core import (
     StreamSpec,
     attention,
     block_causal_mask,
+    bridge_mask,
 )
 
 SPECS = {
@@ -86,12 +89,48 @@ def test_commit_part_of_a_chunk_for_staggered_sampling():
     assert cache.frames_committed == 1
 
 
+@given(
+    window=st.integers(1, 5),
+    max_chunk=st.integers(1, 3),
+    chunks=st.lists(st.integers(1, 3), min_size=1, max_size=12),
+    sink=st.booleans(),
+)
+def test_all_visible_means_the_masks_hide_nothing(window, max_chunk, chunks, sink):
+    """The host-side claim that a chunk may attend with no mask is never wrong: whenever
+    ``all_visible`` says so, the block-causal and bridge masks over the view are all True;
+    and with one-frame chunks and no spare slot it says so once the window is full."""
+    cache = KVCache(SPECS, batch=1, window=window, max_chunk=max_chunk)
+    if sink:
+        for name, s in SPECS.items():
+            kv = torch.zeros(1, s.heads, s.sink_tokens, s.head_dim)
+            for layer in range(s.num_layers):
+                cache.write_sink(name, layer, kv, kv)
+    committed = 0
+    for c in (min(c, max_chunk) for c in chunks):
+        claim = cache.all_visible(c)
+        q_frames = fill(cache, c, 0.0)
+        vq = q_frames.repeat_interleave(SPECS["video"].tokens_per_frame)
+        sq = q_frames.repeat_interleave(SPECS["struct"].tokens_per_frame)
+        masks = [
+            block_causal_mask(vq, cache.kv_frames["video"], window=window),
+            block_causal_mask(sq, cache.kv_frames["struct"], window=window),
+            bridge_mask(vq, cache.kv_frames["struct"], temporal="causal", window=window),
+        ]
+        if claim:
+            assert all(bool(m.dense().all()) for m in masks)
+        expected = sink and c == 1 and max_chunk == 1 and committed >= window - 1
+        assert claim == expected
+        cache.commit(c)
+        committed += c
+
+
 def test_reset_forgets_everything():
     cache = KVCache(SPECS, batch=1, window=2)
     fill(cache, 1, 5.0)
     cache.commit(1)
     cache.reset()
     assert cache.frames_committed == 0
+    assert not cache.all_visible(1)
     assert all(torch.all(f == EMPTY_FRAME) for f in cache.kv_frames.values())
     assert fill(cache, 1, 0.0).tolist() == [0]
 

@@ -19,3 +19,11 @@ def test_bench_stream_tiny_cpu(tmp_path, capsys):
     assert result["per_frame_ms_p50"] > 0 and result["cache_mib"] > 0
     assert result["compiled_graphs"] == 0  # --compile none
     assert "| tiny | 2 | 1 |" in capsys.readouterr().out
+
+
+def test_bench_stream_fused_clean_pass(tmp_path):
+    out = tmp_path / "stream.json"
+    argv = ["--preset", "tiny", "--device", "cpu", "--dtype", "fp32", "--frames", "16"]
+    assert main([*argv, "--steps", "2", "--fuse-clean", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["frames"] == 16 and result["fuse_clean"] is True

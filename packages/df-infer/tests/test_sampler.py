@@ -63,6 +63,7 @@ def _stream(model, x, cfg, **kw):
     cfg_audio=st.sampled_from([1.0, 2.0]),
     cfg_struct=st.sampled_from([None, 1.0, 3.0]),
     batch=st.integers(1, 2),
+    fuse=st.booleans(),
     seed=st.integers(0, 1000),
 )
 def test_stream_equals_full(
@@ -78,6 +79,7 @@ def test_stream_equals_full(
     cfg_audio,
     cfg_struct,
     batch,
+    fuse,
     seed,
 ):
     config = tiny(
@@ -94,6 +96,7 @@ def test_stream_equals_full(
         struct_finish_step=1 if finish else None,
         cfg_audio=cfg_audio,
         cfg_struct=cfg_struct,
+        fuse_clean=fuse,
         seed=seed,
         shift=2.0,
     )
@@ -196,8 +199,11 @@ def test_config_errors_name_the_field(field, value):
 @pytest.mark.parametrize(
     ("cfg", "shapes"),
     [
-        # frame-wise: the first pass of each frame carries the previous clean frame (2 frames,
-        # commit 1), the other passes 1 frame; plus the stream's first pass (1 frame, no clean)
+        # fused: the first pass of each frame carries the previous clean frame (2 frames),
+        # the other passes 1 frame (and the cache's spare slot means masks throughout)
+        (SamplerConfig(steps=3, cfg_audio=2.0, shift=2.0, fuse_clean=True), 2),
+        # separate clean passes: 1-frame passes with masks until the window is full, then
+        # without
         (SamplerConfig(steps=3, cfg_audio=2.0, shift=2.0), 2),
         (SamplerConfig(steps=2, clean_pass="approx", shift=2.0), 2),
     ],
@@ -214,18 +220,43 @@ def test_stream_forward_compiles_once_per_pass_shape(cfg, shapes):
         return gm.forward
 
     torch._dynamo.reset()
-    model.forward_stream = torch.compile(
-        model.forward_stream, backend=counting_backend, fullgraph=True, dynamic=False
+    model.forward_chunk = torch.compile(
+        model.forward_chunk, backend=counting_backend, fullgraph=True, dynamic=False
     )
     try:
         z, s = _stream(model, x, cfg)
     finally:
-        del model.forward_stream
+        del model.forward_chunk
         torch._dynamo.reset()
     # One graph per distinct pass (frames in the pass, commit or not); none per frame index.
     assert len(graphs) == shapes, f"{len(graphs)} graphs for {shapes} pass shapes (recompiles?)"
     torch.testing.assert_close(z, eager_z, rtol=0, atol=0)
     torch.testing.assert_close(s, eager_s, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("clean_pass", ["exact", "approx"])
+def test_passes_run_without_masks_once_the_window_is_full(clean_pass, monkeypatch):
+    """With separate clean passes and one-frame chunks, every pass from frame ``window - 1``
+    on sees the whole cache and runs with no mask; before that, and when fused, masks."""
+    config = tiny(window=3, bridge_temporal="causal")
+    model = random_model(config, seed=0)
+    x = random_inputs(config, batch=1, frames=8, seed=1)
+    seen = []
+    inner = model.forward_chunk
+
+    def spy(*args, all_visible, **kw):
+        seen.append(all_visible)
+        return inner(*args, all_visible=all_visible, **kw)
+
+    monkeypatch.setattr(model, "forward_chunk", spy)
+    _stream(model, x, SamplerConfig(steps=2, clean_pass=clean_pass, shift=2.0))
+    per_frame = 3 if clean_pass == "exact" else 2  # 2 steps (+ the clean pass)
+    early = 2 * per_frame  # frames 0 and 1: the window of 3 is not full yet
+    assert seen == [False] * early + [True] * (len(seen) - early)
+    assert len(seen) == 8 * per_frame - (clean_pass == "exact")  # no clean pass after the last
+    seen.clear()
+    _stream(model, x, SamplerConfig(steps=2, shift=2.0, fuse_clean=True))
+    assert not any(seen)
 
 
 def test_struct_guidance_scale_moves_only_the_structure_stream_when_it_is_cut_off():

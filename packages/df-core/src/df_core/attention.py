@@ -2,9 +2,11 @@
 
 Backends (``backend=``):
 
-- ``sdpa``: ``F.scaled_dot_product_attention``. With no mask this is cuDNN or flash attention
-  on the GPU (the fastest path for one chunk of queries against a full window); with a mask
-  it receives the dense boolean form.
+- ``sdpa``: ``F.scaled_dot_product_attention``. With no mask this is a fused kernel on the GPU;
+  without autograd (inference) cuDNN attention goes first (PyTorch's default order puts it
+  last): on the H100 it runs one frame of queries against a full window at ~510 TFLOP/s
+  against flash's ~280 and FlexAttention's ~310 (BENCHMARKS.md). With a mask it receives the
+  dense boolean form.
 - ``flex``: FlexAttention with the mask's ``BlockMask`` (block-sparse, skips masked blocks);
   compiled on the GPU.
 - ``dense``: SDPA with the dense boolean mask, the CPU fallback.
@@ -25,6 +27,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from df_core._checks import one_of
@@ -50,6 +53,15 @@ def xformers_available() -> bool:
     except Exception:  # any failure means the optional backend is unusable here
         return False
 
+
+# SDPA's order for mask-free inference on CUDA: cuDNN first, then PyTorch's default order.
+# Any backend that cannot take the inputs (head dim, dtype) is skipped for the next one.
+CUDNN_FIRST = [
+    SDPBackend.CUDNN_ATTENTION,
+    SDPBackend.FLASH_ATTENTION,
+    SDPBackend.EFFICIENT_ATTENTION,
+    SDPBackend.MATH,
+]
 
 FLEX_MIN_HEAD_DIM = 16  # compiled FlexAttention kernels need head dims of at least 16
 FLEX_MIN_KEYS = 256  # below this many keys, auto uses dense-mask SDPA (2 blocks of 128)
@@ -114,6 +126,9 @@ def attention(
         return fn(q_BHLD, k_BHSD, v_BHSD, block_mask=block_mask, scale=scale)
     dense = None if mask is None else (dense_mask if dense_mask is not None else mask.dense())
     if chosen in ("sdpa", "dense"):
+        if dense is None and q_BHLD.is_cuda and not _needs_grad(q_BHLD, k_BHSD, v_BHSD):
+            with sdpa_kernel(CUDNN_FIRST, set_priority=True):
+                return F.scaled_dot_product_attention(q_BHLD, k_BHSD, v_BHSD, scale=scale)
         return F.scaled_dot_product_attention(q_BHLD, k_BHSD, v_BHSD, attn_mask=dense, scale=scale)
     if chosen == "math":
         logits = torch.einsum("bhqd,bhkd->bhqk", q_BHLD.float(), k_BHSD.float()) * scale
@@ -122,6 +137,10 @@ def attention(
         out = torch.einsum("bhqk,bhkd->bhqd", logits.softmax(dim=-1), v_BHSD.float())
         return out.to(q_BHLD.dtype)
     return _xformers(q_BHLD, k_BHSD, v_BHSD, dense, scale)
+
+
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def _xformers(q, k, v, dense: torch.Tensor | None, scale: float) -> torch.Tensor:

@@ -24,9 +24,17 @@ A pass over one chunk of ``C`` frames:
 
 The write pointer and next frame id are 0-dim device tensors and the slots are computed with
 tensor arithmetic, so a pass has no host sync and no allocation that grows with the stream,
-and it traces under ``torch.compile`` without value guards (a host-side Python counter would be
-guarded on and recompile every frame). ``frames_committed`` reads the device counter, for
-tests and reports only.
+and it traces under ``torch.compile`` without value guards (a host-side Python counter read
+inside a compiled pass would be guarded on and recompile every frame). ``commit`` also counts
+on the host; it is called outside compiled code, and only :meth:`all_visible` and
+``frames_committed`` read that count.
+
+**Mask-free passes.** Once the window is full, a one-frame pass over a cache with no spare slot
+(``max_chunk = 1``, so ``P = window``) sees every slot: the sink plus the ``window - 1`` past
+frames plus itself. :meth:`all_visible` says so (a host bool, from the host count), and the
+caller may then attend over the whole view with no mask at all: a dense fused kernel (cuDNN
+attention on the H100) instead of a block-sparse one, the same result (checked against the
+mask in the tests).
 
 Every buffer is allocated once and marked as a static address for ``torch.compile``: a compiled
 pass writes the cache in place, and CUDA graphs (``mode="reduce-overhead"``) may replay such
@@ -106,14 +114,32 @@ class KVCache:
         self._next_frame = torch.zeros((), dtype=torch.long, device=device)  # next frame id
         self._chunk_slots = torch.zeros(max_chunk, dtype=torch.long, device=device)
         self._chunk_len = 0
+        self._committed = 0  # host count of committed frames (read by all_visible)
+        self._sinks: set[str] = set()  # streams whose sink has been written since reset
         for t in self._buffers():
             torch._dynamo.mark_static_address(t)
 
     @property
     def frames_committed(self) -> int:
-        """Frames committed since the last reset (reads a device counter: a host sync, for
-        tests and reports; the hot loop never calls it)."""
-        return int(self._next_frame)
+        """Frames committed since the last reset (the host count: no device sync)."""
+        return self._committed
+
+    def all_visible(self, num_frames: int) -> bool:
+        """Whether every slot of the view is visible to every query of the next chunk of
+        ``num_frames`` frames, so that the chunk may attend with no mask.
+
+        True exactly when the chunk is one frame, the ring has no spare slot
+        (``max_chunk == 1``: ``P == window``), every slot holds a frame of the window
+        (``window - 1`` frames committed) and every stream with a sink has it written. A
+        host-side answer: call it outside compiled code and pass the bool in.
+        """
+        sinks = all(s.sink_tokens == 0 or n in self._sinks for n, s in self.streams.items())
+        return (
+            num_frames == 1
+            and self.slots == self.window
+            and self._committed >= self.window - 1
+            and sinks
+        )
 
     # Step-free verbs -------------------------------------------------------------------------
 
@@ -126,6 +152,8 @@ class KVCache:
         self._ptr.zero_()
         self._next_frame.zero_()
         self._chunk_len = 0
+        self._committed = 0
+        self._sinks.clear()
 
     def write_sink(self, stream: str, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Stores the sink's keys/values ``[B, Hd, S, Dh]`` for one layer (kept until reset)."""
@@ -135,6 +163,7 @@ class KVCache:
         self.k[stream][layer][:, :, : s.sink_tokens].copy_(k)
         self.v[stream][layer][:, :, : s.sink_tokens].copy_(v)
         self.kv_frames[stream][: s.sink_tokens] = SINK_FRAME
+        self._sinks.add(stream)
 
     def begin_chunk(self, num_frames: int) -> torch.Tensor:
         """Claims ring slots for the next ``num_frames`` frames and labels them.
@@ -185,7 +214,8 @@ class KVCache:
     def commit(self, num_frames: int) -> None:
         """Makes the first ``num_frames`` frames of the current chunk part of the cache.
 
-        Call it after the pass that wrote them clean (sigma = 0 or the context level).
+        Call it after the pass that wrote them clean (sigma = 0 or the context level), outside
+        compiled code (it keeps the host count that :meth:`all_visible` reads).
         """
         non_negative_int("num_frames", num_frames)
         if num_frames > self._chunk_len:
@@ -195,6 +225,7 @@ class KVCache:
         self._ptr.add_(num_frames).remainder_(self.slots)
         self._next_frame.add_(num_frames)
         self._chunk_len = 0
+        self._committed += num_frames
 
     def window_start(self) -> torch.Tensor:
         """Oldest frame the current chunk may see: ``first chunk frame - (window - 1)``, as a

@@ -2,8 +2,9 @@
 
 Runs :class:`~df_infer.pipeline.StreamingGenerator` exactly as ``dualforce generate`` does:
 audio features computed incrementally from a waveform, K denoising passes per chunk plus the
-clean pass (fused with the next chunk's first step), the KV cache with sink and rolling window,
-and decoding of every frame to uint8 pixels on the host. Only the mp4 encoding is left out.
+clean pass (its own pass, or with ``--fuse-clean`` riding in the next chunk's first step), the
+KV cache with sink and rolling window, and decoding of every frame to uint8 pixels on the host.
+Only the mp4 encoding is left out.
 
 Weights are random (``init_weights`` plus noise on every parameter, so gates are open and every
 path costs what it would trained). The codec is a random TinyAutoencoder of the preset's
@@ -50,6 +51,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--stagger", type=int, default=None)
     p.add_argument("--frames", type=int, default=500)
     p.add_argument("--clean-pass", choices=("exact", "approx"), default="exact")
+    p.add_argument(
+        "--fuse-clean",
+        action="store_true",
+        help="exact clean pass riding in the next frame's first pass (masked) instead of its own",
+    )
     p.add_argument("--cfg", type=float, default=1.0)
     p.add_argument("--backend", default="auto", help="attention backend: auto, flex, sdpa, dense")
     p.add_argument(
@@ -100,7 +106,9 @@ def count_frame_flops(gen: StreamingGenerator, cfg: SamplerConfig, audio, ref, f
 
     window = gen.model.config.window or 8
     warm = window + 2 * cfg.chunk + cfg.steps
-    frames = gen.frames(ref, audio, cfg, max_frames=warm + cfg.chunk, ref_feats_BRD=feats)
+    # Frames further on than the counted one: the generator queues the next chunk's passes
+    # before handing a chunk out, so one chunk's worth of next() runs one chunk's passes.
+    frames = gen.frames(ref, audio, cfg, max_frames=warm + 3 * cfg.chunk, ref_feats_BRD=feats)
     backend = gen.model.attn_backend
     gen.model.attn_backend = "sdpa"
     try:
@@ -132,6 +140,7 @@ def main(argv: list[str]) -> int:
         chunk=args.chunk,
         stagger=args.stagger,
         clean_pass=args.clean_pass,
+        fuse_clean=args.fuse_clean,
         cfg_audio=args.cfg,
         shift=3.0,
     )
@@ -176,6 +185,7 @@ def main(argv: list[str]) -> int:
         "chunk": args.chunk,
         "stagger": args.stagger,
         "clean_pass": args.clean_pass,
+        "fuse_clean": args.fuse_clean,
         "cfg": args.cfg,
         "frames": len(ready),
         "fps": len(ready) / wall,
@@ -196,7 +206,8 @@ def main(argv: list[str]) -> int:
     }
     print(json.dumps(result, indent=2))
     print(
-        f"| {args.preset} | {args.steps} | {args.chunk} | {args.clean_pass} | "
+        f"| {args.preset} | {args.steps} | {args.chunk} | {args.clean_pass}"
+        f"{' fused' if args.fuse_clean else ''} | "
         f"{args.compile} {args.backend} | {result['fps']:.1f} | "
         f"{result['first_frame_ms']:.0f} | {result['per_frame_ms_p50']:.1f} "
         f"({result['per_frame_ms_first_quarter']:.1f} -> {result['per_frame_ms_last_quarter']:.1f}) | "

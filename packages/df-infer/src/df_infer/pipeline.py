@@ -146,6 +146,12 @@ class StreamingGenerator:
                 f"{c.latent_height}x{c.latent_width}"
             )
         self._cache = None
+        self._struct_stats = None  # on the device once, not copied per frame
+        if meta.struct_mean is not None:
+            self._struct_stats = tuple(
+                torch.tensor(v, dtype=torch.float32, device=self.device)
+                for v in (meta.struct_mean, meta.struct_std)
+            )
 
     @classmethod
     def from_bundle(
@@ -172,8 +178,8 @@ class StreamingGenerator:
                 block.compile(dynamic=False)
         elif mode in ("stream", "stream-graphs"):
             options = {"mode": "reduce-overhead"} if mode == "stream-graphs" else {}
-            self.model.forward_stream = torch.compile(
-                self.model.forward_stream, dynamic=False, **options
+            self.model.forward_chunk = torch.compile(
+                self.model.forward_chunk, dynamic=False, **options
             )
         return self
 
@@ -195,11 +201,9 @@ class StreamingGenerator:
         return z[:, 0]
 
     def _struct_raw(self, s_BnDs: torch.Tensor) -> torch.Tensor:
-        m = self.meta
-        if m.struct_mean is None:
+        if self._struct_stats is None:
             return s_BnDs
-        mean = torch.tensor(m.struct_mean, device=s_BnDs.device)
-        std = torch.tensor(m.struct_std, device=s_BnDs.device)
+        mean, std = self._struct_stats
         return s_BnDs * std + mean
 
     @torch.no_grad()
@@ -246,27 +250,79 @@ class StreamingGenerator:
             cache=cache,
             ref_feats_BRD=ref_feats_BRD,
         )
+        lookahead = isinstance(audio, str | Path | np.ndarray | torch.Tensor)
         try:
-            yield from self._decoded(stream, start)
+            yield from self._decoded(stream, start, lookahead)
         finally:
             self._cache = cache  # reused (reset) by the next call: no reallocation
 
-    def _decoded(self, stream, start: float) -> Iterator[Frame]:
+    def _decoded(self, stream, start: float, lookahead: bool) -> Iterator[Frame]:
+        """Decodes each chunk of the sampler to host frames.
+
+        Decoding and the copy to the host are queued on the device without waiting. With
+        ``lookahead`` (audio already all there: a file or an array) a chunk's frames are handed
+        out only after the next chunk's passes have been queued, so the device is never idle
+        while the host waits for a copy, hands out frames or prepares the next passes; a
+        chunk is still handed out as soon as its copy has landed (the queued passes run
+        behind it). Live input hands each chunk out at once: the next chunk may have to wait
+        for audio that has not arrived.
+        """
+        pending = None
         for out in stream:
+            queued = self._queue_decode(out)
+            if pending is not None:
+                yield from self._hand_out(pending, start)
+            if lookahead:
+                pending = queued
+            else:
+                yield from self._hand_out(queued, start)
+        if pending is not None:
+            yield from self._hand_out(pending, start)
+
+    def _queue_decode(self, out) -> _Decoded:
+        cuda = self.device.type == "cuda"
+        with torch.autocast(self.device.type, self.dtype, enabled=cuda):
             video = self.codec.decode(out.z.to(torch.float32))  # [1, n, 3, H, W] in [-1, 1]
-            images = (video[0].permute(0, 2, 3, 1).add(1.0).mul(127.5).round().clamp(0, 255)).to(
-                torch.uint8
+        images = video[0].float().permute(0, 2, 3, 1).add(1.0).mul(127.5).round().clamp(0, 255)
+        images = images.to(torch.uint8)
+        structs = self._struct_raw(out.s[0].float()) if out.s is not None else None
+        if not cuda:
+            return _Decoded(out.t0, images, structs, None)
+        host = torch.empty(images.shape, dtype=torch.uint8, pin_memory=True)
+        host.copy_(images, non_blocking=True)
+        host_s = None
+        if structs is not None:
+            host_s = torch.empty(structs.shape, dtype=structs.dtype, pin_memory=True)
+            host_s.copy_(structs, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return _Decoded(out.t0, host, host_s, done)
+
+    def _hand_out(self, d: _Decoded, start: float) -> Iterator[Frame]:
+        if d.done is not None:
+            d.done.synchronize()
+        # Copies out of the pinned buffers, which go back to the allocator's pool.
+        images = d.images.numpy().copy()
+        structs = d.structs.numpy().copy() if d.structs is not None else None
+        now = time.perf_counter() - start
+        for j in range(images.shape[0]):
+            yield Frame(
+                index=d.t0 + j,
+                image=images[j],
+                struct=structs[j] if structs is not None else None,
+                ready_s=now,
             )
-            images = images.cpu().numpy()
-            structs = self._struct_raw(out.s[0]).cpu().numpy() if out.s is not None else None
-            now = time.perf_counter() - start
-            for j in range(images.shape[0]):
-                yield Frame(
-                    index=out.t0 + j,
-                    image=images[j],
-                    struct=structs[j] if structs is not None else None,
-                    ready_s=now,
-                )
+
+
+@dataclass
+class _Decoded:
+    """A chunk's frames on their way to the host: ``images`` uint8 ``[n, H, W, 3]``,
+    ``structs`` ``[n, Ds]``, ready once ``done`` (None: already on the host)."""
+
+    t0: int
+    images: torch.Tensor
+    structs: torch.Tensor | None
+    done: torch.cuda.Event | None
 
 
 def _encoder_for(meta: InferenceMeta) -> AudioEncoder:

@@ -10,12 +10,16 @@ step per iteration until it is clean. ``stagger = K`` is chunk-wise sampling (fr
 chunk 1); ``stagger < K`` keeps several chunks in flight, each noisier than the one before.
 
 The streaming sampler (:func:`sample_stream`) runs one forward pass per iteration over the
-frames in flight. A chunk that became clean at iteration ``i - 1`` rides in front of the pass
-of iteration ``i`` at sigma 0 (or ``sigma_ctx``) and is committed to the cache by it: that is
-DESIGN.md's "one extra forward at sigma 0 on the clean chunk", fused with the next chunk's
-first step so a chunk costs K passes, not K + 1, and the clean frames' keys are exactly what
-training saw as clean context. ``clean_pass="approx"`` instead commits a chunk's keys from
-its own last step (cheaper, slightly off-distribution). The full-sequence sampler
+frames in flight. A chunk that became clean at iteration ``i - 1`` is written to the cache by
+one more pass at sigma 0 (or ``sigma_ctx``) before iteration ``i``: DESIGN.md's "one extra
+forward at sigma 0 on the clean chunk", so the clean frames' keys are exactly what training
+saw as clean context. With ``fuse_clean`` that chunk instead rides in front of iteration
+``i``'s pass (K passes per chunk instead of K + 1, but every pass is then two chunks long
+and needs a mask: the cache keeps a spare slot, so some slot is always hidden from some
+query). Separate, a one-frame chunk's passes see every slot once the window is full and run
+with no mask (:meth:`df_core.KVCache.all_visible`), which on the H100 is the faster of the
+two (BENCHMARKS.md). ``clean_pass="approx"`` instead commits a chunk's keys from its own last
+step (K passes, slightly off-distribution). The full-sequence sampler
 (:func:`sample_full`) runs the training forward over every frame at every iteration: given the
 same noise it produces the same frames, which is the end-to-end form of the cache invariant.
 
@@ -45,6 +49,7 @@ class SamplerConfig:
     struct_finish_step: int | None = None  # structure clean after this step; None = K
     clean_pass: str = "exact"  # exact: clean frames rewritten at sigma_ctx | approx: last step's
     sigma_ctx: float = 0.0  # noise level of the clean pass (training's context noise)
+    fuse_clean: bool = False  # exact: clean chunk rides in the next chunk's first pass
     cfg_audio: float = 1.0  # classifier-free guidance scale on audio; 1 = off
     # the structure stream's own audio-guidance scale; None = cfg_audio. Guidance sharpens the
     # video's mouth but extrapolates the structure too (its jaw overshoots), so the two
@@ -112,7 +117,8 @@ class SamplerConfig:
     def max_pass_frames(self) -> int:
         """Frames of the largest pass: the clean chunk plus every chunk in flight."""
         in_flight = -(-self.steps // self.every)
-        return self.chunk * (in_flight + (self.clean_pass == "exact"))
+        riding = self.clean_pass == "exact" and self.fuse_clean
+        return self.chunk * (in_flight + riding)
 
     def sigmas(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(sigma_v_K1, sigma_s_K1)``, float32 on ``device``."""
@@ -264,36 +270,18 @@ def sample_stream(
     prior_s = torch.zeros(B, mc.struct_raw_dim, device=device)
     flight: list[_Chunk] = []
     clean: _Chunk | None = None  # finished last iteration; written by the next pass
-    next_t0, i, done = 0, 0, False
-    while True:
-        # Step 2: start the chunk whose turn it is, once its audio is there.
-        if not done and i % every == 0:
-            want = next_t0 + cfg.chunk
-            if max_frames is not None:
-                want = min(want, max_frames)
-            ready = audio.ensure(want) if want > next_t0 else next_t0
-            n = ready - next_t0
-            if n > 0:
-                flight.append(
-                    _start_chunk(model, cfg, next_t0, n, B, prior_s, sig_s[0], device, gen)
-                )
-                next_t0 += n
-            if n < cfg.chunk or (max_frames is not None and next_t0 >= max_frames):
-                done = True
-        if not flight:
-            break
-        # Step 3: one pass over [clean chunk at sigma_ctx] + chunks in flight.
-        parts = ([clean] if clean is not None else []) + flight
+
+    def one_pass(cleans: list[_Chunk], noisy: list[_Chunk], commit: bool | int):
+        """One forward over clean chunks (at ``sigma_ctx``) then noisy ones; the guided and
+        float32 velocity ``(v_hat, s_hat)``."""
         zv, zs, sv, ss, aud = [], [], [], [], []
-        for ch in parts:
-            is_clean = ch is clean
+        for ch, is_clean in [(c, True) for c in cleans] + [(c, False) for c in noisy]:
             if is_clean:
                 zv.append((1 - ctx_level) * ch.xv + ctx_level * ch.ctx_v)
-                lv = ctx_level.expand(B, ch.n)
+                sv.append(ctx_level.expand(B, ch.n))
             else:
                 zv.append(ch.xv)
-                lv = sig_v[ch.k].expand(B, ch.n)
-            sv.append(lv)
+                sv.append(sig_v[ch.k].expand(B, ch.n))
             if mc.struct_enabled:
                 if is_clean:
                     zs.append((1 - ctx_level) * ch.xs + ctx_level * ch.ctx_s)
@@ -301,22 +289,18 @@ def sample_stream(
                 else:
                     zs.append(ch.xs)
                     ss.append(sig_s[ch.k].expand(B, ch.n))
-            a = audio.windows(ch.t0, ch.n).to(device=device, dtype=dtype, non_blocking=True)
+            a = audio.windows(ch.t0, ch.n)
+            if device.type == "cuda" and a.device.type == "cpu":
+                a = a.pin_memory()  # a pageable copy could wait for the queued passes
+            a = a.to(device=device, dtype=dtype, non_blocking=True)
             aud.append(a.expand(B, *a.shape) if a.dim() == 3 else a)
-        if clean is not None:
-            commit = clean.n
-        elif cfg.clean_pass == "approx" and flight[0].k == K - 1:
-            commit = flight[0].n
-        else:
-            commit = False
         zv_, sv_, aud_ = torch.cat(zv, 1).to(dtype), torch.cat(sv, 1), torch.cat(aud, 1)
         zs_ = torch.cat(zs, 1).to(dtype) if zs else None
         ss_ = torch.cat(ss, 1) if ss else None
-
         if device.type == "cuda":
-            # A new step for CUDA-graph trees (a forward compiled with reduce-overhead): this
-            # pass may reuse the previous pass's output memory, which the Euler step below
-            # has already consumed. A no-op for eager models.
+            # A new step for CUDA-graph trees (a pass compiled with reduce-overhead): this
+            # pass may reuse the previous pass's output memory, which the Euler step has
+            # already consumed. A no-op for eager models.
             torch.compiler.cudagraph_mark_step_begin()
         if cfg_on:
             out = model.forward_stream(
@@ -335,8 +319,38 @@ def sample_stream(
                 cache, zv_, zs_, sv_, ss_, aud_, commit=commit, ref_feats_BRD=ref_feats_BRD
             )
         v_hat, s_hat = _combine(cfg, out)
-        v_hat = v_hat.float()
-        s_hat = s_hat.float() if s_hat is not None else None
+        return v_hat.float(), (s_hat.float() if s_hat is not None else None)
+
+    next_t0, i, done = 0, 0, False
+    while True:
+        # Step 2: start the chunk whose turn it is, once its audio is there.
+        if not done and i % every == 0:
+            want = next_t0 + cfg.chunk
+            if max_frames is not None:
+                want = min(want, max_frames)
+            ready = audio.ensure(want) if want > next_t0 else next_t0
+            n = ready - next_t0
+            if n > 0:
+                flight.append(
+                    _start_chunk(model, cfg, next_t0, n, B, prior_s, sig_s[0], device, gen)
+                )
+                next_t0 += n
+            if n < cfg.chunk or (max_frames is not None and next_t0 >= max_frames):
+                done = True
+        if not flight:
+            break
+        # Step 3: one pass over [clean chunk at sigma_ctx] + chunks in flight; or, unfused,
+        # the clean chunk's own pass first.
+        if clean is not None and not cfg.fuse_clean:
+            one_pass([clean], [], commit=clean.n)  # only its cache write matters
+            clean = None
+        if clean is not None:
+            commit = clean.n
+        elif cfg.clean_pass == "approx" and flight[0].k == K - 1:
+            commit = flight[0].n
+        else:
+            commit = False
+        v_hat, s_hat = one_pass([clean] if clean is not None else [], flight, commit=commit)
         # Step 4: an Euler step for every chunk in flight; finished chunks are yielded.
         offset = clean.n if clean is not None else 0
         clean = None

@@ -8,7 +8,10 @@ Two entry points, one code path (DESIGN.md, "The model"):
 - :meth:`DualForceDiT.forward_stream` (streaming): one chunk of frames against a
   :class:`~df_core.KVCache`, after :meth:`DualForceDiT.prefill` wrote the sink; ``commit``
   says whether the chunk's keys/values stay in the cache (the clean pass) or are scratch
-  (denoising steps).
+  (denoising steps). Its pass is :meth:`DualForceDiT.forward_chunk`, the part to
+  ``torch.compile``; the host bookkeeping around it (input checks, the commit, whether the
+  chunk may attend with no mask) stays eager, so a compiled pass never guards on a frame
+  counter.
 
 Both build :class:`~df_models.attention.AttnSite` objects and call the same blocks; only the
 token frame ids, RoPE bases and key sources differ, so the streaming outputs of a chunk equal
@@ -138,17 +141,26 @@ class DualForceDiT(nn.Module):
         return AttnSite(mask=mask, backend=self.attn_backend, **kw)
 
     def _sites(
-        self, vq, vkv, sq, skv, base, cache: KVCache | None, sink_pass: bool, window: int | None
+        self,
+        vq,
+        vkv,
+        sq,
+        skv,
+        base,
+        cache: KVCache | None,
+        sink_pass: bool,
+        window: int | None,
+        all_visible: bool = False,
     ) -> Sites:
-        """Sites for query token frames ``vq``/``sq`` and key token frames ``vkv``/``skv``."""
+        """Sites for query token frames ``vq``/``sq`` and key token frames ``vkv``/``skv``.
+        With ``all_visible`` (or for the sink pass) every query sees every key: no masks."""
         c = self.config
         cached = dict(cache=cache, sink_pass=sink_pass)
+        unmasked = sink_pass or all_visible
         # Video frames (and the sink, which has as many tokens) span whole attention blocks
         # at the usual sizes: the mask's block table is then exact (df_core.masks).
         video_self = self._site(
-            None
-            if sink_pass
-            else block_causal_mask(vq, vkv, window=window, granule=c.video_tokens),
+            None if unmasked else block_causal_mask(vq, vkv, window=window, granule=c.video_tokens),
             rope_q=self._rope_video(vq, base),
             rope_kv=self._rope_video(vkv, base),
             cache_stream="video",
@@ -157,7 +169,7 @@ class DualForceDiT(nn.Module):
         struct_self = to_video = to_struct = None
         if c.struct_enabled:
             struct_self = self._site(
-                None if sink_pass else block_causal_mask(sq, skv, window=window),
+                None if unmasked else block_causal_mask(sq, skv, window=window),
                 rope_q=self._rope_struct(sq, base),
                 rope_kv=self._rope_struct(skv, base),
                 cache_stream="struct",
@@ -170,7 +182,7 @@ class DualForceDiT(nn.Module):
                     if same
                     else self._site(
                         None
-                        if sink_pass
+                        if unmasked
                         else bridge_mask(vq, skv, temporal="causal", window=window),
                         cache_stream="bridge_to_video",
                         **cached,
@@ -182,7 +194,7 @@ class DualForceDiT(nn.Module):
                     if same
                     else self._site(
                         None
-                        if sink_pass
+                        if unmasked
                         else bridge_mask(sq, vkv, temporal="causal", window=window),
                         cache_stream="bridge_to_struct",
                         **cached,
@@ -439,30 +451,83 @@ class DualForceDiT(nn.Module):
         ``commit=True`` is the clean pass: the chunk's keys/values stay in the cache. With
         ``commit=False`` (denoising steps) the cache is read only: the next pass overwrites
         what this one wrote. An int commits that many leading frames (staggered sampling,
-        where only the oldest frames of the chunk have just become clean). Inputs and outputs are as in :meth:`forward`, for the chunk.
+        where only the oldest frames of the chunk have just become clean). Inputs and outputs
+        are as in :meth:`forward`, for the chunk.
+
+        The pass itself is :meth:`forward_chunk`; when the cache says every slot is visible
+        to the chunk (:meth:`~df_core.KVCache.all_visible`: one frame, window full) it runs
+        with no attention masks.
         """
         self._check(z_BTCHW, s_BTDs, sigma_v_BT, sigma_s_BT)
-        c = self.config
         B, T = sigma_v_BT.shape
-        xv, xs, cv, cs = self._embed_frames(z_BTCHW, s_BTDs, sigma_v_BT, sigma_s_BT)
-        audio = self._audio_tokens(audio_BTLDa, T, B, drop_audio_B, sink=False)
         if cache.batch != B:
             raise ValueError(
                 f"the chunk has batch {B} but the cache was made for batch {cache.batch}"
             )
+        if isinstance(commit, bool):
+            n_commit = T if commit else 0
+        elif isinstance(commit, int) and 0 <= commit <= T:
+            n_commit = commit
+        else:
+            raise ValueError(f"commit must be a bool or an int in [0, {T}], got {commit!r}")
+        out = self.forward_chunk(
+            cache,
+            z_BTCHW,
+            s_BTDs,
+            sigma_v_BT,
+            sigma_s_BT,
+            audio_BTLDa,
+            all_visible=cache.all_visible(T),
+            ref_feats_BRD=ref_feats_BRD,
+            drop_audio_B=drop_audio_B,
+            drop_ref_B=drop_ref_B,
+        )
+        if n_commit:
+            cache.commit(n_commit)
+        return out
+
+    def forward_chunk(
+        self,
+        cache: KVCache,
+        z_BTCHW: torch.Tensor,
+        s_BTDs: torch.Tensor | None,
+        sigma_v_BT: torch.Tensor,
+        sigma_s_BT: torch.Tensor | None,
+        audio_BTLDa: torch.Tensor,
+        *,
+        all_visible: bool = False,
+        ref_feats_BRD: torch.Tensor | None = None,
+        drop_audio_B: torch.Tensor | None = None,
+        drop_ref_B: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The pass of :meth:`forward_stream` without its checks and commit: claims the
+        chunk's ring slots, writes its keys/values and attends over the cache view. This is
+        the function to compile (one graph per chunk length and ``all_visible``); the cache is
+        written in place. ``all_visible`` must come from ``cache.all_visible(T)``: it drops
+        the masks."""
+        c = self.config
+        B, T = sigma_v_BT.shape
+        xv, xs, cv, cs = self._embed_frames(z_BTCHW, s_BTDs, sigma_v_BT, sigma_s_BT)
+        audio = self._audio_tokens(audio_BTLDa, T, B, drop_audio_B, sink=False)
         q_frames = cache.begin_chunk(T)
         vq = repeat(q_frames, "t -> (t n)", n=c.video_tokens)
         sq = repeat(q_frames, "t -> (t n)", n=c.struct_tokens)
         vkv = cache.kv_frames["video"]
         skv = cache.kv_frames["struct"] if c.struct_enabled else sq
         sites = self._sites(
-            vq, vkv, sq, skv, cache.window_start(), cache, sink_pass=False, window=cache.window
+            vq,
+            vkv,
+            sq,
+            skv,
+            cache.window_start(),
+            cache,
+            sink_pass=False,
+            window=cache.window,
+            all_visible=all_visible,
         )
         v_out, s_out = self._run(
             xv, xs, cv, cs, audio, self._ref_tokens(ref_feats_BRD, B, drop_ref_B), sites
         )
-        if commit:
-            cache.commit(T if commit is True else int(commit))
         v = unpatchify(v_out, c.latent_channels, c.patch_size, c.latent_height, c.latent_width)
         return v, s_out
 

@@ -96,3 +96,30 @@ def test_outputs_never_depend_on_later_frames(config, frames, data):
     assert not torch.allclose(v1[:, t + 1 :], v2[:, t + 1 :])
     if config.struct_enabled:
         torch.testing.assert_close(s1[:, : t + 1], s2[:, : t + 1], rtol=0, atol=1e-6)
+
+
+def test_a_stream_a_million_frames_in_equals_one_at_frame_zero():
+    """RoPE positions are absolute frame ids with keys rotated once, on write: what a chunk
+    sees depends only on frame differences, so a stream far into its run (frame 10^6, about
+    11 hours at 25 fps) gives the frames of a stream that starts at 0."""
+    config = tiny(window=2, bridge_temporal="causal")
+    model = random_model(config, 3)
+    x = random_inputs(config, 1, 6, 3)
+    outputs = []
+    for offset in (0, 10**6):
+        cache = model.new_cache(1)
+        model.prefill(cache, x["ref_latent_BCHW"], x["ref_feats_BRD"])
+        cache._next_frame.fill_(offset)  # as if 10^6 frames had streamed and left the window
+        frames = []
+        with torch.no_grad():
+            for t in range(6):
+                part = {
+                    k: v[:, t : t + 1]
+                    for k, v in x.items()
+                    if k not in ("ref_latent_BCHW", "ref_feats_BRD")
+                }
+                frames.append(model.forward_stream(cache, **part, commit=True))
+        outputs.append(frames)
+    for (v0, s0), (v1, s1) in zip(*outputs, strict=True):
+        torch.testing.assert_close(v1, v0, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(s1, s0, rtol=1e-4, atol=1e-4)

@@ -5,16 +5,19 @@ attention logit depends only on position *differences*. The head dimension is sp
 axes (time first); each axis has its own frequencies ``theta^(-2i/d_axis)``. Pairs are
 "rotate-half" pairs ``(x[i], x[i + Dh/2])``.
 
-Time is handled so that a stream of any length stays inside the trained position range:
+Time is handled so that a stream of any length gives the attention of the training forward:
 
-- Temporal positions are relative to the attention window (:func:`window_positions`): the
-  oldest frame a chunk may see has position 0, so positions never exceed ``W + chunk``
-  however long generation runs. Because logits depend only on differences, this gives the
-  same attention as the absolute positions of the training forward.
 - The reference sink is *time-less*: its temporal channels get ``cos = sin = 0``, so its
   logits do not depend on the query's frame. That is what lets one sink serve frame 0 and
   frame 100 000 alike, and lets the windowed training forward and the streaming forward agree
   exactly. Only its spatial channels carry position.
+- Every other logit depends only on frame *differences*, which a sliding window bounds by
+  ``W + chunk``. So temporal positions may be absolute frame ids: the DualForce model rotates
+  a frame's keys once, when its pass writes them into the KV cache, and never again (a pass
+  rotates only its own queries and keys). Angles are computed in float64 from integer frame
+  ids, so frame 10^6 is as accurate as frame 0 (tested).
+- :func:`window_positions` gives positions relative to a window start instead, for callers
+  that re-rotate a cache's keys at every pass (the df-core reference test does).
 """
 
 from __future__ import annotations

@@ -32,7 +32,10 @@ class AttnSite:
         block_mask: FlexAttention form of ``mask``, built on first use and then shared by
             every layer of the forward.
         dense_mask: the dense boolean form, likewise (for the dense backends).
-        rope_q, rope_kv: ``(cos, sin)`` tables for queries and keys; None for no RoPE.
+        rope: ``(cos, sin)`` tables of this pass's own tokens (self-attention: the queries and
+            the keys they contribute); None for no RoPE. Keys are rotated *before* they go into
+            the KV cache, at their absolute frame positions, so keys read back from the cache
+            are never rotated again (see :mod:`df_core.rope`).
         per_frame: same-frame attention done as a batch of per-frame attentions (queries of
             frame f against the keys of frame f only), which needs no mask.
         kv_tokens: tokens per frame of the key stream (for ``per_frame``).
@@ -44,8 +47,7 @@ class AttnSite:
     mask: FrameMask | None = None
     block_mask: BlockMask | None = None
     dense_mask: torch.Tensor | None = None
-    rope_q: tuple[torch.Tensor, torch.Tensor] | None = None
-    rope_kv: tuple[torch.Tensor, torch.Tensor] | None = None
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None
     per_frame: bool = False
     kv_tokens: int = 0
     cache: KVCache | None = None
@@ -123,10 +125,9 @@ class Attention(nn.Module):
         q = rearrange(self.q(xq_BLD), "b l (h d) -> b h l d", h=self.heads)
         k, v = rearrange(self.kv(xkv_BSD), "b s (two h d) -> two b h s d", two=2, h=self.heads)
         q, k = self.q_norm(q), self.k_norm(k)
+        if site.rope is not None:
+            q, k = apply_rope(q, *site.rope), apply_rope(k, *site.rope)
         k, v = site.keys_values(layer, k, v)
-        if site.rope_q is not None:
-            q = apply_rope(q, *site.rope_q)
-            k = apply_rope(k, *site.rope_kv)
         if site.per_frame:
             frames = k.shape[2] // site.kv_tokens
             q = rearrange(q, "b h (f n) d -> (b f) h n d", f=frames)

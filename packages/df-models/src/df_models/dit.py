@@ -14,7 +14,7 @@ Two entry points, one code path (DESIGN.md, "The model"):
   counter.
 
 Both build :class:`~df_models.attention.AttnSite` objects and call the same blocks; only the
-token frame ids, RoPE bases and key sources differ, so the streaming outputs of a chunk equal
+token frame ids and key sources differ, so the streaming outputs of a chunk equal
 the training outputs for those frames.
 
 Legend: B batch, T latent frames, F = frames in this pass (1 + T with the sink), C latent
@@ -122,18 +122,22 @@ class DualForceDiT(nn.Module):
     def _struct_layers(self) -> int:
         return min(self.config.struct_depth, self.config.video_depth)
 
-    def _rope_video(self, frames_L: torch.Tensor, base) -> tuple[torch.Tensor, torch.Tensor]:
+    # RoPE positions are absolute frame ids (0 for the time-less sink), in training and in
+    # streaming alike: keys are rotated once, when a pass writes them into the KV cache, and
+    # logits depend only on frame differences (df_core.rope).
+
+    def _rope_video(self, frames_L: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config
         h, w = c.grid
         j = torch.arange(frames_L.numel(), device=frames_L.device) % (h * w)
-        axes = [window_positions(frames_L, base), j // w, j % w]
+        axes = [window_positions(frames_L, 0), j // w, j % w]
         dims = split_head_dim(c.video_dim // c.video_heads, 3)
         return rope_cos_sin(axes, dims, timeless=is_sink(frames_L), theta=c.rope_theta)
 
-    def _rope_struct(self, frames_L: torch.Tensor, base) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rope_struct(self, frames_L: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config
         j = torch.arange(frames_L.numel(), device=frames_L.device) % c.struct_tokens
-        axes = [window_positions(frames_L, base), j]
+        axes = [window_positions(frames_L, 0), j]
         dims = split_head_dim(c.struct_dim // c.struct_heads, 2)
         return rope_cos_sin(axes, dims, timeless=is_sink(frames_L), theta=c.rope_theta)
 
@@ -146,7 +150,6 @@ class DualForceDiT(nn.Module):
         vkv,
         sq,
         skv,
-        base,
         cache: KVCache | None,
         sink_pass: bool,
         window: int | None,
@@ -161,8 +164,7 @@ class DualForceDiT(nn.Module):
         # at the usual sizes: the mask's block table is then exact (df_core.masks).
         video_self = self._site(
             None if unmasked else block_causal_mask(vq, vkv, window=window, granule=c.video_tokens),
-            rope_q=self._rope_video(vq, base),
-            rope_kv=self._rope_video(vkv, base),
+            rope=self._rope_video(vq),
             cache_stream="video",
             **cached,
         )
@@ -170,8 +172,7 @@ class DualForceDiT(nn.Module):
         if c.struct_enabled:
             struct_self = self._site(
                 None if unmasked else block_causal_mask(sq, skv, window=window),
-                rope_q=self._rope_struct(sq, base),
-                rope_kv=self._rope_struct(skv, base),
+                rope=self._rope_struct(sq),
                 cache_stream="struct",
                 **cached,
             )
@@ -351,7 +352,7 @@ class DualForceDiT(nn.Module):
         )
         vf = token_frames(T, c.video_tokens, sink_tokens=c.video_tokens, device=dev)
         sf = token_frames(T, c.struct_tokens, sink_tokens=c.struct_tokens, device=dev)
-        sites = self._sites(vf, vf, sf, sf, 0, None, sink_pass=False, window=c.window)
+        sites = self._sites(vf, vf, sf, sf, None, sink_pass=False, window=c.window)
         v_out, s_out = self._run(
             xv, xs, cv, cs, audio, self._ref_tokens(ref_feats_BRD, B, drop_ref_B), sites
         )
@@ -429,7 +430,7 @@ class DualForceDiT(nn.Module):
         audio = self._audio_tokens(None, 1, B, None, sink=True)
         vf = token_frames(0, c.video_tokens, sink_tokens=c.video_tokens, device=dev)
         sf = token_frames(0, c.struct_tokens, sink_tokens=c.struct_tokens, device=dev)
-        sites = self._sites(vf, vf, sf, sf, 0, cache, sink_pass=True, window=cache.window)
+        sites = self._sites(vf, vf, sf, sf, cache, sink_pass=True, window=cache.window)
         self._run(xv, xs, cv, cs, audio, self._ref_tokens(ref_feats_BRD, B, drop_ref_B), sites)
 
     def forward_stream(
@@ -519,7 +520,6 @@ class DualForceDiT(nn.Module):
             vkv,
             sq,
             skv,
-            cache.window_start(),
             cache,
             sink_pass=False,
             window=cache.window,

@@ -54,6 +54,19 @@ def test_bench_attention_runs_and_writes_json(tmp_path, capsys):
     assert "speed-up" in capsys.readouterr().out
 
 
+def test_bench_attention_stream_mode(tmp_path, capsys):
+    out = tmp_path / "stream.json"
+    argv = ["bench", "attention", "--stream", "--tokens", "8", "--heads", "2", "--head-dim", "16"]
+    argv += ["--window", "3", "--device", "cpu", "--dtype", "fp32", "--iters", "1", "--warmup", "0"]
+    assert main([*argv, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["layout"]["key_tokens"] == 4 * 8
+    assert set(result["backends"]) == {"sdpa", "flex_no_mask"}
+    for r in result["backends"].values():
+        assert r["max_abs_error_vs_fp32"] < 1e-5 and r["tflops"] > 0
+    assert "no mask" in capsys.readouterr().out
+
+
 def test_bench_rejects_bad_sizes(capsys):
     import pytest
 

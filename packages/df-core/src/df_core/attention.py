@@ -4,8 +4,9 @@ Backends (``backend=``):
 
 - ``sdpa``: ``F.scaled_dot_product_attention``. With no mask this is a fused kernel on the GPU;
   without autograd (inference) cuDNN attention goes first (PyTorch's default order puts it
-  last): on the H100 it runs one frame of queries against a full window at ~510 TFLOP/s
-  against flash's ~280 and FlexAttention's ~310 (BENCHMARKS.md). With a mask it receives the
+  last): on the H100 it runs one frame of queries against the sink and a window of 8 frames
+  at ~510 TFLOP/s, against ~280 for flash and ~360 for FlexAttention without a mask
+  (``dualforce bench attention --stream``, BENCHMARKS.md). With a mask it receives the
   dense boolean form.
 - ``flex``: FlexAttention with the mask's ``BlockMask`` (block-sparse, skips masked blocks);
   compiled on the GPU.

@@ -284,7 +284,8 @@ class StreamingGenerator:
 
     def _queue_decode(self, out) -> _Decoded:
         cuda = self.device.type == "cuda"
-        with torch.autocast(self.device.type, self.dtype, enabled=cuda):
+        half = cuda and self.dtype in (torch.bfloat16, torch.float16)
+        with torch.autocast(self.device.type, self.dtype, enabled=half):
             video = self.codec.decode(out.z.to(torch.float32))  # [1, n, 3, H, W] in [-1, 1]
         images = video[0].float().permute(0, 2, 3, 1).add(1.0).mul(127.5).round().clamp(0, 255)
         images = images.to(torch.uint8)

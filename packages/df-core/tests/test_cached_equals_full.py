@@ -21,11 +21,11 @@ from df_core import (
     apply_rope,
     attention,
     block_causal_mask,
+    frame_positions,
     is_sink,
     rope_cos_sin,
     split_head_dim,
     token_frames,
-    window_positions,
 )
 
 
@@ -58,13 +58,11 @@ def make_weights(stream: Stream, generator: torch.Generator) -> list[dict[str, t
     ]
 
 
-def positions(
-    stream: Stream, frames_L: torch.Tensor, window_start
-) -> tuple[torch.Tensor, torch.Tensor]:
+def positions(stream: Stream, frames_L: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin for tokens with these frame ids; in-frame coordinates come from the slot index."""
     n = stream.tokens
     j = torch.arange(frames_L.numel()) % n  # sinks are one frame of n tokens, so this holds
-    axes = [window_positions(frames_L, window_start)]
+    axes = [frame_positions(frames_L)]
     if len(stream.grid) == 2:
         axes += [j // stream.grid[1], j % stream.grid[1]]
     else:
@@ -78,19 +76,19 @@ def heads(x_BLD: torch.Tensor, h: int) -> torch.Tensor:
     return x_BLD.view(B, L, h, D // h).transpose(1, 2)
 
 
-def layer(x_BLD, w, stream: Stream, q_frames, window, base, kv_source):
-    """One pre-norm attention + MLP block. ``kv_source(k_raw, v) -> (k_raw_all, v_all, kv_frames)``
-    is the only difference between the full and the streaming forward."""
+def layer(x_BLD, w, stream: Stream, q_frames, window, kv_source):
+    """One pre-norm attention + MLP block. ``kv_source(k, v) -> (k_all, v_all, kv_frames)`` is
+    the only difference between the full and the streaming forward. The pass's own queries and
+    keys are rotated (absolute frame positions) before the keys reach the cache, so cached
+    keys are never rotated again."""
     h = torch.nn.functional.layer_norm(x_BLD, (x_BLD.shape[-1],))
     q, k, v = (h @ w["qkv"]).chunk(3, dim=-1)
     q, k, v = heads(q, stream.heads), heads(k, stream.heads), heads(v, stream.heads)
+    cos, sin = positions(stream, q_frames)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     k_all, v_all, kv_frames = kv_source(k, v)
-    cos_q, sin_q = positions(stream, q_frames, base)
-    cos_k, sin_k = positions(stream, kv_frames, base)
     mask = block_causal_mask(q_frames, kv_frames, window=window)
-    o = attention(
-        apply_rope(q, cos_q, sin_q), apply_rope(k_all, cos_k, sin_k), v_all, mask, backend="dense"
-    )
+    o = attention(q, k_all, v_all, mask, backend="dense")
     x_BLD = x_BLD + o.transpose(1, 2).flatten(2) @ w["out"]
     h = torch.nn.functional.layer_norm(x_BLD, (x_BLD.shape[-1],))
     return x_BLD + torch.nn.functional.gelu(h @ w["up"]) @ w["down"]
@@ -99,7 +97,7 @@ def layer(x_BLD, w, stream: Stream, q_frames, window, base, kv_source):
 def full_forward(x_BLD, weights, stream: Stream, num_frames: int, window: int | None):
     frames = token_frames(num_frames, stream.tokens, sink_tokens=stream.tokens)
     for w in weights:
-        x_BLD = layer(x_BLD, w, stream, frames, window, 0, lambda k, v: (k, v, frames))
+        x_BLD = layer(x_BLD, w, stream, frames, window, lambda k, v: (k, v, frames))
     return x_BLD
 
 
@@ -112,10 +110,8 @@ def stream_pass(cache: KVCache, streams, weights, x_by_stream, *, q_frames_C, wi
         x = x_by_stream[s.name]
         if sink:
             frames = token_frames(0, s.tokens, sink_tokens=s.tokens)
-            base = 0
         else:
             frames = q_frames_C.repeat_interleave(s.tokens)
-            base = cache.window_start()
         for li, w in enumerate(weights[s.name]):
 
             def kv_source(k, v, s=s, li=li, frames=frames):
@@ -125,7 +121,7 @@ def stream_pass(cache: KVCache, streams, weights, x_by_stream, *, q_frames_C, wi
                 cache.write(s.name, li, k, v)
                 return cache.view(s.name, li)
 
-            x = layer(x, w, s, frames, window, base, kv_source)
+            x = layer(x, w, s, frames, window, kv_source)
         out[s.name] = x
     return out
 

@@ -11,12 +11,12 @@ from df_core import (
     EMPTY_FRAME,
     SINK_FRAME,
     apply_rope,
+    frame_positions,
     grid_positions,
     rope_cos_sin,
     slot_positions,
     split_head_dim,
     token_frames,
-    window_positions,
 )
 
 
@@ -84,10 +84,9 @@ def test_sink_logits_do_not_depend_on_the_query_frame():
     assert not torch.equal(moved, sink_cos)
 
 
-def test_window_positions_are_relative_and_bounded():
+def test_frame_positions_are_frame_ids_and_zero_for_sink_and_empty_slots():
     frames = torch.tensor([SINK_FRAME, EMPTY_FRAME, 1000, 1001, 1002])
-    pos = window_positions(frames, torch.tensor(999))
-    assert pos.tolist() == [0, 0, 1, 2, 3]
+    assert frame_positions(frames).tolist() == [0, 0, 1000, 1001, 1002]
 
 
 def test_grid_and_slot_positions():

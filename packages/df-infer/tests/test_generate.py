@@ -129,6 +129,8 @@ def test_bad_input_is_named(bundle, ref_png, tmp_path, capsys):
     assert rc == 2 and ".mp4" in err
     rc = main([*base, "--window", "3"])
     assert rc == 2 and "window" in capsys.readouterr().err
+    rc = main([*base, "--clean-pass", "approx", "--fuse-clean"])
+    assert rc == 2 and "fuse_clean" in capsys.readouterr().err
     assert not (tmp_path / "o.mp4").exists()
 
 

@@ -190,6 +190,13 @@ def test_config_errors_name_the_field(field, value):
         SamplerConfig(**{"steps": 4, field: value})
 
 
+def test_fusing_needs_the_exact_clean_pass():
+    with pytest.raises(ValueError, match="fuse_clean"):
+        SamplerConfig(clean_pass="approx", fuse_clean=True)
+    with pytest.raises(ValueError, match="fuse_clean"):
+        SamplerConfig(fuse_clean=1)
+
+
 # The compiled hot loop: the whole streaming forward traces into one graph per pass shape (no
 # graph breaks, no recompilation as the stream advances and the ring buffer wraps) and gives
 # the eager frames. A counting backend stands in for inductor, so this runs in seconds on a

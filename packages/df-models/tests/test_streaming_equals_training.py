@@ -3,6 +3,7 @@ those frames; and the training forward is causal through both streams and the br
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -123,3 +124,16 @@ def test_a_stream_a_million_frames_in_equals_one_at_frame_zero():
     for (v0, s0), (v1, s1) in zip(*outputs, strict=True):
         torch.testing.assert_close(v1, v0, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(s1, s0, rtol=1e-4, atol=1e-4)
+
+
+def test_forward_stream_names_a_bad_commit():
+    config = tiny(window=2)
+    model = random_model(config, 0)
+    x = random_inputs(config, 1, 1, 0)
+    cache = model.new_cache(1)
+    model.prefill(cache, x["ref_latent_BCHW"], x["ref_feats_BRD"])
+    part = {k: v for k, v in x.items() if k not in ("ref_latent_BCHW", "ref_feats_BRD")}
+    for bad in (2, -1, "yes"):
+        with pytest.raises(ValueError, match="commit"):
+            model.forward_stream(cache, **part, commit=bad, ref_feats_BRD=x["ref_feats_BRD"])
+    assert cache.frames_committed == 0  # nothing half-done: no slot claimed, nothing counted

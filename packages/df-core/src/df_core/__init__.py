@@ -38,12 +38,12 @@ from df_core.noise import (
 )
 from df_core.rope import (
     apply_rope,
+    frame_positions,
     grid_positions,
     is_sink,
     rope_cos_sin,
     slot_positions,
     split_head_dim,
-    window_positions,
 )
 from df_core.schedules import flow_sigmas, shift_sigma, struct_sigmas, unshift_sigma
 from df_core.scheduling import active_frames, finished_frames, scheduling_matrix, scheduling_steps
@@ -69,6 +69,7 @@ __all__ = [
     "finished_frames",
     "flow_sigmas",
     "frame_mse",
+    "frame_positions",
     "grid_positions",
     "heun_step",
     "is_sink",
@@ -90,7 +91,6 @@ __all__ = [
     "token_frames",
     "unshift_sigma",
     "velocity_target",
-    "window_positions",
     "x0_from_velocity",
     "xformers_available",
 ]

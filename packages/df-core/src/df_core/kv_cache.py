@@ -227,11 +227,6 @@ class KVCache:
         self._chunk_len = 0
         self._committed += num_frames
 
-    def window_start(self) -> torch.Tensor:
-        """Oldest frame the current chunk may see: ``first chunk frame - (window - 1)``, as a
-        0-dim tensor (the base of window-relative RoPE positions)."""
-        return self._next_frame - (self.window - 1)
-
     # Reporting -------------------------------------------------------------------------------
 
     def memory_bytes(self) -> int:

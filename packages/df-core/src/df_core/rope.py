@@ -12,12 +12,10 @@ Time is handled so that a stream of any length gives the attention of the traini
   frame 100 000 alike, and lets the windowed training forward and the streaming forward agree
   exactly. Only its spatial channels carry position.
 - Every other logit depends only on frame *differences*, which a sliding window bounds by
-  ``W + chunk``. So temporal positions may be absolute frame ids: the DualForce model rotates
-  a frame's keys once, when its pass writes them into the KV cache, and never again (a pass
-  rotates only its own queries and keys). Angles are computed in float64 from integer frame
-  ids, so frame 10^6 is as accurate as frame 0 (tested).
-- :func:`window_positions` gives positions relative to a window start instead, for callers
-  that re-rotate a cache's keys at every pass (the df-core reference test does).
+  ``W + chunk``. So temporal positions are absolute frame ids (:func:`frame_positions`): a
+  streaming pass rotates only its own queries and keys, before writing the keys into the KV
+  cache, and cached keys are never rotated again. Angles are computed in float64 from integer
+  frame ids, so frame 10^6 is as accurate as frame 0 (tested in df-models).
 """
 
 from __future__ import annotations
@@ -130,17 +128,14 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
-def window_positions(frames: torch.Tensor, window_start: torch.Tensor | int) -> torch.Tensor:
-    """Temporal positions relative to the window: ``frame - window_start``, and 0 for the sink
-    and empty cache slots (the sink is time-less; empty slots are masked out).
+def frame_positions(frames: torch.Tensor) -> torch.Tensor:
+    """Temporal positions of tokens: their absolute frame ids, and 0 for the sink and empty
+    cache slots (the sink is time-less; empty slots are masked out).
 
     Args:
         frames: int64 ``[L]`` frame ids (see :mod:`df_core.masks`).
-        window_start: the oldest frame any query of the current chunk may see (a 0-dim tensor
-            in the streaming loop, so no host sync).
     """
-    rel = frames - window_start
-    return torch.where(frames >= 0, rel, torch.zeros_like(rel))
+    return torch.where(frames >= 0, frames, torch.zeros_like(frames))
 
 
 def is_sink(frames: torch.Tensor) -> torch.Tensor:

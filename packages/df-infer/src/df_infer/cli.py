@@ -45,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
         help="exact: clean frames rewrite the cache at sigma 0; approx: reuse the last step",
     )
     p.add_argument(
+        "--fuse-clean",
+        action="store_true",
+        help="exact: the clean frame rides in the next frame's first pass (one pass fewer, but "
+        "masked; its own pass is faster on an H100, BENCHMARKS.md)",
+    )
+    p.add_argument(
         "--struct-finish-step", type=int, default=None, help="structure clean after this step"
     )
     p.add_argument("--seed", type=int, default=0)
@@ -53,8 +59,9 @@ def _parser() -> argparse.ArgumentParser:
         "--compile",
         choices=("none", "blocks", "stream", "stream-graphs"),
         default="none",
-        help="torch.compile the hot loop (stream-graphs: whole streaming forward as CUDA "
-        "graphs, the fastest on GPU; compiling takes minutes for large models)",
+        help="torch.compile the hot loop (stream-graphs: the streaming pass as CUDA graphs "
+        "and the decoder compiled, the fastest on GPU; compiling takes minutes for large "
+        "models)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -80,6 +87,7 @@ def main(argv: list[str]) -> int:
             cfg_audio=args.cfg,
             cfg_struct=args.cfg_struct,
             clean_pass=args.clean_pass,
+            fuse_clean=args.fuse_clean,
             struct_finish_step=args.struct_finish_step,
             seed=args.seed,
         )

@@ -264,7 +264,7 @@ class StreamingGenerator:
 
         Decoding and the copy to the host are queued on the device without waiting. With
         ``lookahead`` (audio already all there: a file or an array) a chunk's frames are handed
-        out only after the next chunk's passes have been queued, so the device is never idle
+        out only after the next chunk's passes have been queued, so the device does not wait
         while the host waits for a copy, hands out frames or prepares the next passes; a
         chunk is still handed out as soon as its copy has landed (the queued passes run
         behind it). Live input hands each chunk out at once: the next chunk may have to wait

@@ -87,6 +87,13 @@ class SamplerConfig:
             raise ValueError(
                 f"SamplerConfig.clean_pass must be exact or approx, got {self.clean_pass!r}"
             )
+        if not isinstance(self.fuse_clean, bool):
+            raise ValueError(f"SamplerConfig.fuse_clean must be a bool, got {self.fuse_clean!r}")
+        if self.fuse_clean and self.clean_pass != "exact":
+            raise ValueError(
+                "SamplerConfig.fuse_clean needs clean_pass='exact' (the approximate pass has no "
+                "clean pass to fuse)"
+            )
         if self.struct_prior not in ("previous", "zero"):
             raise ValueError(
                 f"SamplerConfig.struct_prior must be previous or zero, got {self.struct_prior!r}"

@@ -35,11 +35,11 @@ from df_core import (
     StreamSpec,
     block_causal_mask,
     bridge_mask,
+    frame_positions,
     is_sink,
     rope_cos_sin,
     split_head_dim,
     token_frames,
-    window_positions,
 )
 from df_models.attention import AttnSite
 from df_models.blocks import DualBlock, Sites
@@ -130,14 +130,14 @@ class DualForceDiT(nn.Module):
         c = self.config
         h, w = c.grid
         j = torch.arange(frames_L.numel(), device=frames_L.device) % (h * w)
-        axes = [window_positions(frames_L, 0), j // w, j % w]
+        axes = [frame_positions(frames_L), j // w, j % w]
         dims = split_head_dim(c.video_dim // c.video_heads, 3)
         return rope_cos_sin(axes, dims, timeless=is_sink(frames_L), theta=c.rope_theta)
 
     def _rope_struct(self, frames_L: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config
         j = torch.arange(frames_L.numel(), device=frames_L.device) % c.struct_tokens
-        axes = [window_positions(frames_L, 0), j]
+        axes = [frame_positions(frames_L), j]
         dims = split_head_dim(c.struct_dim // c.struct_heads, 2)
         return rope_cos_sin(axes, dims, timeless=is_sink(frames_L), theta=c.rope_theta)
 

@@ -170,8 +170,14 @@ def sample_dual_sigmas(
     temporal: str = "independent",
     clean_prefix_prob: float = 0.0,
     sigma_ctx: float = 0.0,
+    prefix_B: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Video and structure levels for one batch, sharing one clean-context prefix.
+
+    Args:
+        prefix_B: ``[B]`` clean-context lengths already drawn (:func:`clean_prefix_lengths`;
+            a caller that must know which frames are context passes them); None draws them
+            here with ``clean_prefix_prob``.
 
     Returns:
         ``(sigma_v_BT, sigma_s_BT)``, each float32 ``[B, T]``.
@@ -179,7 +185,8 @@ def sample_dual_sigmas(
     unit_float("sigma_s_max", sigma_s_max)
     unit_float("struct_tail_prob", struct_tail_prob)
     unit_float("clean_prefix_prob", clean_prefix_prob)
-    prefix_B = clean_prefix_lengths(batch, frames, generator=generator, prob=clean_prefix_prob)
+    if prefix_B is None:
+        prefix_B = clean_prefix_lengths(batch, frames, generator=generator, prob=clean_prefix_prob)
     common = dict(
         generator=generator,
         distribution=distribution,

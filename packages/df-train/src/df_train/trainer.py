@@ -55,7 +55,7 @@ from df_core import (
     clean_prefix_lengths,
     frame_mse,
     reduce_frame_loss,
-    sample_frame_sigmas,
+    sample_dual_sigmas,
 )
 from df_data.dataset import ResumableSampler, WindowConfig, WindowDataset, collate_windows
 from df_data.store import STRUCT_STATS_NAME, StructStats, write_json_atomic
@@ -401,17 +401,21 @@ class Trainer:
         prefix_G = clean_prefix_lengths(GB, T, generator=g, prob=c.noise.clean_prefix_prob)
         prefix = prefix_G[mine]
         n = c.noise
-        common = dict(
+        sigma_v_G, sigma_s_G = sample_dual_sigmas(
+            GB,
+            T,
             generator=g,
             distribution=n.distribution,
             loc=n.loc,
             scale=n.scale,
             shift=n.shift,
+            sigma_s_max=n.sigma_s_max,
+            struct_tail_prob=n.struct_tail_prob,
             temporal=n.temporal,
-            prefix_B=prefix_G,
             sigma_ctx=n.sigma_ctx,
+            prefix_B=prefix_G,
         )
-        sigma_v = sample_frame_sigmas(GB, T, sigma_max=1.0, **common)[mine]
+        sigma_v, sigma_s = sigma_v_G[mine], sigma_s_G[mine]
         valid = torch.arange(T)[None, :] >= prefix[:, None]  # context frames carry no loss
         eps_v = torch.randn((GB, *x0_v.shape[1:]), generator=g)[mine]
         drop_audio = (torch.rand(GB, generator=g) < c.loss.audio_drop_prob)[mine]
@@ -419,9 +423,6 @@ class Trainer:
         x_v = add_noise(x0_v, eps_v.to(dev), sigma_v.to(dev))
         s_args, x0_s, eps_s = {"s_BTDs": None, "sigma_s_BT": None}, None, None
         if c.model.struct_enabled:
-            sigma_s = sample_frame_sigmas(
-                GB, T, sigma_max=n.sigma_s_max, tail_prob=n.struct_tail_prob, **common
-            )[mine]
             x0_s = batch["struct"].to(dev)
             eps_s = torch.randn((GB, *x0_s.shape[1:]), generator=g)[mine].to(dev)
             s_args = {

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
-from df_core._checks import one_of
+from df_core.checks import one_of
 from df_core.masks import FrameMask
 
 BACKENDS = ("auto", "sdpa", "flex", "dense", "math", "xformers")

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 import torch
 
-from df_core._checks import non_negative_int, positive_int
+from df_core.checks import non_negative_int, positive_int
 from df_core.masks import EMPTY_FRAME, SINK_FRAME
 
 

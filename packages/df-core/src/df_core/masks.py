@@ -37,7 +37,7 @@ import torch
 from einops import repeat
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 
-from df_core._checks import non_negative_int, one_of, positive_int
+from df_core.checks import non_negative_int, one_of, positive_int
 
 SINK_FRAME = -1
 EMPTY_FRAME = -(2**30)

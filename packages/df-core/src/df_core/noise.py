@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from df_core._checks import one_of, positive_float, positive_int, unit_float
+from df_core.checks import one_of, positive_float, positive_int, unit_float
 from df_core.schedules import shift_sigma
 
 DISTRIBUTIONS = ("uniform", "logit_normal")

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import torch
 
-from df_core._checks import positive_float, positive_int
+from df_core.checks import positive_float, positive_int
 from df_core.masks import SINK_FRAME
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from df_core._checks import non_negative_int, positive_float, positive_int, unit_float
+from df_core.checks import non_negative_int, positive_float, positive_int, unit_float
 
 
 def shift_sigma(sigma: torch.Tensor, shift: float) -> torch.Tensor:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from df_core._checks import non_negative_int, positive_int, unit_tensor
+from df_core.checks import non_negative_int, positive_int, unit_tensor
 
 
 def scheduling_steps(

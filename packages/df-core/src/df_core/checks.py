@@ -1,4 +1,9 @@
-"""Argument checks shared by df-core: every user error is a ``ValueError`` naming the argument."""
+"""Argument and config-field checks shared by every package: each user error is a
+``ValueError`` naming the argument (or ``Owner.field``) and what was expected.
+
+Config dataclasses validate in ``__post_init__`` with these, passing the qualified field name:
+``positive_int("TrainConfig.steps", self.steps)``.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +36,27 @@ def positive_float(name: str, value: float) -> float:
     if bad_type or not math.isfinite(value) or not value > 0.0:
         raise ValueError(f"{name} must be a finite positive number, got {value!r}")
     return float(value)
+
+
+def non_negative_float(name: str, value: float) -> float:
+    bad_type = not isinstance(value, int | float) or isinstance(value, bool)
+    if bad_type or not math.isfinite(value) or value < 0.0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def float_at_least(name: str, value: float, low: float) -> float:
+    """A finite number ``>= low``."""
+    bad_type = not isinstance(value, int | float) or isinstance(value, bool)
+    if bad_type or not math.isfinite(value) or value < low:
+        raise ValueError(f"{name} must be a finite number >= {low}, got {value!r}")
+    return float(value)
+
+
+def boolean(name: str, value: bool) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return value
 
 
 def one_of(name: str, value: str, allowed: tuple[str, ...]) -> str:

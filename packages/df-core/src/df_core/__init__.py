@@ -6,6 +6,12 @@ the multi-modal KV cache and attention dispatch. Depends only on torch and einop
 """
 
 from df_core.attention import BACKENDS, attention, resolve_backend, xformers_available
+from df_core.conventions import (
+    AUDIO_FEATURES_PER_VIDEO_FRAME,
+    AUDIO_SAMPLE_RATE,
+    FPS,
+    SIGMA_S_MAX,
+)
 from df_core.flow import (
     add_noise,
     eps_from_velocity,
@@ -49,9 +55,13 @@ from df_core.schedules import flow_sigmas, shift_sigma, struct_sigmas, unshift_s
 from df_core.scheduling import active_frames, finished_frames, scheduling_matrix, scheduling_steps
 
 __all__ = [
+    "AUDIO_FEATURES_PER_VIDEO_FRAME",
+    "AUDIO_SAMPLE_RATE",
     "BACKENDS",
     "EMPTY_FRAME",
+    "FPS",
     "NO_WINDOW",
+    "SIGMA_S_MAX",
     "SINK_FRAME",
     "FrameMask",
     "KVCache",

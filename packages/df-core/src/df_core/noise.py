@@ -24,6 +24,7 @@ import math
 import torch
 
 from df_core.checks import one_of, positive_float, positive_int, unit_float
+from df_core.conventions import SIGMA_S_MAX
 from df_core.schedules import shift_sigma
 
 DISTRIBUTIONS = ("uniform", "logit_normal")
@@ -165,7 +166,7 @@ def sample_dual_sigmas(
     loc: float = 0.0,
     scale: float = 1.0,
     shift: float = 1.0,
-    sigma_s_max: float = 0.7,
+    sigma_s_max: float = SIGMA_S_MAX,
     struct_tail_prob: float = 0.0,
     temporal: str = "independent",
     clean_prefix_prob: float = 0.0,

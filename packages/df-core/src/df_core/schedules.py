@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from df_core.checks import non_negative_int, positive_float, positive_int, unit_float
+from df_core.conventions import SIGMA_S_MAX
 
 
 def shift_sigma(sigma: torch.Tensor, shift: float) -> torch.Tensor:
@@ -61,7 +62,7 @@ def flow_sigmas(
 def struct_sigmas(
     num_steps: int,
     *,
-    sigma_start: float = 0.7,
+    sigma_start: float = SIGMA_S_MAX,
     shift: float = 1.0,
     finish_step: int | None = None,
     device: torch.device | str | None = None,

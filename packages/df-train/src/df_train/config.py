@@ -9,34 +9,37 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from df_core import SIGMA_S_MAX
+from df_core.checks import (
+    boolean,
+    float_at_least,
+    non_negative_float,
+    non_negative_int,
+    one_of,
+    positive_float,
+    positive_int,
+    unit_float,
+)
 from df_models.config import DualForceConfig
+from df_train.lipsync import LipSyncConfig
 from df_train.parallel import ParallelConfig
 
+NOISE_DISTRIBUTIONS = ("uniform", "logit_normal")
+NOISE_TEMPORAL = ("independent", "sorted", "pyramid")
 
-def _positive(
-    owner: str, name: str, value, *, integer: bool = False, zero_ok: bool = False
-) -> None:
-    ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
-    if isinstance(value, bool) or not ok_type or value < 0 or (value == 0 and not zero_ok):
-        kind = "integer" if integer else "number"
-        bound = ">= 0" if zero_ok else "> 0"
-        raise ValueError(f"{owner}.{name} must be a {kind} {bound}, got {value!r}")
+# Fields that moved, by their old dotted path: one source for each setting.
+MOVED_FIELDS = {
+    "data.audio_context": "model.audio_context (the model's audio window is the data's)",
+}
 
 
-def _unit(owner: str, name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{owner}.{name} must be in [0, 1], got {value!r}")
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class DataConfig:
     store: str = ""  # clip store directory (dualforce data extract)
     frames: int = 8  # latent frames per training window
-    audio_context: int = 2  # video frames of audio context on each side
     ref_other_prob: float = 0.2  # reference frame other than the first
     hflip_prob: float = 0.0  # horizontal flips in latent space
     num_workers: int = 0  # DataLoader workers
@@ -44,65 +47,59 @@ class DataConfig:
     codec_dir: str = ""  # codec for the inference bundle (default: the store's store.json)
 
     def __post_init__(self) -> None:
-        _positive("DataConfig", "frames", self.frames, integer=True)
-        _positive("DataConfig", "audio_context", self.audio_context, integer=True, zero_ok=True)
-        _positive("DataConfig", "num_workers", self.num_workers, integer=True, zero_ok=True)
-        _unit("DataConfig", "ref_other_prob", self.ref_other_prob)
-        _unit("DataConfig", "hflip_prob", self.hflip_prob)
+        positive_int("DataConfig.frames", self.frames)
+        non_negative_int("DataConfig.num_workers", self.num_workers)
+        unit_float("DataConfig.ref_other_prob", self.ref_other_prob)
+        unit_float("DataConfig.hflip_prob", self.hflip_prob)
+        boolean("DataConfig.normalize_struct", self.normalize_struct)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class NoiseConfig:
     distribution: str = "logit_normal"  # uniform | logit_normal (per-frame sigma_v)
     loc: float = 0.0  # logit-normal location
     scale: float = 1.0  # logit-normal scale
     shift: float = 1.0  # SD3/Wan shift of the training levels
-    sigma_s_max: float = 0.7  # structure is trained up to this level
+    sigma_s_max: float = SIGMA_S_MAX  # structure is trained up to this level
     struct_tail_prob: float = 0.05  # structure frames drawn from [sigma_s_max, 1]
     temporal: str = "independent"  # independent | sorted | pyramid
     clean_prefix_prob: float = 0.2  # clips with a clean-context prefix (as at inference)
     sigma_ctx: float = 0.0  # context frames get a level in [0, sigma_ctx]
 
     def __post_init__(self) -> None:
-        if self.distribution not in ("uniform", "logit_normal"):
-            raise ValueError(
-                f"NoiseConfig.distribution must be uniform or logit_normal, got {self.distribution!r}"
-            )
-        if self.temporal not in ("independent", "sorted", "pyramid"):
-            raise ValueError(
-                f"NoiseConfig.temporal must be independent, sorted or pyramid, got {self.temporal!r}"
-            )
-        _positive("NoiseConfig", "scale", self.scale)
-        _positive("NoiseConfig", "shift", self.shift)
+        one_of("NoiseConfig.distribution", self.distribution, NOISE_DISTRIBUTIONS)
+        one_of("NoiseConfig.temporal", self.temporal, NOISE_TEMPORAL)
+        positive_float("NoiseConfig.scale", self.scale)
+        positive_float("NoiseConfig.shift", self.shift)
         for name in ("sigma_s_max", "struct_tail_prob", "clean_prefix_prob", "sigma_ctx"):
-            _unit("NoiseConfig", name, getattr(self, name))
+            unit_float(f"NoiseConfig.{name}", getattr(self, name))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class LossConfig:
     lambda_struct: float = 1.0  # weight of the structure velocity loss
     lambda_aux: float = 0.0  # weight of the auxiliary 3-D label loss (decays)
     aux_decay_steps: int = 10_000  # steps over which lambda_aux decays to 0
     lambda_lip: float = 0.0  # weight of the contrastive audio-mouth loss
     lip_sigma_max: float = 1.0  # L_lip only on frames with sigma_v <= this (x0_hat is blurry)
+    lip: LipSyncConfig = field(default_factory=LipSyncConfig)  # the lip-sync heads and InfoNCE
     mouth_weight: float = 1.0  # video loss weight inside the mouth box, 1 elsewhere (1 = off)
     uncertainty_weighting: bool = False  # learn the weights (Kendall et al.) instead
     audio_drop_prob: float = 0.1  # conditioning dropout for audio CFG
-    ref_drop_prob: float = 0.0  # conditioning dropout of reference tokens
+    ref_drop_prob: float = 0.0  # conditioning dropout of reference tokens (needs them enabled)
 
     def __post_init__(self) -> None:
         for name in ("lambda_struct", "lambda_aux", "lambda_lip"):
-            _positive("LossConfig", name, getattr(self, name), zero_ok=True)
-        _positive("LossConfig", "aux_decay_steps", self.aux_decay_steps, integer=True)
-        _unit("LossConfig", "audio_drop_prob", self.audio_drop_prob)
-        _unit("LossConfig", "lip_sigma_max", self.lip_sigma_max)
-        _unit("LossConfig", "ref_drop_prob", self.ref_drop_prob)
-        w = self.mouth_weight
-        if isinstance(w, bool) or not isinstance(w, int | float) or not 1.0 <= w < math.inf:
-            raise ValueError(f"LossConfig.mouth_weight must be a finite number >= 1, got {w!r}")
+            non_negative_float(f"LossConfig.{name}", getattr(self, name))
+        positive_int("LossConfig.aux_decay_steps", self.aux_decay_steps)
+        unit_float("LossConfig.audio_drop_prob", self.audio_drop_prob)
+        unit_float("LossConfig.lip_sigma_max", self.lip_sigma_max)
+        unit_float("LossConfig.ref_drop_prob", self.ref_drop_prob)
+        float_at_least("LossConfig.mouth_weight", self.mouth_weight, 1.0)
+        boolean("LossConfig.uncertainty_weighting", self.uncertainty_weighting)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class OptimConfig:
     lr: float = 1e-4  # peak learning rate
     betas: tuple[float, float] = (0.9, 0.999)
@@ -114,18 +111,18 @@ class OptimConfig:
     max_nan_skips: int = 20  # abort after this many non-finite losses in a run
 
     def __post_init__(self) -> None:
-        _positive("OptimConfig", "lr", self.lr)
-        _positive("OptimConfig", "weight_decay", self.weight_decay, zero_ok=True)
-        _positive("OptimConfig", "warmup_steps", self.warmup_steps, integer=True, zero_ok=True)
-        _unit("OptimConfig", "min_lr_ratio", self.min_lr_ratio)
-        _positive("OptimConfig", "grad_clip", self.grad_clip, zero_ok=True)
-        _unit("OptimConfig", "ema_decay", self.ema_decay)
-        _positive("OptimConfig", "max_nan_skips", self.max_nan_skips, integer=True, zero_ok=True)
+        positive_float("OptimConfig.lr", self.lr)
+        non_negative_float("OptimConfig.weight_decay", self.weight_decay)
+        non_negative_int("OptimConfig.warmup_steps", self.warmup_steps)
+        unit_float("OptimConfig.min_lr_ratio", self.min_lr_ratio)
+        non_negative_float("OptimConfig.grad_clip", self.grad_clip)
+        unit_float("OptimConfig.ema_decay", self.ema_decay)
+        non_negative_int("OptimConfig.max_nan_skips", self.max_nan_skips)
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"OptimConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class TrainConfig:
     name: str = "custom"  # recipe name, for logs
     model: DualForceConfig = field(default_factory=DualForceConfig)
@@ -149,14 +146,17 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "log_every", "ckpt_every", "keep_last"):
-            _positive("TrainConfig", name, getattr(self, name), integer=True)
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"TrainConfig.precision must be fp32 or bf16, got {self.precision!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"TrainConfig.device must be auto, cpu or cuda, got {self.device!r}")
-        if self.mfu not in ("auto", "on", "off"):
-            raise ValueError(f"TrainConfig.mfu must be auto, on or off, got {self.mfu!r}")
-        _positive("TrainConfig", "peak_tflops", self.peak_tflops, zero_ok=True)
+            positive_int(f"TrainConfig.{name}", getattr(self, name))
+        one_of("TrainConfig.precision", self.precision, ("fp32", "bf16"))
+        one_of("TrainConfig.device", self.device, ("auto", "cpu", "cuda"))
+        one_of("TrainConfig.mfu", self.mfu, ("auto", "on", "off"))
+        non_negative_float("TrainConfig.peak_tflops", self.peak_tflops)
+        if self.loss.ref_drop_prob > 0 and not self.model.ref_tokens_enabled:
+            raise ValueError(
+                f"TrainConfig.loss.ref_drop_prob is {self.loss.ref_drop_prob}, but the model has "
+                "no reference tokens to drop (model.ref_tokens_enabled=False): set "
+                "loss.ref_drop_prob=0"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -193,7 +193,10 @@ def apply_overrides(config, overrides: list[str]):
         if "=" not in item:
             raise ValueError(f"--set expects key=value, got {item!r}")
         key, value = item.split("=", 1)
-        path = key.strip().split(".")
+        key = key.strip()
+        if key in MOVED_FIELDS:
+            raise ValueError(f"--set {key}: the setting is {MOVED_FIELDS[key]}")
+        path = key.split(".")
         objs = [config]
         for part in path[:-1]:
             obj = objs[-1]

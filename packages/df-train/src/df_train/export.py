@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from df_data.extract import codec_identity, load_codec
 from df_data.store import read_metadata, read_store_info
 from df_models.bundle import InferenceMeta, save_bundle
+from df_train.collectives import barrier
 
 if TYPE_CHECKING:
     from df_train.trainer import Trainer
@@ -102,7 +103,5 @@ def export_bundle(trainer: Trainer, directory: str | Path) -> Path:
     model = trainer.ema_model()
     if model is not None:
         save_bundle(directory, model, codec, meta)
-    from df_train.trainer import _barrier
-
-    _barrier(trainer.world_size)
+    barrier(trainer.world_size)
     return Path(directory)

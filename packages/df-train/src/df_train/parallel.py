@@ -12,8 +12,7 @@ Parameter names: ``apply_compile`` keeps every name (``nn.Module.compile`` compi
 no ``_orig_mod.``). ``apply_ac`` wraps each block in a ``CheckpointWrapper``, which keeps
 ``state_dict()`` keys unchanged (its hooks strip and re-add the prefix, so checkpoints load into
 wrapped and plain models alike) but ``named_parameters()`` gain ``_checkpoint_wrapped_module.``
-after ``blocks.<i>.``; :func:`canonical_name` maps those back. DCP's
-``get_model_state_dict`` strips the prefix too.
+after ``blocks.<i>.``. DCP's ``get_model_state_dict`` strips the prefix too.
 
 Mixed precision under FSDP (``apply_fsdp``): blocks keep ``param_dtype`` copies for compute and
 reduce gradients in ``reduce_dtype``; the root's own parameters (patch/noise/audio embedders,
@@ -44,15 +43,15 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+from df_core.checks import boolean, one_of
+
 logger = logging.getLogger(__name__)
 
 AC_MODES = ("none", "full")
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-CHECKPOINT_PREFIX = "_checkpoint_wrapped_module."  # what CheckpointWrapper adds to param names
-COMPILE_PREFIX = "_orig_mod."  # what torch.compile(module) (not module.compile()) adds
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ParallelConfig:
     activation_checkpointing: str = "none"  # none | full (recompute each block in backward)
     compile: bool = False  # torch.compile each block (fullgraph=False)
@@ -62,28 +61,11 @@ class ParallelConfig:
     reshard_after_forward: bool = True  # free gathered params after forward (ZeRO-3)
 
     def __post_init__(self) -> None:
-        if self.activation_checkpointing not in AC_MODES:
-            raise ValueError(
-                f"ParallelConfig.activation_checkpointing must be one of {AC_MODES}, "
-                f"got {self.activation_checkpointing!r}"
-            )
+        one_of("ParallelConfig.activation_checkpointing", self.activation_checkpointing, AC_MODES)
         for name in ("param_dtype", "reduce_dtype"):
-            if getattr(self, name) not in DTYPES:
-                raise ValueError(
-                    f"ParallelConfig.{name} must be one of {tuple(DTYPES)}, got {getattr(self, name)!r}"
-                )
+            one_of(f"ParallelConfig.{name}", getattr(self, name), tuple(DTYPES))
         for name in ("compile", "fsdp", "reshard_after_forward"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(
-                    f"ParallelConfig.{name} must be a bool, got {getattr(self, name)!r}"
-                )
-
-
-def canonical_name(name: str) -> str:
-    """A parameter/buffer name with the wrapper prefixes removed: the name in the plain model
-    and in ``state_dict()`` (``blocks.0._checkpoint_wrapped_module.video.attn.q.weight`` ->
-    ``blocks.0.video.attn.q.weight``)."""
-    return name.replace(CHECKPOINT_PREFIX, "").replace(COMPILE_PREFIX, "")
+            boolean(f"ParallelConfig.{name}", getattr(self, name))
 
 
 def _blocks(model: nn.Module) -> nn.ModuleList:
@@ -294,13 +276,3 @@ def destroy_distributed() -> None:
     """Leaves the process group, if there is one."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
-    """The mean of ``tensor`` over all ranks, in fp32, detached (for logging); a detached fp32
-    copy when there is no process group. The tensor must live on the group's device."""
-    out = tensor.detach().float().clone()
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)  # gloo has no ReduceOp.AVG
-        out /= dist.get_world_size()
-    return out

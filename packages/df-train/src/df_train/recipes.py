@@ -73,7 +73,7 @@ def hdtf_base() -> TrainConfig:
         precision="bf16",
         device="cuda",
         noise=NoiseConfig(shift=3.0),
-        loss=LossConfig(lambda_aux=0.1, lambda_lip=0.05, ref_drop_prob=0.05),
+        loss=LossConfig(lambda_aux=0.1, lambda_lip=0.05),
         optim=OptimConfig(lr=1e-4, warmup_steps=2000, ema_decay=0.9999),
         log_every=50,
         ckpt_every=2000,

@@ -16,12 +16,14 @@ benchmark (:func:`measure_peak_tflops`).
 
 from __future__ import annotations
 
+import logging
 import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop, sdpa_flop
 
 aten = torch.ops.aten
+log = logging.getLogger(__name__)
 
 # Where each SDPA op takes its mask (an additive float bias with -inf, or a bool mask): a
 # position, a keyword, or None for kernels that take none.
@@ -118,3 +120,37 @@ def measure_peak_tflops(
         sync()
         best = min(best, time.perf_counter() - t0)
     return 2 * size**3 / best / 1e12
+
+
+def train_step_flops(
+    model: torch.nn.Module,
+    batch: dict,
+    *,
+    struct_enabled: bool,
+    grad_accum: int,
+    precision: str,
+    device: torch.device,
+) -> int:
+    """FLOPs of one optimiser step on one rank: forward + backward of ``grad_accum``
+    micro-batches shaped like ``batch`` (a collated batch of training windows)."""
+    B, T = batch["latents"].shape[:2]
+    inputs = {
+        "z_BTCHW": batch["latents"].to(device),
+        "sigma_v_BT": torch.full((B, T), 0.5, device=device),
+        "audio_BTLDa": batch["audio"].to(device),
+        "ref_latent_BCHW": batch["ref_latent"].to(device),
+        "s_BTDs": batch["struct"].to(device) if struct_enabled else None,
+        "sigma_s_BT": torch.full((B, T), 0.5, device=device) if struct_enabled else None,
+    }
+    return grad_accum * count_model_step_flops(model, inputs, precision=precision)
+
+
+def peak_tflops(configured: float, precision: str, device: torch.device) -> float:
+    """The MFU's peak: ``configured`` (TFLOP/s) when positive, else measured on ``device``."""
+    if configured > 0:
+        return configured
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    size = 8192 if device.type == "cuda" else 1024
+    peak = measure_peak_tflops(device, dtype, size=size)
+    log.info("measured peak: %.1f TFLOP/s (%s matmul on %s)", peak, dtype, device)
+    return peak

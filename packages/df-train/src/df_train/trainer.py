@@ -1,14 +1,11 @@
-"""The DualForce trainer: multi-modal Diffusion Forcing on a clip store.
+"""The DualForce trainer: the loop, its state, the EMA and the checkpoints.
 
 One loop for a CPU, one GPU, and many GPUs (``torchrun``/SLURM): the model is built on the
-meta device, materialised, initialised, then parallelised from outside. Each optimiser step:
-
-1. draws per-frame noise levels for video and structure (df-core), sharing one clean-context
-   prefix between the modalities, and noises both;
-2. runs the training forward (whole clip, block-causal) with audio/reference dropout for CFG;
-3. computes the velocity losses per frame (context frames excluded) and their weighted sum;
-4. skips the step if the loss is not finite on any rank (counted; too many abort), else clips
-   gradients, steps AdamW and the warmup-cosine schedule, and updates the EMA weights.
+meta device, materialised, initialised, then parallelised from outside. Each optimiser step
+sums the loss of ``grad_accum`` micro-batches (the multi-modal Diffusion Forcing objective,
+:class:`df_train.objective.Objective`), skips the step if the loss is not finite on any rank
+(counted; too many abort), else clips gradients, steps AdamW and the warmup-cosine schedule,
+and updates the EMA weights.
 
 Exact resume: the sample position is ``step * batch * grad_accum`` (the dataset is a pure
 function of the sample index) and every RNG the loop draws from is in the checkpoint, so N
@@ -37,72 +34,43 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from df_core import (
-    add_noise,
-    clean_prefix_lengths,
-    frame_mse,
-    reduce_frame_loss,
-    sample_dual_sigmas,
-)
 from df_data.dataset import ResumableSampler, WindowConfig, WindowDataset, collate_windows
 from df_data.store import STRUCT_STATS_NAME, StructStats, write_json_atomic
 from df_models import DualForceDiT
 from df_train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from df_train.config import TrainConfig
-from df_train.losses import (
-    LipSyncLoss,
-    UncertaintyWeighting,
-    aux_struct_loss,
-    aux_weight,
-    mouth_box_to_latent,
-    mouth_weight_map,
-    weighted_frame_mse,
+from df_train.collectives import (
+    all_finite,
+    average_gradients,
+    barrier,
+    clip_gradients,
+    distributed,
+    mean_over_ranks,
 )
+from df_train.config import TrainConfig
+from df_train.export import export_bundle
+from df_train.lipsync import LipSyncLoss
+from df_train.objective import Objective
+from df_train.optim import param_groups, warmup_cosine
 from df_train.parallel import parallelize
-from df_train.throughput import count_model_step_flops, measure_peak_tflops
+from df_train.throughput import peak_tflops, train_step_flops
+from df_train.weighting import UncertaintyWeighting
 
 log = logging.getLogger(__name__)
 
 
 class TrainingAbortedError(RuntimeError):
     """Too many non-finite losses."""
-
-
-def lr_lambda(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warmup to 1, then cosine decay to ``min_ratio`` at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only: not on norms, biases, gates, null tokens or embeddings."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        skip = p.ndim < 2 or any(
-            k in name for k in ("norm", "null", "sink", "position", "alpha", "logits")
-        )
-        (no_decay if skip else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
 
 
 @dataclass
@@ -137,15 +105,6 @@ class Trainables(nn.Module):
             self.lip = lip
 
 
-def _distributed(world_size: int) -> bool:
-    return world_size > 1 and dist.is_available() and dist.is_initialized()
-
-
-def _barrier(world_size: int) -> None:
-    if _distributed(world_size):
-        dist.barrier()
-
-
 class Trainer:
     def __init__(
         self,
@@ -165,7 +124,7 @@ class Trainer:
                 "reference features to train them on; set ref_tokens_enabled=False"
             )
         self.rank, self.world_size = rank, world_size
-        if world_size > 1 and not _distributed(world_size):
+        if world_size > 1 and not distributed(world_size):
             raise ValueError(
                 f"world_size={world_size} needs an initialised process group "
                 "(df_train.parallel.init_distributed under torchrun/srun)"
@@ -183,8 +142,17 @@ class Trainer:
         model.to_empty(device=self.device)
         model.init_weights()
         # Counted before parallelize: no checkpointing recomputation, no compiled graphs.
-        self.step_flops = self._count_flops(model) if self._mfu_enabled() else None
-        self.peak_tflops = self._peak_tflops() if self.step_flops is not None else None
+        self.step_flops = self.peak_tflops = None
+        if self._mfu_enabled():
+            self.step_flops = train_step_flops(
+                model,
+                collate_windows([self.dataset[0]] * c.batch_size),
+                struct_enabled=c.model.struct_enabled,
+                grad_accum=c.grad_accum,
+                precision=c.precision,
+                device=self.device,
+            )
+            self.peak_tflops = peak_tflops(c.peak_tflops, c.precision, self.device)
         self.model = parallelize(model, c.parallel, world_size=world_size)
         self._fsdp = world_size > 1 or c.parallel.fsdp
         # EMA in fp32, sharded like the parameters (DTensors under FSDP).
@@ -201,15 +169,24 @@ class Trainer:
         self.lip = None
         if c.loss.lambda_lip > 0:
             m = c.model
-            self.lip = LipSyncLoss(m.latent_channels, m.audio_dim, m.audio_window).to(self.device)
+            self.lip = LipSyncLoss(m.latent_channels, m.audio_dim, m.audio_window, c.loss.lip)
+            self.lip = self.lip.to(self.device)
             groups += param_groups(self.lip, c.optim.weight_decay)
         self.trainables = Trainables(self.model, self.weighting, self.lip)
+        self.objective = Objective(
+            c,
+            device=self.device,
+            weighting=self.weighting,
+            lip=self.lip,
+            rank=rank,
+            world_size=world_size,
+        )
         self.optimizer = torch.optim.AdamW(groups, lr=c.optim.lr, betas=c.optim.betas)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+        self.scheduler = warmup_cosine(
             self.optimizer,
-            lambda s: lr_lambda(
-                s, warmup=c.optim.warmup_steps, total=c.steps, min_ratio=c.optim.min_lr_ratio
-            ),
+            warmup=c.optim.warmup_steps,
+            total=c.steps,
+            min_ratio=c.optim.min_lr_ratio,
         )
         # The same state on every rank: each draws the global batch's noise and keeps its rows.
         self.noise_gen = torch.Generator().manual_seed(c.seed * 1000)
@@ -222,7 +199,7 @@ class Trainer:
             c.data.store,
             WindowConfig(
                 frames=c.data.frames,
-                audio_context=c.data.audio_context,
+                audio_context=c.model.audio_context,
                 ref_other_prob=c.data.ref_other_prob,
                 hflip_prob=c.data.hflip_prob,
                 normalize_struct=c.data.normalize_struct and c.model.struct_enabled,
@@ -234,37 +211,9 @@ class Trainer:
     def struct_stats(self) -> StructStats | None:
         return getattr(self.dataset, "struct_stats", None)
 
-    # Throughput --------------------------------------------------------------------------------
-
     def _mfu_enabled(self) -> bool:
         mode = self.config.mfu
         return mode == "on" or (mode == "auto" and self.device.type == "cuda")
-
-    def _count_flops(self, model: DualForceDiT) -> int:
-        """FLOPs of one optimiser step on this rank (forward + backward of every micro-batch)."""
-        c = self.config
-        batch = collate_windows([self.dataset[0]] * c.batch_size)
-        dev = self.device
-        B, T = batch["latents"].shape[:2]
-        inputs = {
-            "z_BTCHW": batch["latents"].to(dev),
-            "sigma_v_BT": torch.full((B, T), 0.5, device=dev),
-            "audio_BTLDa": batch["audio"].to(dev),
-            "ref_latent_BCHW": batch["ref_latent"].to(dev),
-            "s_BTDs": batch["struct"].to(dev) if c.model.struct_enabled else None,
-            "sigma_s_BT": torch.full((B, T), 0.5, device=dev) if c.model.struct_enabled else None,
-        }
-        return c.grad_accum * count_model_step_flops(model, inputs, precision=c.precision)
-
-    def _peak_tflops(self) -> float:
-        c = self.config
-        if c.peak_tflops > 0:
-            return c.peak_tflops
-        dtype = torch.bfloat16 if c.precision == "bf16" else torch.float32
-        size = 8192 if self.device.type == "cuda" else 1024
-        peak = measure_peak_tflops(self.device, dtype, size=size)
-        log.info("measured peak: %.1f TFLOP/s (%s matmul on %s)", peak, dtype, self.device)
-        return peak
 
     # Checks ------------------------------------------------------------------------------------
 
@@ -354,15 +303,13 @@ class Trainer:
         model = self.ema_model()
         if model is not None:
             model.save_pretrained(directory)
-        _barrier(self.world_size)
+        barrier(self.world_size)
         return Path(directory)
 
     def export_bundle(self, directory: str | Path) -> Path:
         """Writes the inference bundle (``df_models.bundle``): EMA model, the store's codec and
         ``inference.json`` (every rank must call it, rank 0 writes); see
         :func:`df_train.export.export_bundle`."""
-        from df_train.export import export_bundle
-
         return export_bundle(self, directory)
 
     def resume(self) -> bool:
@@ -388,181 +335,11 @@ class Trainer:
         log.info("resumed from %s at step %d", path, self.step)
         return True
 
-    # The objective -----------------------------------------------------------------------------
+    # The step ----------------------------------------------------------------------------------
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        c, g = self.config, self.noise_gen
-        dev = self.device
-        x0_v = batch["latents"].to(dev)
-        B, T = x0_v.shape[:2]
-        # Step 1: per-frame noise levels with one shared clean-context prefix, drawn for the
-        # global batch (GB clips); this rank's clips are rows rank, rank + world, ...
-        GB, mine = B * self.world_size, slice(self.rank, None, self.world_size)
-        prefix_G = clean_prefix_lengths(GB, T, generator=g, prob=c.noise.clean_prefix_prob)
-        prefix = prefix_G[mine]
-        n = c.noise
-        sigma_v_G, sigma_s_G = sample_dual_sigmas(
-            GB,
-            T,
-            generator=g,
-            distribution=n.distribution,
-            loc=n.loc,
-            scale=n.scale,
-            shift=n.shift,
-            sigma_s_max=n.sigma_s_max,
-            struct_tail_prob=n.struct_tail_prob,
-            temporal=n.temporal,
-            sigma_ctx=n.sigma_ctx,
-            prefix_B=prefix_G,
-        )
-        sigma_v, sigma_s = sigma_v_G[mine], sigma_s_G[mine]
-        valid = torch.arange(T)[None, :] >= prefix[:, None]  # context frames carry no loss
-        eps_v = torch.randn((GB, *x0_v.shape[1:]), generator=g)[mine]
-        drop_audio = (torch.rand(GB, generator=g) < c.loss.audio_drop_prob)[mine]
-        drop_ref = (torch.rand(GB, generator=g) < c.loss.ref_drop_prob)[mine]
-        x_v = add_noise(x0_v, eps_v.to(dev), sigma_v.to(dev))
-        s_args, x0_s, eps_s = {"s_BTDs": None, "sigma_s_BT": None}, None, None
-        if c.model.struct_enabled:
-            x0_s = batch["struct"].to(dev)
-            eps_s = torch.randn((GB, *x0_s.shape[1:]), generator=g)[mine].to(dev)
-            s_args = {
-                "s_BTDs": add_noise(x0_s, eps_s, sigma_s.to(dev)),
-                "sigma_s_BT": sigma_s.to(dev),
-            }
-        # Step 2: the training forward.
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=c.precision == "bf16"):
-            v_v, v_s = self.model(
-                x_v,
-                sigma_v_BT=sigma_v.to(dev),
-                audio_BTLDa=batch["audio"].to(dev),
-                ref_latent_BCHW=batch["ref_latent"].to(dev),
-                drop_audio_B=drop_audio.to(dev),
-                drop_ref_B=drop_ref.to(dev) if c.model.ref_tokens_enabled else None,
-                **s_args,
-            )
-        # Step 3: velocity losses, per token averaged per frame, context frames excluded.
-        valid = valid.to(dev)
-        loss_v = reduce_frame_loss(
-            self._video_frame_mse(batch, v_v, eps_v.to(dev) - x0_v), valid_BT=valid
-        )
-        terms = {"loss_video": loss_v}
-        total = loss_v
-        if v_s is not None:
-            loss_s = reduce_frame_loss(frame_mse(v_s, eps_s - x0_s), valid_BT=valid)
-            terms["loss_struct"] = loss_s
-            total = total + c.loss.lambda_struct * loss_s
-            # L_aux: the struct stream's clean estimate against the clip's 3-D labels (SynthTalk:
-            # its exact ground truth), with a weight that decays so the stream can drift from them.
-            # Labels and estimate are both in the normalised units the struct stream sees.
-            w_aux = aux_weight(self.step, c.loss.lambda_aux, c.loss.aux_decay_steps)
-            if c.loss.lambda_aux > 0:
-                s0_hat = s_args["s_BTDs"] - s_args["sigma_s_BT"][..., None] * v_s.float()
-                terms["loss_aux"] = aux_struct_loss(s0_hat, x0_s, valid)
-                total = total + w_aux * terms["loss_aux"]
-        if self.weighting is not None:
-            total, _ = self.weighting(terms)
-        # Step 4: L_lip on the predicted clean latents, where the clip has mouth boxes.
-        if self.lip is not None and bool(batch["has_mouth_box"].any()):
-            lip_terms = self._lip_terms(batch, x_v, v_v, sigma_v, valid, drop_audio)
-            terms.update(lip_terms)
-            total = total + lip_terms["loss_lip_heads"] + c.loss.lambda_lip * lip_terms["loss_lip"]
-        return total, terms
-
-    def _mouth_boxes(self, batch: dict, latent_size: tuple[int, int]) -> torch.Tensor:
-        """The batch's mouth boxes in latent pixels, ``[B, T, 4]``."""
-        sizes = set(map(tuple, batch["image_size"]))
-        if len(sizes) != 1:
-            raise ValueError(f"mouth boxes of one batch refer to several frame sizes {sizes}")
-        return mouth_box_to_latent(batch["mouth_box"].to(self.device), sizes.pop(), latent_size)
-
-    def _video_frame_mse(
-        self, batch: dict, v_pred: torch.Tensor, v_target: torch.Tensor
-    ) -> torch.Tensor:
-        """Per-frame video velocity MSE ``[B, T]``: a plain mean over the frame, or, with
-        ``LossConfig.mouth_weight > 1``, a weighted mean with the mouth box weighted up (clips
-        without a box keep uniform weights)."""
-        weight = self.config.loss.mouth_weight
-        if weight == 1.0 or not bool(batch["has_mouth_box"].any()):
-            return frame_mse(v_pred, v_target)
-        H, W = v_pred.shape[-2:]
-        w_BTHW = mouth_weight_map(self._mouth_boxes(batch, (H, W)), H, W, weight)
-        has_box_B = batch["has_mouth_box"].to(self.device)
-        w_BTHW = torch.where(has_box_B[:, None, None, None], w_BTHW, torch.ones_like(w_BTHW))
-        return weighted_frame_mse(v_pred, v_target, w_BTHW)
-
-    def _lip_terms(
-        self,
-        batch: dict,
-        x_v: torch.Tensor,
-        v_v: torch.Tensor,
-        sigma_v: torch.Tensor,
-        valid: torch.Tensor,
-        drop_audio: torch.Tensor,
-    ) -> dict[str, torch.Tensor]:
-        """``loss_lip_heads``: the heads' InfoNCE on ground-truth latents (trains the heads
-        only); ``loss_lip``: the generator's InfoNCE on ``x0_hat = x_sigma - sigma * v_hat``
-        against the same heads, frozen (trains the model only), on frames that carry loss, with
-        a box, with audio (not dropped for CFG) and ``sigma_v <= lip_sigma_max``."""
-        dev = self.device
-        box = self._mouth_boxes(batch, tuple(x_v.shape[-2:]))
-        audio = batch["audio"].to(dev)
-        has_box = batch["has_mouth_box"].to(dev)[:, None].expand(valid.shape)
-        x0_v = batch["latents"].to(dev)
-        heads, _ = self.lip(x0_v, box, audio, has_box)
-        sigma_v = sigma_v.to(dev)
-        gen_valid = (
-            has_box
-            & valid.to(dev)
-            & ~drop_audio.to(dev)[:, None]
-            & (sigma_v <= self.config.loss.lip_sigma_max)
-        )
-        x0_hat = x_v - sigma_v[:, :, None, None, None] * v_v.float()
-        gen, _ = self.lip(x0_hat, box, audio, gen_valid, heads_grad=False)
-        return {"loss_lip_heads": heads, "loss_lip": gen}
-
-    def _all_finite(self, loss: torch.Tensor) -> bool:
-        """Whether the loss is finite on every rank (all ranks skip a step together: one rank
-        going on alone would wait forever in FSDP's collectives)."""
-        finite = torch.isfinite(loss.detach())
-        if _distributed(self.world_size):
-            flag = finite.float().reshape(1)
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-            return bool(flag.item() > 0)
-        return bool(finite)
-
-    def _reduce_aux_grads(self) -> None:
-        """Averages the gradients of the parameters FSDP does not manage (learned loss weights,
-        lip heads) over the ranks; a rank without a gradient contributes zeros."""
-        if not _distributed(self.world_size):
-            return
-        for module in (self.weighting, self.lip):
-            if module is None:
-                continue
-            for p in module.parameters():
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-                p.grad.div_(self.world_size)
-
-    def _clip_gradients(self) -> torch.Tensor:
-        """Clips the model's gradients to ``grad_clip`` (global norm over all shards)."""
-        max_norm = self.config.optim.grad_clip if self.config.optim.grad_clip > 0 else float("inf")
-        if not self._fsdp:
-            return torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        if isinstance(norm, DTensor):  # a partial norm of the local shards: reduce it
-            norm = norm.full_tensor()
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
-        return norm
-
-    def _reduce_for_logging(self, values: dict[str, float]) -> dict[str, float]:
-        if not _distributed(self.world_size) or not values:
-            return values
-        keys = sorted(values)
-        t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return dict(zip(keys, (t / self.world_size).tolist(), strict=True))
+        """The objective on ``batch`` at the current step, drawing from the run's noise RNG."""
+        return self.objective(self.model, batch, generator=self.noise_gen, step=self.step)
 
     def train_step(self, batches: list[dict]) -> StepMetrics:
         c = self.config
@@ -571,7 +348,7 @@ class Trainer:
         finite = True
         for batch in batches:
             loss, terms = self.loss(batch)
-            if not self._all_finite(loss):
+            if not all_finite(loss, self.world_size):
                 finite = False
                 break
             (loss / len(batches)).backward()
@@ -593,8 +370,8 @@ class Trainer:
             )
             nan = float("nan")
             return StepMetrics(nan, nan, nan, nan, self.scheduler.get_last_lr()[0], True)
-        self._reduce_aux_grads()
-        grad_norm = self._clip_gradients()
+        average_gradients((self.weighting, self.lip), self.world_size)
+        grad_norm = clip_gradients(self.model, c.optim.grad_clip, sharded=self._fsdp)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -604,7 +381,7 @@ class Trainer:
             d = c.optim.ema_decay
             for k, v in self.model.state_dict().items():
                 self.ema[k].mul_(d).add_(v.float(), alpha=1 - d)
-        logged = self._reduce_for_logging({"loss": total, **terms_sum})
+        logged = mean_over_ranks({"loss": total, **terms_sum}, self.world_size, self.device)
         return StepMetrics(
             logged["loss"],
             logged.get("loss_video", 0.0),

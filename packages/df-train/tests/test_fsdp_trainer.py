@@ -1,6 +1,7 @@
 """The Trainer on two CPU processes (gloo, loopback, FSDP2): the same global batch and noise as
 one process with twice the per-rank batch, so the losses and the EMA weights match; and a
-sharded checkpoint resumes exactly."""
+sharded checkpoint resumes exactly (losses and EMA weights), with two micro-batches per step
+and a DataLoader worker per rank."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ SETS = [
     "loss.lambda_aux=0.3",
     "loss.uncertainty_weighting=true",  # replicated parameters outside FSDP
     "parallel.param_dtype=fp32",
+    "grad_accum=2",
+    "data.num_workers=1",
     f"steps={STEPS}",
     "ckpt_every=2",
     "optim.warmup_steps=1",
@@ -79,13 +82,17 @@ def test_two_process_fsdp_training_matches_one_process(tiny_store, tmp_path, run
     losses = [m.loss for m in single.fit(progress=False)]
     single.export_ema(tmp_path / "single" / "ema")
     got = json.loads((tmp_path / "losses.json").read_text())
-    # Sharded resume is exact; two processes match one within float reduction order.
+    # Sharded resume is exact, EMA included; two processes match one within float reduction
+    # order.
     assert got["b"] == got["a"]
+    ema_resumed = load_file(tmp_path / "b" / "ema" / "model.safetensors")
     torch.testing.assert_close(torch.tensor(got["a"]), torch.tensor(losses), rtol=1e-5, atol=1e-6)
     assert len(set(losses)) == STEPS  # the steps differ: a real comparison
     ema_multi = load_file(tmp_path / "a" / "ema" / "model.safetensors")
     ema_single = load_file(tmp_path / "single" / "ema" / "model.safetensors")
-    assert ema_multi.keys() == ema_single.keys()
+    assert ema_multi.keys() == ema_single.keys() == ema_resumed.keys()
+    for k, v in ema_multi.items():
+        assert torch.equal(ema_resumed[k], v), k
     for k, v in ema_single.items():
         torch.testing.assert_close(ema_multi[k], v, rtol=1e-4, atol=1e-5, msg=k)
     # Only rank 0 logged: one line per step.

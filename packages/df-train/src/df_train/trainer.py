@@ -32,6 +32,7 @@ statistics a run starts with are kept in ``<out>/struct_stats.json`` and reused 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -43,7 +44,6 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from df_data.dataset import ResumableSampler, WindowConfig, WindowDataset, collate_windows
 from df_data.store import STRUCT_STATS_NAME, StructStats, write_json_atomic
@@ -63,6 +63,7 @@ from df_train.lipsync import LipSyncLoss
 from df_train.objective import Objective
 from df_train.optim import param_groups, warmup_cosine
 from df_train.parallel import parallelize
+from df_train.run_log import RunLog
 from df_train.throughput import peak_tflops, train_step_flops
 from df_train.weighting import UncertaintyWeighting
 
@@ -420,10 +421,8 @@ class Trainer:
         """Trains from the current step to ``config.steps`` (or ``max_steps``, to stop early).
 
         ``step_guard`` wraps each optimiser step (the launcher defers preemption signals with it
-        so that a checkpoint taken on preemption is always at a step boundary).
-
-        Each step's record in ``metrics.jsonl`` has the loss terms, ``tokens_per_s`` (all ranks)
-        and, where MFU is reported (``TrainConfig.mfu``), ``tflops`` (per rank) and ``mfu``.
+        so that a checkpoint taken on preemption is always at a step boundary). Each step is
+        logged to ``metrics.jsonl`` and TensorBoard (:class:`df_train.run_log.RunLog`).
         """
         c = self.config
         stop = min(c.steps, max_steps if max_steps is not None else c.steps)
@@ -433,7 +432,6 @@ class Trainer:
             run_stats = self.out_dir / STRUCT_STATS_NAME
             if self.struct_stats is not None and not run_stats.is_file():
                 write_json_atomic(run_stats, self.struct_stats.to_dict())
-        metrics_path = self.out_dir / "metrics.jsonl"
         loader = iter(self._loader(self.step * c.batch_size * c.grad_accum))
         history = []
         tokens_per_step = (
@@ -444,20 +442,17 @@ class Trainer:
             * (c.model.video_tokens + c.model.struct_tokens)
         )
         sync = self.device.type == "cuda" and self.step_flops is not None
-        bar = tqdm(
-            total=stop,
-            initial=self.step,
-            desc=c.name,
-            disable=not progress or self.rank != 0,
-            unit="step",
+        run_log = RunLog(
+            self.out_dir,
+            name=c.name,
+            start=self.step,
+            stop=stop,
+            enabled=self.rank == 0,
+            progress=progress,
+            tokens_per_step=tokens_per_step,
+            step_flops=self.step_flops,
+            peak_tflops=self.peak_tflops,
         )
-        writer = None
-        if self.rank == 0:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(
-                log_dir=str(self.out_dir / "tensorboard"), purge_step=self.step + 1
-            )
         t0 = time.perf_counter()
         while self.step < stop:
             batches = [next(loader) for _ in range(c.grad_accum)]
@@ -468,24 +463,8 @@ class Trainer:
                     torch.cuda.synchronize(self.device)
                 elapsed = max(time.perf_counter() - t0, 1e-9)
                 t0 = time.perf_counter()
-                if self.rank == 0:
-                    record = {"step": self.step, **m.__dict__, "tokens_per_s": 0.0}
-                    record["tokens_per_s"] = tokens_per_step / elapsed
-                    postfix = {"loss": f"{m.loss:.4f}", "tok_s": f"{record['tokens_per_s']:.0f}"}
-                    if self.step_flops is not None:
-                        record["tflops"] = self.step_flops / elapsed / 1e12
-                        record["mfu"] = record["tflops"] / self.peak_tflops
-                        postfix["mfu"] = f"{record['mfu']:.1%}"
-                    with metrics_path.open("a") as f:
-                        f.write(json.dumps(record) + "\n")
-                    for key, value in record.items():
-                        if key != "step" and isinstance(value, float):
-                            writer.add_scalar(f"train/{key}", value, self.step)
-                    bar.set_postfix(postfix)
-                    bar.update(1)
+                run_log.step(self.step, dataclasses.asdict(m), elapsed)
                 if self.step % c.ckpt_every == 0 or self.step == stop:
                     self.save()
-        bar.close()
-        if writer is not None:
-            writer.close()
+        run_log.close()
         return history

@@ -54,10 +54,18 @@ def test_trainer_reports_mfu_when_asked(tiny_store, tmp_path):
     config = dataclasses.replace(config, steps=2, mfu="on", peak_tflops=0.5)
     trainer = Trainer(config)
     assert trainer.step_flops > 0 and trainer.peak_tflops == 0.5
+    # A step of two micro-batches is twice the work of one.
+    accum = Trainer(dataclasses.replace(config, grad_accum=2, out_dir=str(tmp_path / "accum")))
+    assert accum.step_flops == 2 * trainer.step_flops
     trainer.fit(progress=False)
     record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
-    assert record["mfu"] == pytest.approx(record["tflops"] / 0.5)
-    assert record["tflops"] > 0 and record["tokens_per_s"] > 0
+    # FLOP/s and tokens/s are two counts over the same step time: their ratio is FLOPs per
+    # token, known without the clock.
+    tokens_per_step = config.batch_size * (config.data.frames + 1)
+    tokens_per_step *= config.model.video_tokens + config.model.struct_tokens
+    flops_per_token = record["tflops"] * 1e12 / record["tokens_per_s"]
+    assert flops_per_token == pytest.approx(trainer.step_flops / tokens_per_step, rel=1e-6)
+    assert record["mfu"] > 0 and record["mfu"] * 0.5 == pytest.approx(record["tflops"])
     off = Trainer(dataclasses.replace(config, mfu="off", out_dir=str(tmp_path / "off")))
     assert off.step_flops is None
 

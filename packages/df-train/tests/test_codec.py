@@ -9,7 +9,15 @@ import torch
 
 from df_core.cli import main as dualforce
 from df_models.codecs import TinyAutoencoder
-from df_train.codec import CodecTrainConfig, load_frames, psnr, train_codec
+from df_train.codec import (
+    CodecTrainConfig,
+    colour_augment,
+    face_colour_error,
+    load_frames,
+    psnr,
+    random_crop,
+    train_codec,
+)
 from df_train.config import apply_overrides
 from df_train.recipes import get_recipe
 
@@ -59,3 +67,45 @@ def test_codec_cli_and_errors(tiny_corpus, tmp_path, capsys):
         load_frames(tmp_path, "train", 1)
     with pytest.raises(ValueError, match="batch_size"):
         CodecTrainConfig(batch_size=0)
+
+
+def test_colour_augment_permutes_and_stays_in_range():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 1, 3, 8, 8) * 2 - 1
+    y = colour_augment(x, g)
+    assert y.shape == x.shape and y.min() >= -1 and y.max() <= 1
+    assert torch.equal(colour_augment(x, torch.Generator().manual_seed(0)), y)  # seeded
+    # a frame of three distinct flat channels: its channel means come out permuted and rescaled,
+    # so which colour goes where varies over the batch
+    flat = torch.tensor([-0.5, 0.0, 0.5]).view(1, 1, 3, 1, 1).expand(256, 1, 3, 4, 4)
+    out = colour_augment(flat, g).mean(dim=(1, 3, 4))
+    brightest = out.argmax(dim=1)
+    assert set(brightest.tolist()) == {0, 1, 2}
+
+
+def test_random_crop_is_aligned_to_the_latent_grid():
+    g = torch.Generator().manual_seed(1)
+    x = torch.arange(16 * 16, dtype=torch.float32).view(1, 1, 1, 16, 16)
+    for _ in range(20):
+        c = random_crop(x, 8, 4, g)
+        assert c.shape[-2:] == (8, 8)
+        corner = int(c[0, 0, 0, 0, 0])
+        assert (corner // 16) % 4 == 0 and (corner % 16) % 4 == 0
+    with pytest.raises(ValueError, match="larger"):
+        random_crop(x, 32, 4, g)
+
+
+def test_face_colour_error_measures_the_centre_box():
+    target = torch.zeros(2, 1, 3, 8, 8)
+    recon = target.clone()
+    recon[..., 2:6, 2:6] += torch.tensor([0.2, 0.0, -0.4]).view(3, 1, 1)
+    recon[..., 0, :] = 1.0  # outside the box: not counted
+    err = face_colour_error(recon, target)
+    assert err == pytest.approx([0.2 * 127.5, 0.0, 0.4 * 127.5])
+
+
+def test_crop_must_fit_the_codec_grid():
+    codec = get_recipe("codec_synthtalk_tiny").codec
+    with pytest.raises(ValueError, match=r"CodecTrainConfig\.crop"):
+        CodecTrainConfig(codec=codec, crop=6)  # spatial factor 4
+    assert CodecTrainConfig(codec=codec, crop=8, colour_aug=True).crop == 8

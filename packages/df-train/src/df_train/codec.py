@@ -2,7 +2,19 @@
 
 The codec is trained on individual frames of the corpus's training clips (the test clips are
 held out for the reported PSNR) with a reconstruction loss (MSE + L1) and a small L2 penalty on
-the raw latents, which keeps the latent scale bounded for the diffusion model. At the end the
+the raw latents, which keeps the latent scale bounded for the diffusion model.
+
+Two options make a small codec generalise to identities it never saw (issue 14):
+
+- ``colour_aug``: each training frame gets a random channel permutation, per-channel gain and
+  offset (:func:`colour_augment`). A SynthTalk corpus has few identities (the demo's: 20), and
+  without it the codec learns *their* colours rather than colour: on the demo corpus the
+  held-out frames' face colour was off by 14/255 per channel after 700 steps (dark skin decoded
+  beige), 2/255 with it, at the same held-out PSNR cost per step.
+- ``crop``: train on random crops (:func:`random_crop`). The codec is fully convolutional, so
+  a 32 x 32 crop of a 64 x 64 frame costs a quarter of the step and teaches the same filters;
+  the saved steps buy a wider codec (measured: 28.8 dB held out in 232 CPU-seconds, against
+  21.1 dB for the uncropped narrow codec in 100 s). At the end the
 per-channel latent statistics are estimated and stored in the codec, so ``encode`` gives
 normalised latents, and the codec is written with ``save_pretrained`` (atomic).
 
@@ -41,6 +53,8 @@ class CodecTrainConfig:
     latent_l2: float = 1e-4  # weight of the raw-latent L2 penalty
     l1_weight: float = 0.5  # weight of the L1 term beside the MSE
     frame_stride: int = 2  # use every k-th frame of each clip
+    colour_aug: bool = False  # random channel permutation, gain and offset per frame
+    crop: int = 0  # train on random crops of this size (a multiple of the spatial factor); 0 = off
     seed: int = 0
     device: str = "auto"
     log_every: int = 50
@@ -58,6 +72,18 @@ class CodecTrainConfig:
                     f"CodecTrainConfig.{name} must be >= 0, got {getattr(self, name)!r}"
                 )
 
+        if isinstance(self.crop, bool) or not isinstance(self.crop, int) or self.crop < 0:
+            raise ValueError(f"CodecTrainConfig.crop must be an integer >= 0, got {self.crop!r}")
+        if self.crop and self.crop % self.codec.spatial_factor:
+            raise ValueError(
+                f"CodecTrainConfig.crop must be 0 or a multiple of the codec's spatial factor "
+                f"{self.codec.spatial_factor}, got {self.crop!r}"
+            )
+        if not isinstance(self.colour_aug, bool):
+            raise ValueError(
+                f"CodecTrainConfig.colour_aug must be true or false, got {self.colour_aug!r}"
+            )
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
@@ -71,6 +97,43 @@ def load_frames(corpus: str | Path, split: str, stride: int) -> torch.Tensor:
         )
     frames = [read_video(v)[0][::stride] for v in videos]
     return torch.from_numpy(np.concatenate(frames)).permute(0, 3, 1, 2).contiguous()
+
+
+def colour_augment(x_N1CHW: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random colours for frames in [-1, 1]: a channel permutation, a gain in [0.6, 1.4] and an
+    offset in [-0.15, 0.15] per frame and channel, clamped back to [-1, 1]. Input and target of
+    the reconstruction loss are the same augmented frame, so the codec must reproduce any colour
+    instead of the training identities' colours."""
+    N, C = x_N1CHW.shape[0], x_N1CHW.shape[2]
+    perm_NC = torch.argsort(torch.rand(N, C, generator=generator), dim=1).to(x_N1CHW.device)
+    x = torch.gather(x_N1CHW, 2, perm_NC[:, None, :, None, None].expand_as(x_N1CHW))
+    gain = (0.6 + 0.8 * torch.rand(N, 1, C, 1, 1, generator=generator)).to(x.device)
+    offset = (0.3 * (torch.rand(N, 1, C, 1, 1, generator=generator) - 0.5)).to(x.device)
+    return ((x + 1.0) * gain - 1.0 + offset).clamp(-1.0, 1.0)
+
+
+def random_crop(
+    x_N1CHW: torch.Tensor, size: int, align: int, generator: torch.Generator
+) -> torch.Tensor:
+    """One random ``size x size`` crop of the batch, its corner on a multiple of ``align`` (the
+    codec's spatial factor, so the crop's latent grid is the frame's)."""
+    H, W = x_N1CHW.shape[-2:]
+    if size > min(H, W):
+        raise ValueError(f"crop {size} is larger than the frames ({H}x{W})")
+    i0 = int(torch.randint(0, (H - size) // align + 1, (1,), generator=generator)) * align
+    j0 = int(torch.randint(0, (W - size) // align + 1, (1,), generator=generator)) * align
+    return x_N1CHW[..., i0 : i0 + size, j0 : j0 + size]
+
+
+def face_colour_error(recon: torch.Tensor, target: torch.Tensor) -> list[float]:
+    """Per-channel error of the mean colour in the centre box of the frame (half its height and
+    width: where a SynthTalk face is), in 0-255 units, averaged over the frames: the codec's
+    colour fidelity, which PSNR alone hides (a decoded face of the wrong skin tone can keep a
+    fair PSNR)."""
+    H, W = target.shape[-2:]
+    box = (..., slice(H // 4, 3 * H // 4), slice(W // 4, 3 * W // 4))
+    diff_NC = (recon[box] - target[box]).flatten(0, -4).mean(dim=(-1, -2)) * 127.5
+    return [float(v) for v in diff_NC.abs().mean(dim=0)]
 
 
 def psnr(recon: torch.Tensor, target: torch.Tensor) -> float:
@@ -113,6 +176,10 @@ def train_codec(config: CodecTrainConfig, *, progress: bool = True) -> dict:
     for step in bar:
         idx = torch.randint(0, train.shape[0], (c.batch_size,), generator=g)
         x = _to_video(train[idx], device)
+        if c.colour_aug:
+            x = colour_augment(x, g)
+        if c.crop:
+            x = random_crop(x, c.crop, c.codec.spatial_factor, g)
         recon, z = codec(x)
         rec = (recon - x).pow(2).mean() + c.l1_weight * (recon - x).abs().mean()
         loss = rec + c.latent_l2 * z.pow(2).mean()
@@ -147,6 +214,7 @@ def train_codec(config: CodecTrainConfig, *, progress: bool = True) -> dict:
         "train_frames": int(train.shape[0]),
         "heldout_frames": int(min(512, held.shape[0])),
         "heldout_psnr_db": psnr(recon, x),
+        "heldout_face_colour_error": face_colour_error(recon, x),
         "normalised_latent_mean": float(z.mean()),
         "normalised_latent_std": float(z.std()),
         "latent_shape": list(z.shape[2:]),

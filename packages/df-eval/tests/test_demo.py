@@ -70,7 +70,7 @@ def test_preset_overrides_and_errors():
 
 @pytest.mark.slow
 def test_smoke_demo_end_to_end(tmp_path):
-    from df_eval.evaluate import AGGREGATE_ONLY, METRICS
+    from df_eval.metric_names import AGGREGATE_ONLY, METRICS
 
     out = tmp_path / "demo"
     assert demo.main(["--smoke", "--out", str(out), "--no-progress"]) == 0

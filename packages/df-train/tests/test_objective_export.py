@@ -10,7 +10,6 @@ import shutil
 import pytest
 import torch
 
-from df_data.extract import codec_identity, load_codec
 from df_data.store import (
     CLIPS_DIR,
     MOUTH_BOX_FILE,
@@ -21,6 +20,7 @@ from df_data.store import (
 )
 from df_models import DualForceDiT
 from df_models.bundle import read_bundle
+from df_models.codecs import codec_identity, load_codec
 from df_train.config import apply_overrides
 from df_train.recipes import get_recipe
 from df_train.trainer import Trainer

@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from df_core.conventions import AUDIO_FEATURES_PER_VIDEO_FRAME
 from df_data.store import (
     ClipRecord,
     StoreError,
@@ -50,7 +51,6 @@ from df_models.layers import gather_audio_windows
 
 log = logging.getLogger(__name__)
 
-FEATS_PER_FRAME = 2  # 50 Hz audio features at 25 fps
 FLIP_NEGATED = ("yaw", "roll", "tx")  # structure parameters a horizontal flip mirrors
 
 
@@ -177,7 +177,7 @@ class WindowDataset(Dataset):
         audio = gather_audio_windows(
             features[None],
             c.frames,
-            feats_per_frame=FEATS_PER_FRAME,
+            feats_per_frame=AUDIO_FEATURES_PER_VIDEO_FRAME,
             frames_per_latent=fpl,
             context=c.audio_context,
             first_frame=start,

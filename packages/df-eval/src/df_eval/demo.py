@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from df_data.media import atomic_path
 from df_eval.demo_report import write_report
+from df_models.io import atomic_path, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -167,9 +167,8 @@ def apply_sets(preset: DemoPreset, items: list[str]) -> DemoPreset:
 # Stage bookkeeping --------------------------------------------------------------------------
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_jsonable))
+def _write_record(path: Path, data: Any) -> None:
+    write_json_atomic(path, data, default=_jsonable)
 
 
 def _jsonable(value: Any) -> Any:
@@ -204,7 +203,7 @@ def _check_preset(out: Path, preset: DemoPreset) -> None:
                 "or delete the directory"
             )
     else:
-        write_json_atomic(path, {"preset": asdict(preset)})
+        _write_record(path, {"preset": asdict(preset)})
 
 
 # Stages -------------------------------------------------------------------------------------
@@ -253,7 +252,7 @@ class Demo:
                     "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                     "summary": summary,
                 }
-                write_json_atomic(stage_path(self.out, stage), record)
+                _write_record(stage_path(self.out, stage), record)
                 log.info("demo: stage %s done in %.1f s", stage, record["seconds"])
             else:
                 log.info("demo: stage %s already done (%s s), skipped", stage, record["seconds"])
@@ -389,7 +388,7 @@ class Demo:
                 result = generate_video(
                     gen, reference, d / "audio.wav", mp4, sampler, progress=self.progress
                 )
-                _save_npy_atomic(struct_file, result.structs)
+                _save_structs(struct_file, result.structs)
                 fps.append(result.fps)
                 frames += result.frames
             summary[variant] = {
@@ -421,11 +420,11 @@ class Demo:
         results: dict[str, Any] = {"probe": {"config": asdict(config), **probe.info}}
         for variant in VARIANTS:
             scores = evaluate_videos(self.pred[variant], self.corpus, **common)
-            write_json_atomic(self.eval_dir / variant / "metrics.json", scores)
+            _write_record(self.eval_dir / variant / "metrics.json", scores)
             results[variant] = {"metrics": scores["aggregate"], "curves": scores["curves"]}
         clips = [d.name for d in self.eval_clip_dirs()]
         truth = evaluate_ground_truth(self.corpus, clips, **common)
-        write_json_atomic(self.eval_dir / "ground_truth" / "metrics.json", truth)
+        _write_record(self.eval_dir / "ground_truth" / "metrics.json", truth)
         results["ground_truth"] = {"metrics": truth["aggregate"], "curves": truth["curves"]}
         for variant in ("trained", "untrained"):
             results[variant]["struct_jaw"] = self.struct_jaw_sync(variant)
@@ -465,7 +464,7 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / denom) if denom > 0 else 0.0
 
 
-def _save_npy_atomic(path: Path, array: np.ndarray | None) -> None:
+def _save_structs(path: Path, array: np.ndarray | None) -> None:
     if array is None:
         raise RuntimeError(f"{path}: the model generated no structure (struct stream disabled?)")
     with atomic_path(path) as tmp:

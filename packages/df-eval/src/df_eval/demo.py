@@ -32,6 +32,13 @@ from typing import Any
 
 import numpy as np
 
+from df_core.checks import (
+    non_negative_float,
+    non_negative_int,
+    one_of,
+    positive_float,
+    positive_int,
+)
 from df_eval.demo_report import write_report
 from df_models.io import atomic_path, write_json_atomic
 
@@ -42,7 +49,7 @@ VARIANTS = ("trained", "untrained", "still")  # the model and its two baselines
 JAW = 6  # index of "jaw" in df_data.synthtalk.STRUCT_NAMES
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class DemoPreset:
     name: str = "cpu"
     train_clips: int = 40  # SynthTalk training clips (over train_clips // 2 identities)
@@ -79,25 +86,17 @@ class DemoPreset:
             "probe_steps",
             "workers",
         ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"DemoPreset.{name} must be a positive integer, got {value!r}")
-        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
-            raise ValueError(f"DemoPreset.threads must be an integer >= 0, got {self.threads!r}")
-        for name in ("cfg_audio", "cfg_struct"):
-            g = getattr(self, name)
-            if isinstance(g, bool) or not isinstance(g, int | float) or not 0 <= g < float("inf"):
-                raise ValueError(
-                    f"DemoPreset.{name} must be a finite number >= 0 (1 = no guidance), got {g!r}"
-                )
-        if not self.seconds > 0:
-            raise ValueError(f"DemoPreset.seconds must be > 0, got {self.seconds!r}")
+            positive_int(f"DemoPreset.{name}", getattr(self, name))
+        non_negative_int("DemoPreset.threads", self.threads)
+        non_negative_int("DemoPreset.seed", self.seed)
+        non_negative_float("DemoPreset.cfg_audio", self.cfg_audio)  # 1 = no guidance
+        non_negative_float("DemoPreset.cfg_struct", self.cfg_struct)
+        positive_float("DemoPreset.seconds", self.seconds)
         if self.eval_clips > self.test_clips:
             raise ValueError(
                 f"DemoPreset.eval_clips={self.eval_clips} exceeds test_clips={self.test_clips}"
             )
-        if self.device not in ("cpu", "cuda", "auto"):
-            raise ValueError(f"DemoPreset.device must be cpu, cuda or auto, got {self.device!r}")
+        one_of("DemoPreset.device", self.device, ("cpu", "cuda", "auto"))
 
 
 PRESETS: dict[str, DemoPreset] = {

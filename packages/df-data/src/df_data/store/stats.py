@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 STRUCT_STD_FLOOR = 1e-6  # a dimension with a smaller std (constant in the data) is left unscaled
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class StructStats:
     """Per-dimension statistics of the structure over a store's training clips.
 
@@ -49,7 +49,8 @@ class StructStats:
     clips_hash: str = ""  # sha256 of the sorted clip ids: tells when the store changed
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str) -> StructStats:

@@ -4,6 +4,7 @@ listed in the manifest; ``store.json`` merged and replaced atomically.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -69,7 +70,7 @@ def write_clip_record(
     if record.audio_features.ndim == 2:
         meta.setdefault("audio_feature_dim", int(record.audio_features.shape[1]))
     meta.setdefault("store_version", STORE_VERSION)
-    record = ClipRecord(**{**record.__dict__, "metadata": meta})
+    record = dataclasses.replace(record, metadata=meta)
     validate_record(record)
 
     clips = Path(store_dir) / CLIPS_DIR

@@ -50,7 +50,10 @@ def test_error_before_any_file_leaves_nothing_under_the_name(tmp_path):
         tmp.write_bytes(b"partial")
         raise WriterError
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(WriterError), atomic_path(path):  # the writer failed before creating anything
+    with (
+        pytest.raises(WriterError),
+        atomic_path(path),
+    ):  # the writer failed before creating anything
         raise WriterError
     assert list(tmp_path.iterdir()) == []
 

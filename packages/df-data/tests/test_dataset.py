@@ -135,10 +135,6 @@ def test_reference_is_outside_the_window_and_flip_mirrors_structure(tmp_path):
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="frames"):
-        WindowConfig(frames=0)
-    with pytest.raises(ValueError, match="hflip_prob"):
-        WindowConfig(hflip_prob=2.0)
     with pytest.raises(ValueError, match="rank"):
         ResumableSampler(4, rank=2, world_size=2)
 

@@ -18,10 +18,12 @@ from safetensors.torch import load_file, save_file
 
 from df_data import extract as extract_module
 from df_data import inspect_store as inspect_module
-from df_data.extract import SourceError, codec_identity, extract_store, load_codec, read_source
+from df_data.extract import extract_store
 from df_data.features import LogMelEncoder, features_for_frames
 from df_data.inspect_store import format_report, inspect_store
 from df_data.media import read_video, read_wav, write_video, write_wav
+from df_data.record import group_mouth_boxes
+from df_data.sources import SourceError, read_source
 from df_data.store import (
     CLIPS_DIR,
     MANIFEST_NAME,
@@ -31,7 +33,7 @@ from df_data.store import (
     load_manifest,
     read_clip,
 )
-from df_models.codecs import TinyAutoencoder, tiny_autoencoder_debug
+from df_models.codecs import TinyAutoencoder, codec_identity, load_codec, tiny_autoencoder_debug
 from df_models.testing import tiny_wan_vae
 
 STRUCT_NAMES = ["yaw", "pitch", "roll"]
@@ -372,14 +374,6 @@ def test_temporal_codec_groups_struct_and_trims_frames(tmp_path):
         )
 
 
-def test_load_codec_errors(tmp_path):
-    with pytest.raises(ValueError, match=r"no config\.json"):
-        load_codec(tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps({"kind": "Mystery"}))
-    with pytest.raises(ValueError, match="cannot tell which codec"):
-        load_codec(tmp_path)
-
-
 def test_inspect_store_report(good_sources, bad_sources, codec_dir, tmp_path):
     out = tmp_path / "store"
     extract_store(good_sources, out, codec=codec_dir, progress=False)
@@ -494,8 +488,6 @@ def test_mouth_boxes_are_carried_into_the_store(codec_dir, tmp_path):
 
 
 def test_mouth_boxes_group_as_the_union_per_latent_frame():
-    from df_data.extract import group_mouth_boxes
-
     box = torch.tensor([[float(t), 10.0 - t, 20.0 + t, 30.0 - t] for t in range(9)])
     got = group_mouth_boxes(box, 4)  # latent frames cover {0}, {1..4}, {5..8}
     expected = torch.tensor(

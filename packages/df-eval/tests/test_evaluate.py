@@ -13,7 +13,8 @@ from df_data.media import write_video
 from df_eval import metrics as M
 from df_eval.cli import main
 from df_eval.corpus import clip_dirs, load_ground_truth
-from df_eval.evaluate import JAW, METRICS, POSE_DIMS, evaluate_frames
+from df_eval.evaluate import JAW, POSE_DIMS, evaluate_frames
+from df_eval.metric_names import METRICS
 from df_eval.report import PLOTS
 
 

@@ -48,13 +48,26 @@ def test_constant_track_has_zero_correlation():
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.integers(0, 1000), st.floats(0.1, 10), st.floats(-5, 5))
-def test_pearson_is_invariant_to_affine_maps(seed, a, b):
+@given(st.integers(0, 1000), st.integers(2, 60), st.floats(-3, 3))
+def test_pearson_equals_numpy(seed, n, mix):
     rng = np.random.default_rng(seed)
-    x, y = rng.normal(size=50), rng.normal(size=50)
-    assert M.pearson(a * x + b, y) == pytest.approx(M.pearson(x, y), abs=1e-9)
-    assert M.pearson(x, x) == pytest.approx(1.0)
-    assert M.pearson(-x, x) == pytest.approx(-1.0)
+    x = rng.normal(size=n)
+    y = mix * x + rng.normal(size=n)
+    assert M.pearson(x, y) == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-9)
+
+
+def test_sync_curve_equals_shifted_correlations():
+    rng = np.random.default_rng(2)
+    pred, gt = rng.normal(size=40), rng.normal(size=40)
+    curve = M.sync_curve(pred, gt, max_offset=3)
+    for j, k in enumerate(range(-3, 4)):
+        a, b = (pred[k:], gt[: 40 - k]) if k >= 0 else (pred[:k], gt[-k:])
+        assert curve[j] == pytest.approx(np.corrcoef(a, b)[0, 1], abs=1e-12)
+
+
+def test_sync_rmse_of_a_constant_offset_is_the_offset():
+    gt = _track()
+    assert M.lip_sync(gt + 0.125, gt)["sync_rmse"] == pytest.approx(0.125, abs=1e-12)
 
 
 def test_pose_metrics_on_frozen_and_moving_heads():
@@ -70,6 +83,13 @@ def test_pose_metrics_on_frozen_and_moving_heads():
     assert M.pose_error(smooth, smooth, scale) == 0.0
     # A constant offset of one std in every dimension is an error of exactly 1.
     assert M.pose_error(smooth + scale, smooth, scale) == pytest.approx(1.0)
+
+
+def test_jitter_of_a_parabola_is_its_second_difference():
+    # pose_t = c t^2: the second difference is 2 c at every frame, jitter |2 c / scale|.
+    c, scale = np.array([0.3, -0.4]), np.array([0.5, 2.0])
+    t = np.arange(10.0)[:, None]
+    assert M.jitter(c * t**2, scale) == pytest.approx(np.linalg.norm(2 * c / scale), rel=1e-12)
 
 
 def test_identity_drift():
@@ -88,6 +108,8 @@ def test_psnr_and_ssim():
     assert np.all(M.psnr(a, a) == M.PSNR_CAP_DB)
     np.testing.assert_allclose(M.ssim(a, a), 1.0)
     noisy = [np.clip(a + rng.normal(0, s, a.shape), 0, 255).astype(np.uint8) for s in (5.0, 20.0)]
+    # An error of d grey levels in every pixel: PSNR = 20 log10(255 / d) exactly.
+    np.testing.assert_allclose(M.psnr(a - 3, a), 20 * np.log10(255 / 3), rtol=1e-12)
     p5, p20 = (M.psnr(b, a) for b in noisy)
     assert np.all(p5 == pytest.approx(10 * np.log10(255**2 / 25.0), abs=0.5))
     assert np.all(p20 < p5)
@@ -95,6 +117,49 @@ def test_psnr_and_ssim():
     assert np.all((s20 < s5) & (s5 < 0.99))
     with pytest.raises(ValueError, match="equal shape"):
         M.psnr(a[:, :16], a)
+
+
+def test_ssim_of_flat_frames_is_the_luminance_term():
+    # Flat frames have no variance, so SSIM is (2ab + C1) / (a^2 + b^2 + C1), C1 = (0.01 * 255)^2
+    # (Wang et al. 2004), averaged over the channels.
+    a_c, b_c = np.array([40.0, 128.0, 200.0]), np.array([60.0, 100.0, 200.0])
+    a = np.broadcast_to(a_c, (1, 16, 16, 3)).astype(np.uint8)
+    b = np.broadcast_to(b_c, (1, 16, 16, 3)).astype(np.uint8)
+    c1 = (0.01 * 255) ** 2
+    expected = np.mean((2 * a_c * b_c + c1) / (a_c**2 + b_c**2 + c1))
+    np.testing.assert_allclose(M.ssim(b, a), [expected], rtol=1e-9)
+
+
+def _exact_gaussian_sample(rng, n, mean, std):
+    """Samples whose mean and (unbiased) covariance are exactly ``mean`` and ``diag(std^2)``."""
+    z = rng.normal(size=(n, len(mean)))
+    z -= z.mean(0)
+    z = z @ np.linalg.inv(np.linalg.cholesky(np.cov(z, rowvar=False))).T
+    return z * std + mean
+
+
+def test_frechet_distance_closed_form():
+    # Diagonal covariances commute: FD = |mu_a - mu_b|^2 + sum (sigma_a - sigma_b)^2.
+    rng = np.random.default_rng(3)
+    mu_a, mu_b = np.array([0.0, 1.0, -2.0]), np.array([0.5, 1.0, 0.0])
+    sd_a, sd_b = np.array([1.0, 2.0, 0.5]), np.array([3.0, 1.0, 0.5])
+    a = _exact_gaussian_sample(rng, 200, mu_a, sd_a)
+    b = _exact_gaussian_sample(rng, 300, mu_b, sd_b)
+    expected = np.sum((mu_a - mu_b) ** 2) + np.sum((sd_a - sd_b) ** 2)
+    assert M.frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
+
+
+def test_frechet_distance_equals_an_eigenvalue_implementation():
+    # tr((S_a S_b)^1/2) is the sum of the square roots of the eigenvalues of S_a S_b (real and
+    # >= 0: the product is similar to S_a^1/2 S_b S_a^1/2), computed without a matrix sqrt.
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=(400, 5)) @ rng.normal(size=(5, 5))
+    b = rng.normal(size=(300, 5)) @ rng.normal(size=(5, 5)) + 0.3
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    eig = np.linalg.eigvals(s_a @ s_b).real.clip(min=0)
+    d = a.mean(0) - b.mean(0)
+    expected = d @ d + np.trace(s_a) + np.trace(s_b) - 2 * np.sqrt(eig).sum()
+    assert M.frechet_distance(a, b) == pytest.approx(expected, rel=1e-7)
 
 
 def test_frechet_distance():

@@ -62,7 +62,5 @@ def test_bad_inputs_are_named(tmp_path, probe):
         probe.predict(np.zeros((2, 64, 64, 3), np.float32))
     with pytest.raises(ValueError, match="does not exist"):
         clip_dirs(tmp_path / "nowhere", "test")
-    with pytest.raises(ValueError, match=r"ProbeConfig\.size"):
-        ProbeConfig(size=30)
     with pytest.raises(ValueError, match=r"config\.json"):
         Probe.from_pretrained(tmp_path)

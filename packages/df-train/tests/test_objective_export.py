@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from df_core import frame_mse
-from df_data.extract import codec_identity, load_codec
 from df_data.store import (
     CLIPS_DIR,
     MOUTH_BOX_FILE,
@@ -22,6 +21,7 @@ from df_data.store import (
 )
 from df_models import DualForceDiT
 from df_models.bundle import read_bundle
+from df_models.codecs import codec_identity, load_codec
 from df_train.config import apply_overrides
 from df_train.losses import weighted_frame_mse
 from df_train.objective import mouth_boxes, video_pixel_weights

@@ -38,6 +38,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from df_core.checks import boolean, non_negative_int, positive_int, unit_float
+from df_core.conventions import AUDIO_FEATURES_PER_VIDEO_FRAME
 from df_data.store import (
     ClipRecord,
     StoreError,
@@ -50,11 +52,10 @@ from df_models.layers import gather_audio_windows
 
 log = logging.getLogger(__name__)
 
-FEATS_PER_FRAME = 2  # 50 Hz audio features at 25 fps
 FLIP_NEGATED = ("yaw", "roll", "tx")  # structure parameters a horizontal flip mirrors
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class WindowConfig:
     frames: int = 16  # T latent frames per sample
     audio_context: int = 2  # video frames of audio context on each side of a latent frame
@@ -65,18 +66,16 @@ class WindowConfig:
     normalize_struct: bool = False  # (raw - mean) / std with the train split's statistics
 
     def __post_init__(self) -> None:
-        if isinstance(self.frames, bool) or not isinstance(self.frames, int) or self.frames < 1:
-            raise ValueError(f"WindowConfig.frames must be a positive integer, got {self.frames!r}")
-        if not isinstance(self.audio_context, int) or self.audio_context < 0:
+        positive_int("WindowConfig.frames", self.frames)
+        non_negative_int("WindowConfig.audio_context", self.audio_context)
+        unit_float("WindowConfig.ref_other_prob", self.ref_other_prob)
+        unit_float("WindowConfig.hflip_prob", self.hflip_prob)
+        if not self.splits or not all(isinstance(s, str) for s in self.splits):
             raise ValueError(
-                f"WindowConfig.audio_context must be an integer >= 0, got {self.audio_context!r}"
+                f"WindowConfig.splits must name at least one split, got {self.splits!r}"
             )
-        for name in ("ref_other_prob", "hflip_prob"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"WindowConfig.{name} must be in [0, 1], got {value!r}")
-        if not self.splits:
-            raise ValueError("WindowConfig.splits must name at least one split")
+        positive_int("WindowConfig.cache_clips", self.cache_clips)
+        boolean("WindowConfig.normalize_struct", self.normalize_struct)
 
 
 def _generator(*keys: int) -> torch.Generator:
@@ -177,7 +176,7 @@ class WindowDataset(Dataset):
         audio = gather_audio_windows(
             features[None],
             c.frames,
-            feats_per_frame=FEATS_PER_FRAME,
+            feats_per_frame=AUDIO_FEATURES_PER_VIDEO_FRAME,
             frames_per_latent=fpl,
             context=c.audio_context,
             first_frame=start,

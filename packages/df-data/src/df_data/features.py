@@ -23,8 +23,6 @@ features of the whole clip.
 from __future__ import annotations
 
 import abc
-import hashlib
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -32,12 +30,12 @@ import numpy as np
 import torch
 import torchaudio
 
-from df_data.media import FPS, SAMPLE_RATE
+from df_core.conventions import AUDIO_FEATURES_PER_VIDEO_FRAME, AUDIO_SAMPLE_RATE, FPS
+from df_models.io import config_hash
 
-FEATURE_RATE = 50  # Hz: 2 feature frames per video frame at 25 fps
-FEATURES_PER_VIDEO_FRAME = 2
-SAMPLES_PER_VIDEO_FRAME = 640  # 16 kHz / 25 fps
-HOP = SAMPLE_RATE // FEATURE_RATE  # 320 samples = 20 ms
+FEATURE_RATE = AUDIO_FEATURES_PER_VIDEO_FRAME * FPS  # 50 Hz
+SAMPLES_PER_VIDEO_FRAME = AUDIO_SAMPLE_RATE // FPS  # 640 = 16 kHz / 25 fps
+HOP = AUDIO_SAMPLE_RATE // FEATURE_RATE  # 320 samples = 20 ms
 WINDOW = 400  # samples = 25 ms
 # Fixed log-mel normalisation, set once from the levels of noise shaped like speech: at about
 # -26 dBFS features have mean near 0 and lie in about [-2.7, 1.2], full-scale noise reaches +2,
@@ -46,13 +44,8 @@ LOG_MEL_FLOOR = 1e-8
 LOG_MEL_OFFSET = 5.0
 LOG_MEL_SCALE = 5.0
 
-assert SAMPLE_RATE == SAMPLES_PER_VIDEO_FRAME * FPS and SAMPLE_RATE % FEATURE_RATE == 0
-
-
-def config_hash(config: dict[str, Any]) -> str:
-    """sha256 of the canonical JSON of ``config`` (sorted keys): stable across runs."""
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+assert AUDIO_SAMPLE_RATE == SAMPLES_PER_VIDEO_FRAME * FPS
+assert AUDIO_SAMPLE_RATE % FEATURE_RATE == 0
 
 
 def as_audio_tensor(audio_N: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -74,7 +67,7 @@ class AudioEncoder(abc.ABC):
 
     name: str = "audio"
     rate: int = FEATURE_RATE
-    sample_rate: int = SAMPLE_RATE
+    sample_rate: int = AUDIO_SAMPLE_RATE
 
     @property
     @abc.abstractmethod
@@ -111,13 +104,13 @@ class LogMelEncoder(AudioEncoder):
     def __init__(self, n_mels: int = 80, f_min: float = 0.0, f_max: float = 8000.0) -> None:
         if isinstance(n_mels, bool) or not isinstance(n_mels, int) or n_mels < 1:
             raise ValueError(f"n_mels must be a positive integer, got {n_mels!r}")
-        if not 0.0 <= f_min < f_max <= SAMPLE_RATE / 2:
+        if not 0.0 <= f_min < f_max <= AUDIO_SAMPLE_RATE / 2:
             raise ValueError(
-                f"need 0 <= f_min < f_max <= {SAMPLE_RATE / 2}, got f_min={f_min}, f_max={f_max}"
+                f"need 0 <= f_min < f_max <= {AUDIO_SAMPLE_RATE / 2}, got f_min={f_min}, f_max={f_max}"
             )
         self.n_mels, self.f_min, self.f_max = n_mels, float(f_min), float(f_max)
         self._mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=SAMPLE_RATE,
+            sample_rate=AUDIO_SAMPLE_RATE,
             n_fft=WINDOW,
             win_length=WINDOW,
             hop_length=HOP,
@@ -138,7 +131,7 @@ class LogMelEncoder(AudioEncoder):
             "n_mels": self.n_mels,
             "f_min": self.f_min,
             "f_max": self.f_max,
-            "sample_rate": SAMPLE_RATE,
+            "sample_rate": AUDIO_SAMPLE_RATE,
             "window": WINDOW,
             "hop": HOP,
             "center": True,
@@ -174,10 +167,10 @@ def features_for_frames(
     """
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
         raise ValueError(f"frames must be a positive integer, got {frames!r}")
-    if encoder.rate != FEATURE_RATE or encoder.sample_rate != SAMPLE_RATE:
+    if encoder.rate != FEATURE_RATE or encoder.sample_rate != AUDIO_SAMPLE_RATE:
         raise ValueError(
             f"encoder {encoder.name!r} must produce {FEATURE_RATE} Hz features from "
-            f"{SAMPLE_RATE} Hz audio, got {encoder.rate} Hz from {encoder.sample_rate} Hz"
+            f"{AUDIO_SAMPLE_RATE} Hz audio, got {encoder.rate} Hz from {encoder.sample_rate} Hz"
         )
     audio = as_audio_tensor(audio_N)
     n = SAMPLES_PER_VIDEO_FRAME * frames
@@ -191,7 +184,7 @@ def features_for_frames(
         raise ValueError(
             f"encoder {encoder.name!r} must return [L, {encoder.dim}], got {tuple(feats_LD.shape)}"
         )
-    length = FEATURES_PER_VIDEO_FRAME * frames
+    length = AUDIO_FEATURES_PER_VIDEO_FRAME * frames
     if feats_LD.shape[0] < length:
         tail = feats_LD[-1:].expand(length - feats_LD.shape[0], -1)
         feats_LD = torch.cat([feats_LD, tail])

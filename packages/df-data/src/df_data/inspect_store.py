@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
+from df_core.conventions import AUDIO_FEATURES_PER_VIDEO_FRAME
 from df_data.store import (
     AUDIO_FILE,
-    AUDIO_FRAMES_PER_VIDEO_FRAME,
     CLIPS_DIR,
     LATENTS_FILE,
     MOUTH_BOX_FILE,
@@ -131,7 +131,7 @@ def inspect_store(store_dir: str | Path, *, check_values: bool = True) -> dict[s
             shapes[name]["x".join(map(str, per_frame))] += 1
             dtypes[name][dtype] += 1
         frames, latent_frames = meta.get("frames", 0), _shape_dtype(tensors["latents"])[0][0]
-        if _shape_dtype(tensors["audio_features"])[0][0] != AUDIO_FRAMES_PER_VIDEO_FRAME * frames:
+        if _shape_dtype(tensors["audio_features"])[0][0] != AUDIO_FEATURES_PER_VIDEO_FRAME * frames:
             misaligned.append(clip_id)
         if check_values:
             if any(

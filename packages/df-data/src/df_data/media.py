@@ -1,7 +1,7 @@
 """Media IO: mp4 video (PyAV writes H.264 + AAC and decodes) and wav audio (soundfile).
 
-Every writer is atomic: it writes a temporary file beside the target and renames it, so an
-interrupted run never leaves a truncated file under the final name. Every reader raises a
+Every writer is atomic (``df_models.io.atomic_path``): it writes a temporary file beside the
+target and renames it, so an interrupted run never leaves a truncated file under the final name. Every reader raises a
 ``MediaError`` (a ``ValueError``) naming the file and what is wrong with it.
 
 Legend: T frames, H W pixels, N audio samples.
@@ -9,8 +9,6 @@ Legend: T frames, H W pixels, N audio samples.
 
 from __future__ import annotations
 
-import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,26 +17,12 @@ import soundfile as sf
 import torch
 import torchaudio
 
-SAMPLE_RATE = 16000  # the audio rate of the whole pipeline
-FPS = 25.0  # video frames per second
+from df_core.conventions import AUDIO_SAMPLE_RATE, FPS
+from df_models.io import atomic_path
 
 
 class MediaError(ValueError):
     """A media file is missing, unreadable or not what the pipeline expects."""
-
-
-@contextmanager
-def atomic_path(path: str | Path):
-    """Yields a temporary path beside ``path``; renames it to ``path`` on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 @dataclass(frozen=True)
@@ -74,7 +58,7 @@ class VideoWriter:
         crf: int = 18,
         audio: bool = True,
         fit_audio: bool = True,
-        sample_rate: int = SAMPLE_RATE,
+        sample_rate: int = AUDIO_SAMPLE_RATE,
     ) -> None:
         self.path = Path(path)
         if self.path.suffix.lower() != ".mp4":
@@ -176,7 +160,7 @@ def write_video(
     *,
     fps: float = FPS,
     audio_N: np.ndarray | None = None,
-    sample_rate: int = SAMPLE_RATE,
+    sample_rate: int = AUDIO_SAMPLE_RATE,
     crf: int = 18,
 ) -> Path:
     """Writes uint8 RGB frames ``[T, H, W, 3]`` as H.264 (yuv420p, even H and W) with the
@@ -256,7 +240,7 @@ def read_video(path: str | Path, indices: list[int] | None = None) -> tuple[np.n
     return np.stack(frames), fps
 
 
-def write_wav(path: str | Path, audio_N: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:
+def write_wav(path: str | Path, audio_N: np.ndarray, sample_rate: int = AUDIO_SAMPLE_RATE) -> Path:
     """Writes mono float audio in [-1, 1] as 16-bit PCM wav."""
     audio_N = np.asarray(audio_N, dtype=np.float32)
     if audio_N.ndim != 1:
@@ -266,7 +250,7 @@ def write_wav(path: str | Path, audio_N: np.ndarray, sample_rate: int = SAMPLE_R
     return Path(path)
 
 
-def read_wav(path: str | Path, *, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def read_wav(path: str | Path, *, sample_rate: int = AUDIO_SAMPLE_RATE) -> np.ndarray:
     """Reads any soundfile-readable audio, downmixes to mono and resamples to ``sample_rate``.
 
     Returns:

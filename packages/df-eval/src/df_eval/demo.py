@@ -32,8 +32,15 @@ from typing import Any
 
 import numpy as np
 
-from df_data.media import atomic_path
+from df_core.checks import (
+    non_negative_float,
+    non_negative_int,
+    one_of,
+    positive_float,
+    positive_int,
+)
 from df_eval.demo_report import write_report
+from df_models.io import atomic_path, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +49,7 @@ VARIANTS = ("trained", "untrained", "still")  # the model and its two baselines
 JAW = 6  # index of "jaw" in df_data.synthtalk.STRUCT_NAMES
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class DemoPreset:
     name: str = "cpu"
     train_clips: int = 40  # SynthTalk training clips (over train_clips // 2 identities)
@@ -79,25 +86,17 @@ class DemoPreset:
             "probe_steps",
             "workers",
         ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"DemoPreset.{name} must be a positive integer, got {value!r}")
-        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
-            raise ValueError(f"DemoPreset.threads must be an integer >= 0, got {self.threads!r}")
-        for name in ("cfg_audio", "cfg_struct"):
-            g = getattr(self, name)
-            if isinstance(g, bool) or not isinstance(g, int | float) or not 0 <= g < float("inf"):
-                raise ValueError(
-                    f"DemoPreset.{name} must be a finite number >= 0 (1 = no guidance), got {g!r}"
-                )
-        if not self.seconds > 0:
-            raise ValueError(f"DemoPreset.seconds must be > 0, got {self.seconds!r}")
+            positive_int(f"DemoPreset.{name}", getattr(self, name))
+        non_negative_int("DemoPreset.threads", self.threads)
+        non_negative_int("DemoPreset.seed", self.seed)
+        non_negative_float("DemoPreset.cfg_audio", self.cfg_audio)  # 1 = no guidance
+        non_negative_float("DemoPreset.cfg_struct", self.cfg_struct)
+        positive_float("DemoPreset.seconds", self.seconds)
         if self.eval_clips > self.test_clips:
             raise ValueError(
                 f"DemoPreset.eval_clips={self.eval_clips} exceeds test_clips={self.test_clips}"
             )
-        if self.device not in ("cpu", "cuda", "auto"):
-            raise ValueError(f"DemoPreset.device must be cpu, cuda or auto, got {self.device!r}")
+        one_of("DemoPreset.device", self.device, ("cpu", "cuda", "auto"))
 
 
 PRESETS: dict[str, DemoPreset] = {
@@ -167,9 +166,8 @@ def apply_sets(preset: DemoPreset, items: list[str]) -> DemoPreset:
 # Stage bookkeeping --------------------------------------------------------------------------
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_jsonable))
+def _write_record(path: Path, data: Any) -> None:
+    write_json_atomic(path, data, default=_jsonable)
 
 
 def _jsonable(value: Any) -> Any:
@@ -204,7 +202,7 @@ def _check_preset(out: Path, preset: DemoPreset) -> None:
                 "or delete the directory"
             )
     else:
-        write_json_atomic(path, {"preset": asdict(preset)})
+        _write_record(path, {"preset": asdict(preset)})
 
 
 # Stages -------------------------------------------------------------------------------------
@@ -253,7 +251,7 @@ class Demo:
                     "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                     "summary": summary,
                 }
-                write_json_atomic(stage_path(self.out, stage), record)
+                _write_record(stage_path(self.out, stage), record)
                 log.info("demo: stage %s done in %.1f s", stage, record["seconds"])
             else:
                 log.info("demo: stage %s already done (%s s), skipped", stage, record["seconds"])
@@ -389,7 +387,7 @@ class Demo:
                 result = generate_video(
                     gen, reference, d / "audio.wav", mp4, sampler, progress=self.progress
                 )
-                _save_npy_atomic(struct_file, result.structs)
+                _save_structs(struct_file, result.structs)
                 fps.append(result.fps)
                 frames += result.frames
             summary[variant] = {
@@ -421,11 +419,11 @@ class Demo:
         results: dict[str, Any] = {"probe": {"config": asdict(config), **probe.info}}
         for variant in VARIANTS:
             scores = evaluate_videos(self.pred[variant], self.corpus, **common)
-            write_json_atomic(self.eval_dir / variant / "metrics.json", scores)
+            _write_record(self.eval_dir / variant / "metrics.json", scores)
             results[variant] = {"metrics": scores["aggregate"], "curves": scores["curves"]}
         clips = [d.name for d in self.eval_clip_dirs()]
         truth = evaluate_ground_truth(self.corpus, clips, **common)
-        write_json_atomic(self.eval_dir / "ground_truth" / "metrics.json", truth)
+        _write_record(self.eval_dir / "ground_truth" / "metrics.json", truth)
         results["ground_truth"] = {"metrics": truth["aggregate"], "curves": truth["curves"]}
         for variant in ("trained", "untrained"):
             results[variant]["struct_jaw"] = self.struct_jaw_sync(variant)
@@ -465,7 +463,7 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / denom) if denom > 0 else 0.0
 
 
-def _save_npy_atomic(path: Path, array: np.ndarray | None) -> None:
+def _save_structs(path: Path, array: np.ndarray | None) -> None:
     if array is None:
         raise RuntimeError(f"{path}: the model generated no structure (struct stream disabled?)")
     with atomic_path(path) as tmp:

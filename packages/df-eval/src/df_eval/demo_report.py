@@ -16,10 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from df_data.media import atomic_path
-
 # report.py selects the Agg backend before pyplot is imported; use its pyplot
 from df_eval.report import plot_drift, plot_loss, plot_sync, plt, save_figure
+from df_models.io import atomic_path
 
 VARIANT_LABELS = {
     "trained": "DualForce (trained)",
@@ -65,7 +64,7 @@ def lip_sync_rows(evaluate: dict) -> list[tuple[str, str, str, dict[str, float |
     """``(metric, meaning, direction, {variant: value})`` of the lip-sync metrics: the probe's
     reading of the generated pixels (every variant and the ground truth) and the structure
     stream's own jaw track (the two models)."""
-    from df_eval.evaluate import METRICS
+    from df_eval.metric_names import METRICS
 
     rows = []
     for key, direction, meaning in METRICS:
@@ -154,7 +153,7 @@ def write_report(out: Path, preset, records: dict[str, dict | None]) -> Path:
         cells = " | ".join(_fmt(values[v]) for v in COLUMNS)
         md.append(f"| `{key}`: {meaning} | {direction} | {cells} |")
     md += ["", *margins(rows), ""]
-    from df_eval.evaluate import AGGREGATE_ONLY, METRICS
+    from df_eval.metric_names import AGGREGATE_ONLY, METRICS
 
     md += [
         "## Every metric (mean over the test clips)",

@@ -28,31 +28,13 @@ from df_data.synthtalk.structure import IDX
 from df_eval import metrics as M
 from df_eval.corpus import GroundTruth, clip_dirs, load_ground_truth
 from df_eval.probe import Probe, ProbeConfig, load_or_train_probe
+from df_eval.report import write_report
 
 log = logging.getLogger(__name__)
 
 POSE_DIMS = [IDX[n] for n in ("yaw", "pitch", "roll", "tx", "ty", "scale")]
 JAW = IDX["jaw"]
 DEFAULT_MAX_OFFSET = 5  # the sync search covers +-5 frames (+-200 ms at 25 fps)
-
-# (key, direction, meaning) of every per-clip scalar, in report order.
-METRICS: tuple[tuple[str, str, str], ...] = (
-    ("sync_corr", "higher", "Pearson r of generated vs ground-truth jaw opening at offset 0"),
-    ("sync_conf", "higher", "best Pearson r over offsets -K..K (Sync-C analogue)"),
-    ("sync_offset", "zero", "offset (frames) of the best r; > 0: the mouth lags"),
-    ("sync_rmse", "lower", "jaw opening RMSE at offset 0, jaw units [0, 1] (Sync-D analogue)"),
-    ("pose_err", "lower", "head pose RMSE / corpus std, mean of 6 pose dims"),
-    ("rot_err_deg", "lower", "yaw/pitch/roll RMSE in degrees"),
-    ("pose_div", "higher", "std over time of head pose / corpus std (APD analogue)"),
-    ("id_dist", "lower", "mean probe identity distance to the reference frame (ACD analogue)"),
-    ("id_dist_last", "lower", "the same over the last quarter of the frames (drift)"),
-    ("psnr", "higher", f"dB vs ground-truth frames (capped at {M.PSNR_CAP_DB:g})"),
-    ("ssim", "higher", "SSIM vs ground-truth frames"),
-    ("jitter", "lower", "mean |second time difference| of head pose / corpus std"),
-)
-AGGREGATE_ONLY = (
-    ("fd", "lower", "Fréchet distance of probe features to the ground truth (FID analogue)"),
-)
 
 
 def score_clip(
@@ -67,7 +49,7 @@ def score_clip(
 ) -> tuple[dict, dict, np.ndarray]:
     """Scores one generated clip (uint8 ``[T, H, W, 3]``) against its ground truth.
 
-    Frames beyond the shorter of the two are ignored (logged). Returns (scalars by ``METRICS``
+    Frames beyond the shorter of the two are ignored (logged). Returns (scalars by ``metric_names.METRICS``
     key plus ``frames``, curves ``{"id_drift": [T], "sync": [2K + 1]}``, probe features
     ``[T, F]``). ``name`` labels errors (e.g. the mp4 path).
     """
@@ -272,8 +254,6 @@ def evaluate(
     ``probe`` defaults to ``load_or_train_probe(data_dir, probe_config)``. The report has two rows: ``name`` (the generated videos) and ``ground_truth`` (the same
     clips' real videos, the probe's ceiling).
     """
-    from df_eval.report import write_report
-
     frames, names = read_pred_dir(pred_dir, data_dir)
     if probe is None:
         probe = load_or_train_probe(data_dir, probe_config or ProbeConfig(), progress=progress)

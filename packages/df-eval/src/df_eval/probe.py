@@ -35,6 +35,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from df_core.checks import (
+    boolean,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from df_data.synthtalk import IDENTITY_DIM, STRUCT_DIM, STRUCT_NAMES
 from df_eval.corpus import clip_dirs, load_ground_truth, manifest_hash
 from df_models.pretrained import load_pretrained_state, read_config, save_pretrained
@@ -45,7 +52,7 @@ KIND = "SynthTalkProbe"
 CACHE_DIR = ".probe"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ProbeConfig:
     size: int = 64  # frames are resized to size x size before the network
     width: int = 16  # channels of the first conv stage (doubling twice)
@@ -60,15 +67,15 @@ class ProbeConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.size < 16 or self.size % 16:
+        if positive_int("ProbeConfig.size", self.size) % 16:
             raise ValueError(f"ProbeConfig.size must be a multiple of 16 >= 16, got {self.size}")
         for name in ("width", "feature_dim", "steps", "batch_size", "max_train_frames"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ProbeConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"ProbeConfig.lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0 or self.identity_weight < 0:
-            raise ValueError("ProbeConfig.weight_decay and identity_weight must be >= 0")
+            positive_int(f"ProbeConfig.{name}", getattr(self, name))
+        positive_float("ProbeConfig.lr", self.lr)
+        non_negative_float("ProbeConfig.weight_decay", self.weight_decay)
+        non_negative_float("ProbeConfig.identity_weight", self.identity_weight)
+        boolean("ProbeConfig.augment", self.augment)
+        non_negative_int("ProbeConfig.seed", self.seed)
 
 
 class ProbeNet(nn.Module):

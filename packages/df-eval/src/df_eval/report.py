@@ -19,9 +19,9 @@ import matplotlib
 matplotlib.use("Agg")  # no display; must precede pyplot
 import matplotlib.pyplot as plt
 
-from df_data.media import atomic_path
-from df_eval.evaluate import AGGREGATE_ONLY, METRICS
+from df_eval.metric_names import AGGREGATE_ONLY, METRICS
 from df_eval.probe import Probe
+from df_models.io import atomic_path, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,7 @@ def _json_ready(x):
 
 def write_json(path: str | Path, obj) -> Path:
     """Writes strict JSON atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_json_ready(obj), indent=1, allow_nan=False))
-    return Path(path)
+    return write_json_atomic(path, _json_ready(obj), indent=1, sort_keys=False, allow_nan=False)
 
 
 def read_train_log(path: str | Path) -> tuple[list[int], list[float]]:

@@ -26,8 +26,8 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import torch
 
+from df_core.conventions import AUDIO_FEATURES_PER_VIDEO_FRAME
 from df_data.features import (
-    FEATURES_PER_VIDEO_FRAME,
     HOP,
     SAMPLES_PER_VIDEO_FRAME,
     WINDOW,
@@ -36,7 +36,7 @@ from df_data.features import (
     features_for_frames,
 )
 
-R = FEATURES_PER_VIDEO_FRAME
+R = AUDIO_FEATURES_PER_VIDEO_FRAME
 HALF = WINDOW // 2  # samples each side of a feature's centre
 
 

@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from df_data.extract import load_codec
 from df_data.features import AudioEncoder, build_audio_encoder
 from df_data.media import read_wav
 from df_infer.audio import StreamingFeatures, iter_chunks
 from df_infer.sampler import SamplerConfig, sample_stream
 from df_models import DualForceDiT
 from df_models.bundle import InferenceMeta, read_bundle
+from df_models.codecs import load_codec
 
 COMPILE_MODES = ("none", "blocks", "stream", "stream-graphs")
 

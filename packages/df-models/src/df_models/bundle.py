@@ -13,14 +13,13 @@ a directory with it is complete.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from df_models.pretrained import read_json_object
+from df_models.io import read_json_object, write_json_atomic
 
 META_NAME = "inference.json"
 MODEL_DIR = "model"
@@ -90,16 +89,6 @@ class InferenceMeta:
             raise ValueError(f"{source}: {e}") from e
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_bundle(directory: str | Path, model, codec, meta: InferenceMeta) -> Path:
     """Writes ``model`` (a DualForceDiT), ``codec`` (a module with ``save_pretrained`` or a
     directory to copy) and ``meta`` into ``directory``; ``inference.json`` last."""
@@ -117,7 +106,7 @@ def save_bundle(directory: str | Path, model, codec, meta: InferenceMeta) -> Pat
         os.replace(tmp, directory / CODEC_DIR)
     else:
         codec.save_pretrained(directory / CODEC_DIR)
-    _write_json_atomic(directory / META_NAME, meta.to_dict())
+    write_json_atomic(directory / META_NAME, meta.to_dict())
     return directory
 
 

@@ -8,8 +8,6 @@ and shape mismatches are errors that name the keys and the file.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,18 +15,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from df_models.io import atomic_path, read_json_object, write_json_atomic
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-
-
-def _atomic_write_bytes(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def save_pretrained(
@@ -38,22 +28,10 @@ def save_pretrained(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    _atomic_write_bytes(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p)))
-    text = json.dumps(dict(config), indent=2, sort_keys=True)
-    _atomic_write_bytes(directory / CONFIG_NAME, lambda p: p.write_text(text))
+    with atomic_path(directory / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp))
+    write_json_atomic(directory / CONFIG_NAME, dict(config))
     return directory
-
-
-def read_json_object(path: str | Path, error: type[ValueError] = ValueError) -> dict[str, Any]:
-    """A JSON file holding an object; ``error`` (a ValueError) names the file otherwise."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise error(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise error(f"{path} must hold a JSON object, got {type(data).__name__}")
-    return data
 
 
 def read_config(directory: str | Path, kind: str | None = None) -> dict[str, Any]:

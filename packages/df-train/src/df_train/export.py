@@ -15,9 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from df_data.extract import codec_identity, load_codec
 from df_data.store import read_metadata, read_store_info
 from df_models.bundle import InferenceMeta, save_bundle
+from df_models.codecs import codec_identity, load_codec
 from df_train.collectives import barrier
 
 if TYPE_CHECKING:

@@ -46,8 +46,9 @@ from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader, Dataset
 
 from df_data.dataset import ResumableSampler, WindowConfig, WindowDataset, collate_windows
-from df_data.store import STRUCT_STATS_NAME, StructStats, write_json_atomic
+from df_data.store import STRUCT_STATS_NAME, StructStats
 from df_models import DualForceDiT
+from df_models.io import write_json_atomic
 from df_train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from df_train.collectives import (
     all_finite,

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torchaudio
 
-from df_data.media import SAMPLE_RATE
+from df_core.conventions import AUDIO_SAMPLE_RATE
 from df_data.synthtalk.identity import Identity
 from df_data.synthtalk.speech import PhoneEvent, Script
 
@@ -154,7 +154,7 @@ def _sentence(rng: np.random.Generator) -> str:
 
 def _accents(audio: np.ndarray, identity: Identity) -> list[tuple[float, float]]:
     """Pitch accents at the loudness peaks (espeak reports no stress), at least 0.4 s apart."""
-    hop = SAMPLE_RATE // 100
+    hop = AUDIO_SAMPLE_RATE // 100
     frames = audio[: len(audio) // hop * hop].reshape(-1, hop)
     env = np.convolve(
         np.sqrt((frames**2).mean(1)), np.hanning(15) / np.hanning(15).sum(), mode="same"
@@ -165,7 +165,7 @@ def _accents(audio: np.ndarray, identity: Identity) -> list[tuple[float, float]]
     for i in np.argsort(-env):
         if env[i] < thresh:
             break
-        t = i * hop / SAMPLE_RATE
+        t = i * hop / AUDIO_SAMPLE_RATE
         if all(abs(t - a) >= 0.4 for a, _ in out):
             out.append((t, identity.prosody_semitones * float(env[i] / env.max())))
     return sorted(out)
@@ -182,14 +182,14 @@ def espeak_script(
     pitch = int(np.interp(identity.f0_hz, [85, 235], [25, 80]))
     rate = int(np.interp(identity.speech_rate, [3.6, 5.6], [140, 200]))
     pitch_range = int(np.interp(identity.prosody_semitones, [2, 6], [30, 80]))
-    pieces, events = [np.zeros(int(rng.uniform(0.15, 0.5) * SAMPLE_RATE), np.float32)], []
+    pieces, events = [np.zeros(int(rng.uniform(0.15, 0.5) * AUDIO_SAMPLE_RATE), np.float32)], []
     offset = len(pieces[0])
     while offset < n_samples:
         audio, evs = engine.say(_sentence(rng), pitch=pitch, rate=rate, pitch_range=pitch_range)
         audio = torchaudio.functional.resample(
-            torch.from_numpy(audio), engine.rate, SAMPLE_RATE
+            torch.from_numpy(audio), engine.rate, AUDIO_SAMPLE_RATE
         ).numpy()
-        events += [(offset + round(s * SAMPLE_RATE / engine.rate), m) for s, m in evs]
+        events += [(offset + round(s * AUDIO_SAMPLE_RATE / engine.rate), m) for s, m in evs]
         pieces.append(audio)
         offset += len(audio)
     audio = np.concatenate(pieces)[:n_samples]
@@ -204,11 +204,14 @@ def espeak_script(
     )
     phones = [
         PhoneEvent(
-            0.0, events[0][0] / SAMPLE_RATE if events else n_samples / SAMPLE_RATE, "sil", 0.0
+            0.0,
+            events[0][0] / AUDIO_SAMPLE_RATE if events else n_samples / AUDIO_SAMPLE_RATE,
+            "sil",
+            0.0,
         )
     ]
     for (start, mnemonic), (end, _) in zip(events, [*events[1:], (n_samples, "_")], strict=True):
-        s, e = start / SAMPLE_RATE, min(end, n_samples) / SAMPLE_RATE
+        s, e = start / AUDIO_SAMPLE_RATE, min(end, n_samples) / AUDIO_SAMPLE_RATE
         if e > s and start < n_samples:
             phones.append(PhoneEvent(s, e, map_phoneme(mnemonic), 0.8))
     return audio.astype(np.float32), Script(phones, _accents(audio, identity), [])

@@ -22,12 +22,14 @@ import torch
 from safetensors.numpy import save_file
 from tqdm import tqdm
 
-from df_data.media import FPS, SAMPLE_RATE, atomic_path, write_video, write_wav
+from df_core.conventions import AUDIO_SAMPLE_RATE, FPS
+from df_data.media import write_video, write_wav
 from df_data.synthtalk import espeak, motion, speech, vocoder
 from df_data.synthtalk.face3d import LANDMARK_NAMES
 from df_data.synthtalk.identity import SPLITS, Identity, identity_seed, sample_identity
 from df_data.synthtalk.render import mouth_box, project_landmarks, render_frame
 from df_data.synthtalk.structure import STRUCT_NAMES, STRUCT_UNITS
+from df_models.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +74,7 @@ def synthesize_clip(
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     n_frames = max(1, round(seconds * FPS))
-    n_samples = round(n_frames / FPS * SAMPLE_RATE)
+    n_samples = round(n_frames / FPS * AUDIO_SAMPLE_RATE)
     speech_rng, motion_rng = (
         np.random.default_rng(s) for s in np.random.SeedSequence([seed, identity.seed]).spawn(2)
     )
@@ -100,7 +102,7 @@ def synthesize_clip(
         "version": VERSION,
         "fps": FPS,
         "frames": n_frames,
-        "sample_rate": SAMPLE_RATE,
+        "sample_rate": AUDIO_SAMPLE_RATE,
         "samples": n_samples,
         "seconds": n_frames / FPS,
         "size": size,
@@ -301,6 +303,5 @@ def generate_corpus(
         "seed": seed,
         "use_espeak": use_espeak,
     }
-    with atomic_path(out_dir / "corpus.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=1))
+    write_json_atomic(out_dir / "corpus.json", summary, indent=1, sort_keys=False)
     return [Path(t.path) for t in tasks]

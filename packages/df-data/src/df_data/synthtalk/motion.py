@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from df_data.media import FPS, SAMPLE_RATE
+from df_core.conventions import AUDIO_SAMPLE_RATE, FPS
 from df_data.synthtalk.identity import Identity
 from df_data.synthtalk.phonemes import PHONES
 from df_data.synthtalk.speech import PhoneEvent
@@ -74,7 +74,7 @@ def mouth_tracks(phones: list[PhoneEvent], n_frames: int, lag: int) -> np.ndarra
 
 def energy_envelope(audio_N: np.ndarray, n_frames: int) -> np.ndarray:
     """RMS of the audio in each video frame's interval ``[T]`` (zero past the end)."""
-    hop = SAMPLE_RATE / FPS
+    hop = AUDIO_SAMPLE_RATE / FPS
     out = np.zeros(n_frames)
     for t in range(n_frames):
         seg = audio_N[round(t * hop) : round((t + 1) * hop)]

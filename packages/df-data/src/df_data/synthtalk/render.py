@@ -20,6 +20,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from df_core.checks import positive_float
 from df_data.synthtalk import face3d
 from df_data.synthtalk.identity import Identity
 from df_data.synthtalk.structure import IDX, check_struct
@@ -30,7 +31,7 @@ _LIGHT = np.array([-0.35, 0.5, 0.8]) / np.linalg.norm([-0.35, 0.5, 0.8])  # towa
 _AMBIENT, _DIFFUSE = 0.42, 0.62
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Camera:
     distance: float = 7.0  # camera to head centre, head units
     focal: float = 2.05  # focal length in image widths
@@ -38,10 +39,9 @@ class Camera:
     centre_y: float = 0.48  # where the head centre projects at ty = 0, image heights
 
     def __post_init__(self) -> None:
-        if self.distance <= 2.0:
+        if positive_float("Camera.distance", self.distance) <= 2.0:
             raise ValueError(f"Camera.distance must be > 2 head units, got {self.distance}")
-        if self.focal <= 0:
-            raise ValueError(f"Camera.focal must be positive, got {self.focal}")
+        positive_float("Camera.focal", self.focal)
 
 
 CAMERA = Camera()

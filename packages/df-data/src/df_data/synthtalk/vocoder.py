@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from df_data.media import SAMPLE_RATE
+from df_core.conventions import AUDIO_SAMPLE_RATE
 from df_data.synthtalk.identity import Identity
 from df_data.synthtalk.phonemes import PHONES
 from df_data.synthtalk.speech import Script
@@ -46,7 +46,7 @@ def _smooth(x: np.ndarray, frames: int) -> np.ndarray:
 
 def _tracks(script: Script, identity: Identity, n_frames: int) -> dict[str, np.ndarray]:
     """Per-frame synthesis parameters (frame k at time k * HOP / fs)."""
-    fps = SAMPLE_RATE / HOP
+    fps = AUDIO_SAMPLE_RATE / HOP
     F = np.tile(np.array([500.0, 1500.0, 2500.0]), (n_frames, 1))
     B = np.tile(np.array(_VOWEL_BW), (n_frames, 1))
     av, asp, fric = np.zeros(n_frames), np.zeros(n_frames), np.zeros(n_frames)
@@ -102,7 +102,7 @@ def pitch_contour(
 ) -> np.ndarray:
     """F0 in Hz per frame ``[K]``: declination per phrase, pitch accents, a phrase-final fall
     (or a rise for questions) and a slow wander."""
-    t = np.arange(n_frames) * HOP / SAMPLE_RATE
+    t = np.arange(n_frames) * HOP / AUDIO_SAMPLE_RATE
     st = np.zeros(n_frames)  # semitones around the speaker's f0
     for start, end, question in script.phrases:
         inside = (t >= start) & (t < end)
@@ -120,7 +120,7 @@ def _glottal(f0_N: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     jitter = 1.0 + 0.01 * np.interp(
         np.arange(len(f0_N)), np.arange(0, len(f0_N), 80), rng.normal(size=(len(f0_N) + 79) // 80)
     )
-    phase = np.cumsum(f0_N * jitter / SAMPLE_RATE) % 1.0
+    phase = np.cumsum(f0_N * jitter / AUDIO_SAMPLE_RATE) % 1.0
     tp, tn = 0.4, 0.16  # opening and closing phases (fractions of the period)
     flow = np.where(
         phase < tp,
@@ -133,8 +133,8 @@ def _glottal(f0_N: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def _resonator_gain(F: np.ndarray, B: np.ndarray, z1: np.ndarray) -> np.ndarray:
     """``|R(w)|`` ``[K, bins]`` of resonators with per-frame ``F``, ``B`` ``[K]`` at ``z1 = e^{-jw}``."""
-    r = np.exp(-np.pi * B / SAMPLE_RATE)[:, None]
-    c = 2.0 * r * np.cos(2.0 * np.pi * F / SAMPLE_RATE)[:, None]
+    r = np.exp(-np.pi * B / AUDIO_SAMPLE_RATE)[:, None]
+    c = 2.0 * r * np.cos(2.0 * np.pi * F / AUDIO_SAMPLE_RATE)[:, None]
     den = 1.0 - c * z1[None] + (r * r) * (z1 * z1)[None]
     return (1.0 - c + r * r) / np.abs(den)
 
@@ -168,7 +168,7 @@ def synthesize(
     )
     for k in range(3):
         H *= _resonator_gain(tr["F"][:, k], tr["B"][:, k], z1)
-    freqs = np.linspace(0, SAMPLE_RATE / 2, N_FFT // 2 + 1)
+    freqs = np.linspace(0, AUDIO_SAMPLE_RATE / 2, N_FFT // 2 + 1)
     G = np.exp(-0.5 * ((freqs[None] - tr["fc"][:, None]) / (0.5 * tr["fbw"][:, None])) ** 2)
     G *= _FRICATION_GAIN
     spec = stft(voiced) * torch.from_numpy(H.T) + stft(noise) * torch.from_numpy(G.T)

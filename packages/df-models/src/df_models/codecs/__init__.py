@@ -2,11 +2,13 @@
 
 ``LatentCodec`` is the interface; ``TinyAutoencoder`` is the embedded default (trained by
 df-train); ``DiffusersVAECodec`` wraps pretrained diffusers VAEs (optional extra
-``df-models[diffusers]``, imported only when used).
+``df-models[diffusers]``, imported only when used). ``load_codec`` loads either from its
+directory; ``codec_identity`` / ``weights_hash`` say which codec (and weights) it is.
 """
 
 from df_models.codecs.base import LatentCodec
 from df_models.codecs.diffusers_vae import SUPPORTED_KINDS, DiffusersVAECodec
+from df_models.codecs.loading import codec_identity, load_codec, weights_hash
 from df_models.codecs.tiny_ae import (
     TinyAutoencoder,
     TinyAutoencoderConfig,
@@ -20,6 +22,9 @@ __all__ = [
     "LatentCodec",
     "TinyAutoencoder",
     "TinyAutoencoderConfig",
+    "codec_identity",
+    "load_codec",
     "tiny_autoencoder_base",
     "tiny_autoencoder_debug",
+    "weights_hash",
 ]

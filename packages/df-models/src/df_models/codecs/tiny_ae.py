@@ -24,13 +24,14 @@ from einops import rearrange
 from torch import nn
 from torch.nn import functional as F
 
+from df_core.checks import non_negative_int, positive_int
 from df_models.codecs.base import LatentCodec
 from df_models.pretrained import load_pretrained_state, read_config, save_pretrained
 
 KIND = "TinyAutoencoder"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class TinyAutoencoderConfig:
     in_channels: int = 3  # channels of a video frame (RGB)
     latent_channels: int = 8  # C of z_BTCHW
@@ -48,22 +49,21 @@ class TinyAutoencoderConfig:
             "max_channels",
             "norm_groups",
         ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            positive_int(f"TinyAutoencoderConfig.{name}", getattr(self, name))
         for name in ("num_down", "blocks_per_level"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 8:
-                raise ValueError(f"{name} must be an integer in [0, 8], got {value!r}")
+            value = non_negative_int(f"TinyAutoencoderConfig.{name}", getattr(self, name))
+            if value > 8:
+                raise ValueError(f"TinyAutoencoderConfig.{name} must be in [0, 8], got {value!r}")
         if self.max_channels < self.base_channels:
             raise ValueError(
-                f"max_channels must be >= base_channels={self.base_channels}, got {self.max_channels}"
+                f"TinyAutoencoderConfig.max_channels must be >= base_channels="
+                f"{self.base_channels}, got {self.max_channels}"
             )
         bad = [w for w in self.level_channels if w % self.norm_groups]
         if bad:
             raise ValueError(
-                f"norm_groups must divide every level width {self.level_channels}, "
-                f"got {self.norm_groups}"
+                f"TinyAutoencoderConfig.norm_groups must divide every level width "
+                f"{self.level_channels}, got {self.norm_groups}"
             )
 
     @property

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from df_core import SIGMA_S_MAX
 from df_models.config import PRESETS
 from df_models.dit import DualForceDiT
 from df_models.testing import randomize
@@ -58,7 +59,7 @@ def make_inputs(config, batch: int, frames: int, device, dtype, seed: int = 0) -
         "z_BTCHW": r(batch, frames, c.latent_channels, c.latent_height, c.latent_width),
         "s_BTDs": r(batch, frames, c.struct_raw_dim) if c.struct_enabled else None,
         "sigma_v_BT": torch.rand(batch, frames, generator=g, device=device),
-        "sigma_s_BT": torch.rand(batch, frames, generator=g, device=device) * 0.7
+        "sigma_s_BT": torch.rand(batch, frames, generator=g, device=device) * SIGMA_S_MAX
         if c.struct_enabled
         else None,
         "audio_BTLDa": r(batch, frames, c.audio_window, c.audio_dim),

@@ -77,10 +77,10 @@ class FrameMask:
         kv_frames: int64 ``[KV]`` frame id of each key token.
         rule: ``causal`` or ``same_frame``.
         window: frames a query may look back, its own included (``NO_WINDOW`` for all).
-        granule: 0, or a token count such that frame ids are constant over
-            every consecutive run of ``granule`` tokens from token 0, in both ``q_frames`` and
-            ``kv_frames`` (a promise by the caller, which knows its layout; it enables the
-            block-table fast path of :meth:`block_mask`).
+        granule: 0, or a token count such that frame ids are constant over every consecutive
+            run of ``granule`` tokens from token 0, in both ``q_frames`` and ``kv_frames`` (a
+            promise by the caller, which knows its layout; it enables the block-table fast
+            path of :meth:`block_mask`).
     """
 
     name: str
@@ -190,11 +190,7 @@ def _check_ids(name: str, ids: torch.Tensor) -> torch.Tensor:
 
 
 def _window(window: int | None) -> int:
-    if window is None:
-        return NO_WINDOW
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ValueError(f"window must be a positive integer or None, got {window!r}")
-    return window
+    return NO_WINDOW if window is None else positive_int("window (or None)", window)
 
 
 def block_causal_mask(

@@ -159,7 +159,13 @@ def test_streaming_equals_full_forward(
     cache_window = window if window is not None else num_frames
     cache = KVCache(
         {
-            s.name: StreamSpec(s.layers, s.heads, s.head_dim, s.tokens, sink_tokens=s.tokens)
+            s.name: StreamSpec(
+                num_layers=s.layers,
+                heads=s.heads,
+                head_dim=s.head_dim,
+                tokens_per_frame=s.tokens,
+                sink_tokens=s.tokens,
+            )
             for s in streams
         },
         batch=batch,

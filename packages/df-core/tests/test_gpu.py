@@ -40,7 +40,9 @@ def _pass(cache: KVCache, x: torch.Tensor) -> torch.Tensor:
 
 def test_streaming_pass_compiles_with_inductor_on_cuda():
     torch._dynamo.reset()
-    spec = {"video": StreamSpec(1, 2, 64, 16, sink_tokens=16)}
+    spec = {
+        "video": StreamSpec(num_layers=1, heads=2, head_dim=64, tokens_per_frame=16, sink_tokens=16)
+    }
     eager = KVCache(spec, batch=1, window=3, device="cuda", dtype=torch.bfloat16)
     compiled_cache = KVCache(spec, batch=1, window=3, device="cuda", dtype=torch.bfloat16)
     compiled = torch.compile(_pass, fullgraph=True, dynamic=False)

@@ -18,8 +18,8 @@ from df_core import (
 )
 
 SPECS = {
-    "video": StreamSpec(2, 2, 4, 3, sink_tokens=3),
-    "struct": StreamSpec(1, 1, 2, 2, sink_tokens=1),
+    "video": StreamSpec(num_layers=2, heads=2, head_dim=4, tokens_per_frame=3, sink_tokens=3),
+    "struct": StreamSpec(num_layers=1, heads=1, head_dim=2, tokens_per_frame=2, sink_tokens=1),
 }
 
 
@@ -142,8 +142,6 @@ def test_reset_forgets_everything():
         (lambda: KVCache(SPECS, batch=0, window=2), "batch"),
         (lambda: KVCache(SPECS, batch=1, window=0), "window"),
         (lambda: KVCache(SPECS, batch=1, window=2, max_chunk=-1), "max_chunk"),
-        (lambda: StreamSpec(1, 1, 4, 0), "tokens_per_frame"),
-        (lambda: StreamSpec(0, 1, 4, 1), "num_layers"),
         (lambda: KVCache(SPECS, batch=1, window=2).begin_chunk(2), "max_chunk"),
         (lambda: KVCache(SPECS, batch=1, window=2).view("audio", 0), "stream"),
         (

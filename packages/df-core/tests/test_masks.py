@@ -13,8 +13,6 @@ from df_core import (
     SINK_FRAME,
     block_causal_mask,
     bridge_mask,
-    modality_mask,
-    multimodal_layout,
     same_frame_mask,
     token_frames,
 )
@@ -109,20 +107,6 @@ def test_same_frame_and_bridge_masks():
         bridge_mask(video, struct, temporal="future")
 
 
-def test_modality_rules_of_shallow_and_deep_blocks():
-    frames, modality = multimodal_layout(4, [3, 2], sink_tokens=[3, 1])
-    assert frames.tolist()[:4] == [SINK_FRAME] * 4
-    assert modality.tolist()[:4] == [0, 0, 0, 1]
-    assert modality.tolist()[4:9] == [0, 0, 0, 1, 1]
-    shallow = modality_mask(frames, modality, num_modalities=2, shallow=True, window=3).dense()
-    deep = modality_mask(frames, modality, num_modalities=2, shallow=False, window=3).dense()
-    assert torch.equal(shallow, block_causal_mask(frames, window=3).dense())
-    cross = modality[:, None] != modality[None, :]
-    assert not (deep & cross).any(), "a deep block lets modalities mix"
-    assert torch.equal(deep, shallow & ~cross)
-    assert (shallow & cross).any()
-
-
 @pytest.mark.parametrize(
     ("call", "argument"),
     [
@@ -132,8 +116,6 @@ def test_modality_rules_of_shallow_and_deep_blocks():
         (lambda: block_causal_mask(token_frames(2, 2), window=0), "window"),
         (lambda: block_causal_mask(torch.zeros(2, 2, dtype=torch.long)), "q_frames"),
         (lambda: block_causal_mask(token_frames(2, 2), torch.zeros(3)), "kv_frames"),
-        (lambda: multimodal_layout(2, [2, 0]), "tokens_per_frame"),
-        (lambda: multimodal_layout(2, [2, 2], sink_tokens=[1]), "sink_tokens"),
     ],
 )
 def test_bad_arguments_name_the_argument(call, argument):

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from df_models.bench_model import main
 
 
-def test_bench_model_tiny_cpu(tmp_path, capsys):
+@pytest.mark.parametrize("ref_tokens", [False, True])
+def test_bench_model_tiny_cpu(tmp_path, capsys, ref_tokens):
     out = tmp_path / "model.json"
     argv = [
+        *(["--ref-tokens"] if ref_tokens else []),
         "--preset",
         "tiny",
         "--device",
@@ -28,6 +32,7 @@ def test_bench_model_tiny_cpu(tmp_path, capsys):
     ]
     assert main(argv) == 0
     r = json.loads(out.read_text())
+    assert r["ref_tokens"] is ref_tokens
     assert r["train_step"]["step_ms"] > 0
     check = r["stream_check"]
     assert check["passed"] and 0 < check["train_rel_err_video"] < 0.05

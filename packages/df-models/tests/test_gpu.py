@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from df_core import SIGMA_S_MAX
 from df_models import base, tiny
 from df_models.dit import DualForceDiT
 from df_models.testing import random_inputs, random_model
@@ -51,8 +52,9 @@ def test_cuda_flex_matches_cpu_dense_and_streaming_matches_training(config):
             torch.testing.assert_close(s, s_gpu[:, sl], rtol=1e-3, atol=1e-3)
 
 
-def test_base_preset_runs_in_bf16_on_cuda():
-    config = base()
+@pytest.mark.parametrize("ref_tokens", [False, True])
+def test_base_preset_runs_in_bf16_on_cuda(ref_tokens):
+    config = base(ref_tokens_enabled=ref_tokens)
     with torch.device("cuda"):
         model = DualForceDiT(config).to(torch.bfloat16)
     model.init_weights()
@@ -66,10 +68,10 @@ def test_base_preset_runs_in_bf16_on_cuda():
         "z_BTCHW": r(1, 4, c.latent_channels, c.latent_height, c.latent_width),
         "s_BTDs": r(1, 4, c.struct_raw_dim),
         "sigma_v_BT": torch.rand(1, 4, device="cuda"),
-        "sigma_s_BT": torch.rand(1, 4, device="cuda") * 0.7,
+        "sigma_s_BT": torch.rand(1, 4, device="cuda") * SIGMA_S_MAX,
         "audio_BTLDa": r(1, 4, c.audio_window, c.audio_dim),
         "ref_latent_BCHW": r(1, c.latent_channels, c.latent_height, c.latent_width),
-        "ref_feats_BRD": r(1, 16, c.ref_feature_dim),
+        "ref_feats_BRD": r(1, 16, c.ref_feature_dim) if ref_tokens else None,
     }
     with torch.no_grad():
         v, s = model(**x)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from df_models import (
+    DualForceConfig,
     DualForceDiT,
     base,
     gather_audio_windows,
@@ -20,7 +25,7 @@ from df_models.testing import random_inputs, random_model
 
 @pytest.mark.parametrize(
     ("preset", "low", "high"),
-    [(tiny, 1e3, 5e4), (synthtalk_small, 1e6, 1e7), (base, 1.05e9, 1.5e9)],
+    [(tiny, 1e3, 5e4), (synthtalk_small, 1e6, 1e7), (base, 1.0e9, 1.5e9)],
 )
 def test_presets_build_on_meta_with_parameter_counts_in_range(preset, low, high):
     with torch.device("meta"):
@@ -133,27 +138,84 @@ def test_loading_rejects_other_kinds_and_missing_files(tmp_path):
         DualForceDiT.from_pretrained(tmp_path)
 
 
+config_overrides = st.fixed_dictionaries(
+    {},
+    optional={
+        "latent_channels": st.integers(0, 4),
+        "latent_height": st.integers(1, 6),
+        "latent_width": st.integers(1, 6),
+        "patch_size": st.integers(1, 3),
+        "frames_per_latent": st.integers(1, 2),
+        "video_dim": st.sampled_from([8, 12, 13, 16, 24, 32]),
+        "video_heads": st.integers(1, 4),
+        "video_depth": st.integers(1, 3),
+        "struct_enabled": st.booleans(),
+        "struct_raw_dim": st.integers(1, 5),
+        "struct_tokens": st.integers(1, 3),
+        "struct_dim": st.sampled_from([4, 6, 8, 12]),
+        "struct_depth": st.integers(1, 4),
+        "struct_heads": st.integers(1, 3),
+        "n_fusion": st.integers(-1, 3),
+        "bridge": st.sampled_from(["bidirectional", "struct_to_video", "off", "sideways"]),
+        "bridge_temporal": st.sampled_from(["same_frame", "causal", "future"]),
+        "audio_layers": st.integers(1, 2),
+        "audio_context": st.integers(0, 2),
+        "audio_into": st.sampled_from(["shallow", "all"]),
+        "ref_tokens_enabled": st.booleans(),
+        "ref_into": st.sampled_from(["shallow", "all"]),
+        "window": st.one_of(st.none(), st.integers(0, 3)),
+        "mlp_ratio": st.sampled_from([0.0, 0.5, 2.0]),
+        "qk_norm": st.booleans(),
+    },
+)
+
+
+@given(overrides=config_overrides, frames=st.integers(1, 3))
+def test_a_config_is_rejected_naming_a_field_or_builds_a_working_model(overrides, frames):
+    """Validation and the model agree: every config __post_init__ accepts builds a model whose
+    forward runs with the right shapes and survives config.json; every one it rejects is
+    rejected with a ValueError naming ``DualForceConfig.<field>``."""
+    try:
+        config = tiny(**overrides)
+    except ValueError as error:
+        named = re.findall(r"DualForceConfig\.(\w+)", str(error))
+        assert named and named[0] in {f.name for f in dataclasses.fields(DualForceConfig)}, error
+        return
+    model = random_model(config)
+    x = random_inputs(config, 1, frames, seed=0)
+    with torch.no_grad():
+        v, s = model(**x)
+    assert v.shape == x["z_BTCHW"].shape and torch.isfinite(v).all()
+    if config.struct_enabled:
+        assert s.shape == x["s_BTDs"].shape and torch.isfinite(s).all()
+    else:
+        assert s is None
+    assert DualForceConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
 @pytest.mark.parametrize(
     ("changes", "field"),
     [
-        ({"video_depth": 0}, "video_depth"),
-        ({"video_dim": 13}, "video_dim"),
-        # 8 < 2 * 2 * 4: the head could not predict a whole token's velocity
+        # The model would build and run with these, but wrongly; only validation can tell.
+        # 8 < 2 * 2 * 4: the head could not predict a whole token's velocity.
         ({"video_dim": 8, "video_heads": 2}, r"video_dim=8 must be at least .* = 16"),
-        ({"struct_depth": 4}, "struct_depth"),
-        ({"n_fusion": 3}, "n_fusion"),
-        ({"bridge": "sideways"}, "bridge"),
-        ({"bridge_temporal": "future"}, "bridge_temporal"),
-        ({"audio_into": "deep"}, "audio_into"),
-        ({"window": 0}, "window"),
-        ({"latent_height": 5}, "latent_height"),
-        ({"mlp_ratio": 0.0}, "mlp_ratio"),
+        # Audio would reach no block: the model would run deaf.
+        ({"n_fusion": 0, "audio_into": "shallow"}, "n_fusion=0 with audio_into"),
         ({"colour": 1}, "colour"),
     ],
 )
-def test_config_errors_name_the_field(changes, field):
+def test_configs_that_would_run_wrongly_are_rejected(changes, field):
     with pytest.raises(ValueError, match=field):
         tiny(**changes)
+
+
+def test_config_is_keyword_only_and_replace_validates():
+    with pytest.raises(TypeError):  # positional values would say nothing of what they set
+        DualForceConfig(4, 4)
+    c = tiny()
+    assert c.replace(window=3).window == 3 and c.window is None
+    with pytest.raises(ValueError, match=r"DualForceConfig\.window"):
+        c.replace(window=0)
 
 
 def test_wrong_input_shapes_name_the_argument():

@@ -137,3 +137,47 @@ def test_forward_stream_names_a_bad_commit():
         with pytest.raises(ValueError, match="commit"):
             model.forward_stream(cache, **part, commit=bad, ref_feats_BRD=x["ref_feats_BRD"])
     assert cache.frames_committed == 0  # nothing half-done: no slot claimed, nothing counted
+
+
+def _stream_frames(model, cache, x, start, stop):
+    part = {
+        k: v[:, start:stop] for k, v in x.items() if k not in ("ref_latent_BCHW", "ref_feats_BRD")
+    }
+    return model.forward_stream(cache, **part, commit=True, ref_feats_BRD=x["ref_feats_BRD"])
+
+
+@given(capacity=st.integers(1, 4), chunk=st.integers(1, 2), seed=st.integers(0, 2**16))
+def test_a_window_less_model_streams_exactly_until_its_cache_is_full_then_refuses(
+    capacity, chunk, seed
+):
+    """A model with ``window=None`` was trained on every past frame: through a cache of
+    ``capacity`` frames it equals its training forward for as long as no frame leaves the
+    cache, and the pass that would push one out is refused (before it claims a slot), instead
+    of silently attending to fewer frames than in training."""
+    config = tiny(bridge_temporal="causal")
+    model = random_model(config, seed)
+    frames = capacity + chunk
+    x = random_inputs(config, 1, frames, seed)
+    with torch.no_grad():
+        v_full, _ = model(**x)
+        cache = model.new_cache(1, window=capacity, max_chunk=chunk)
+        model.prefill(cache, x["ref_latent_BCHW"], x["ref_feats_BRD"])
+        start = 0
+        while start + chunk <= capacity:
+            v, _ = _stream_frames(model, cache, x, start, start + chunk)
+            torch.testing.assert_close(v, v_full[:, start : start + chunk], rtol=0, atol=1e-4)
+            start += chunk
+        with pytest.raises(ValueError, match=r"window=.*DualForceConfig\.window=None"):
+            _stream_frames(model, cache, x, start, start + chunk)
+    assert cache.frames_committed == start
+
+
+def test_a_windowed_model_streams_only_with_its_own_window():
+    model = random_model(tiny(window=2), 0)
+    assert model.new_cache(1).window == 2
+    assert model.new_cache(1, window=2).window == 2
+    for other in (1, 3):
+        with pytest.raises(ValueError, match=rf"window={other} .*DualForceConfig\.window=2"):
+            model.new_cache(1, window=other)
+    with pytest.raises(ValueError, match=r"DualForceConfig\.window=None"):
+        random_model(tiny(), 0).new_cache(1)

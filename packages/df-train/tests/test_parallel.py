@@ -278,16 +278,21 @@ def _fsdp_worker(rank: int, port: int, out: str) -> None:
         losses = _train(model, inputs, targets, STEPS)
         state = _full_state(model)
 
-        # bf16 blocks: every block sees the same Sites objects (no per-block copies), the
-        # output is fp32, and a step runs.
+        # bf16 blocks: every block sees the same AttentionSites object (no per-block copies),
+        # the output is fp32, and a step runs.
         model16 = random_model(config, seed=2).train()
         apply_fsdp(model16, param_dtype="bf16", reduce_dtype="fp32")
         seen = []
         for block in model16.blocks:
-            block.register_forward_pre_hook(lambda m, a: seen.append((a[0].dtype, a[-1])))
+            block.register_forward_pre_hook(
+                lambda m, a, kw: seen.append(
+                    ({a[0].dtype, kw["video_cond_BFD"].dtype}, kw["sites"])
+                ),
+                with_kwargs=True,
+            )
         v16, _ = model16(**inputs)
         assert v16.dtype == torch.float32
-        assert all(dtype == torch.bfloat16 for dtype, _ in seen)
+        assert all(dtypes == {torch.bfloat16} for dtypes, _ in seen)
         assert all(sites is seen[0][1] for _, sites in seen)
         loss16 = _train(model16, inputs, targets, 1)[0]
         assert torch.isfinite(loss16)

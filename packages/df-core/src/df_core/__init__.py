@@ -31,8 +31,6 @@ from df_core.masks import (
     FrameMask,
     block_causal_mask,
     bridge_mask,
-    modality_mask,
-    multimodal_layout,
     same_frame_mask,
     token_frames,
 )
@@ -83,8 +81,6 @@ __all__ = [
     "grid_positions",
     "heun_step",
     "is_sink",
-    "modality_mask",
-    "multimodal_layout",
     "reduce_frame_loss",
     "resolve_backend",
     "rope_cos_sin",

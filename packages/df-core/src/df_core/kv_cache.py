@@ -56,7 +56,7 @@ from df_core.checks import non_negative_int, positive_int
 from df_core.masks import EMPTY_FRAME, SINK_FRAME
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class StreamSpec:
     """Shape of one stream's cache."""
 
@@ -67,11 +67,9 @@ class StreamSpec:
     sink_tokens: int = 0  # S, tokens of the reference sink frame
 
     def __post_init__(self) -> None:
-        positive_int("num_layers", self.num_layers)
-        positive_int("heads", self.heads)
-        positive_int("head_dim", self.head_dim)
-        positive_int("tokens_per_frame", self.tokens_per_frame)
-        non_negative_int("sink_tokens", self.sink_tokens)
+        for name in ("num_layers", "heads", "head_dim", "tokens_per_frame"):
+            positive_int(f"StreamSpec.{name}", getattr(self, name))
+        non_negative_int("StreamSpec.sink_tokens", self.sink_tokens)
 
 
 class KVCache:

@@ -3,7 +3,7 @@
 Every token carries the id of the frame it belongs to: ``0, 1, 2, ...`` for generated frames,
 :data:`SINK_FRAME` for the reference frame (the clean attention sink in front of frame 0), and
 :data:`EMPTY_FRAME` for KV-cache slots not yet written. A mask is a rule over the frame ids of a
-query token and a key token, and optionally over their modalities, so the same rule serves the
+query token and a key token, so the same rule serves the
 training forward (the whole clip) and the streaming forward (a chunk of queries against the KV
 cache): only the id vectors differ. This is what makes the two forwards agree.
 
@@ -30,7 +30,6 @@ sync: cheap enough to build once per streaming pass, and traceable by ``torch.co
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -68,45 +67,9 @@ def token_frames(
     return torch.cat([sink, repeat(frames, "t -> (t n)", n=tokens_per_frame)])
 
 
-def multimodal_layout(
-    num_frames: int,
-    tokens_per_frame: Sequence[int],
-    *,
-    sink_tokens: Sequence[int] | None = None,
-    device: torch.device | str | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frame and modality ids of a joint sequence holding several modalities per frame.
-
-    The layout is the sink frame, then frames ``0 .. T-1``; inside each frame the modalities
-    follow in order (modality 0 = video with ``N_v`` tokens, 1 = structure with ``N_s``, ...).
-
-    Returns:
-        ``(frames_L, modality_L)``, both int64 ``[L]``.
-    """
-    non_negative_int("num_frames", num_frames)
-    counts = [positive_int("tokens_per_frame[i]", n) for n in tokens_per_frame]
-    sinks = [0] * len(counts) if sink_tokens is None else list(sink_tokens)
-    if len(sinks) != len(counts):
-        raise ValueError(
-            f"sink_tokens has {len(sinks)} entries but tokens_per_frame has {len(counts)}"
-        )
-    for n in sinks:
-        non_negative_int("sink_tokens[i]", n)
-    frame_ids = [SINK_FRAME] * sum(sinks) + [
-        t for t in range(num_frames) for n in counts for _ in range(n)
-    ]
-    modality = [m for m, n in enumerate(sinks) for _ in range(n)] + [
-        m for _ in range(num_frames) for m, n in enumerate(counts) for _ in range(n)
-    ]
-    return (
-        torch.tensor(frame_ids, dtype=torch.long, device=device),
-        torch.tensor(modality, dtype=torch.long, device=device),
-    )
-
-
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, kw_only=True, slots=True)
 class FrameMask:
-    """A mask given by per-token frame ids (and optionally modality ids).
+    """A mask given by per-token frame ids.
 
     Attributes:
         name: what the mask is for (shown in errors and benchmarks).
@@ -114,13 +77,10 @@ class FrameMask:
         kv_frames: int64 ``[KV]`` frame id of each key token.
         rule: ``causal`` or ``same_frame``.
         window: frames a query may look back, its own included (``NO_WINDOW`` for all).
-        q_modality, kv_modality: optional int64 ``[Q]`` / ``[KV]`` modality ids.
-        allowed: optional bool ``[M, M]``: ``allowed[mq, mk]`` says whether a query of modality
-            ``mq`` may attend to a key of modality ``mk``.
-        granule: 0, or a token count such that frame ids (and modalities) are constant over
-            every consecutive run of ``granule`` tokens from token 0, in both ``q_frames`` and
-            ``kv_frames`` (a promise by the caller, which knows its layout; it enables the
-            block-table fast path of :meth:`block_mask`).
+        granule: 0, or a token count such that frame ids are constant over every consecutive
+            run of ``granule`` tokens from token 0, in both ``q_frames`` and ``kv_frames`` (a
+            promise by the caller, which knows its layout; it enables the block-table fast
+            path of :meth:`block_mask`).
     """
 
     name: str
@@ -128,10 +88,12 @@ class FrameMask:
     kv_frames: torch.Tensor
     rule: str = "causal"
     window: int = NO_WINDOW
-    q_modality: torch.Tensor | None = None
-    kv_modality: torch.Tensor | None = None
-    allowed: torch.Tensor | None = None
     granule: int = 0
+
+    def __post_init__(self) -> None:
+        one_of("FrameMask.rule", self.rule, RULES)
+        positive_int("FrameMask.window", self.window)
+        non_negative_int("FrameMask.granule", self.granule)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -148,23 +110,16 @@ class FrameMask:
         """FlexAttention ``mask_mod(b, h, q_idx, kv_idx)``: True where query ``q_idx`` may attend
         to key ``kv_idx`` (a plain function, as ``create_block_mask`` requires)."""
         visible, q_frames, kv_frames = self._visible, self.q_frames, self.kv_frames
-        allowed, q_mod, kv_mod = self.allowed, self.q_modality, self.kv_modality
 
         def mask_mod(b, h, q_idx, kv_idx):
-            keep = visible(q_frames[q_idx], kv_frames[kv_idx])
-            if allowed is not None:
-                keep = keep & allowed[q_mod[q_idx], kv_mod[kv_idx]]
-            return keep
+            return visible(q_frames[q_idx], kv_frames[kv_idx])
 
         mask_mod.__name__ = f"mask_mod_{self.name}"
         return mask_mod
 
     def dense(self) -> torch.Tensor:
         """The same mask as a dense bool ``[Q, KV]`` tensor (True = may attend)."""
-        keep = self._visible(self.q_frames[:, None], self.kv_frames[None, :])
-        if self.allowed is not None:
-            keep = keep & self.allowed[self.q_modality[:, None], self.kv_modality[None, :]]
-        return keep
+        return self._visible(self.q_frames[:, None], self.kv_frames[None, :])
 
     def block_aligned(self, block_size: int) -> bool:
         """Whether every ``block_size x block_size`` tile lies inside one frame pair (see
@@ -213,8 +168,6 @@ class FrameMask:
         q_len, kv_len = self.shape
         first = slice(None, None, block_size)  # the first token of each block speaks for it
         keep = self._visible(self.q_frames[first, None], self.kv_frames[None, first])
-        if self.allowed is not None:
-            keep = keep & self.allowed[self.q_modality[first, None], self.kv_modality[None, first]]
         full_num = keep.sum(-1, dtype=torch.int32)  # [Qb]
         # Visible blocks first, in kv order (a stable sort of "hidden" flags).
         full_idx = torch.argsort((~keep).to(torch.int8), dim=-1, stable=True).to(torch.int32)
@@ -237,11 +190,7 @@ def _check_ids(name: str, ids: torch.Tensor) -> torch.Tensor:
 
 
 def _window(window: int | None) -> int:
-    if window is None:
-        return NO_WINDOW
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ValueError(f"window must be a positive integer or None, got {window!r}")
-    return window
+    return NO_WINDOW if window is None else positive_int("window (or None)", window)
 
 
 def block_causal_mask(
@@ -261,7 +210,9 @@ def block_causal_mask(
     q = _check_ids("q_frames", q_frames)
     kv = q if kv_frames is None else _check_ids("kv_frames", kv_frames)
     non_negative_int("granule", granule)
-    return FrameMask(name, q, kv, "causal", _window(window), granule=granule)
+    return FrameMask(
+        name=name, q_frames=q, kv_frames=kv, rule="causal", window=_window(window), granule=granule
+    )
 
 
 def same_frame_mask(
@@ -269,7 +220,10 @@ def same_frame_mask(
 ) -> FrameMask:
     """Queries of frame ``t`` attend only to keys of frame ``t`` (bridge, audio cross-attention)."""
     return FrameMask(
-        name, _check_ids("q_frames", q_frames), _check_ids("kv_frames", kv_frames), "same_frame"
+        name=name,
+        q_frames=_check_ids("q_frames", q_frames),
+        kv_frames=_check_ids("kv_frames", kv_frames),
+        rule="same_frame",
     )
 
 
@@ -286,30 +240,3 @@ def bridge_mask(
     if temporal == "same_frame":
         return same_frame_mask(q_frames, kv_frames, name="bridge_same_frame")
     return block_causal_mask(q_frames, kv_frames, window=window, name="bridge_causal")
-
-
-def modality_mask(
-    frames: torch.Tensor,
-    modality: torch.Tensor,
-    *,
-    num_modalities: int,
-    shallow: bool,
-    window: int | None = None,
-) -> FrameMask:
-    """Block-causal mask over a joint multi-modal sequence (see :func:`multimodal_layout`).
-
-    Shallow (fusion) blocks let every modality attend to every other; deep blocks keep each
-    modality to itself, so the streams only exchange information in the first ``n_fusion``
-    blocks (DESIGN.md, "The model").
-    """
-    positive_int("num_modalities", num_modalities)
-    f = _check_ids("frames", frames)
-    m = _check_ids("modality", modality)
-    if f.shape != m.shape:
-        raise ValueError(f"frames {tuple(f.shape)} and modality {tuple(m.shape)} must match")
-    if shallow:
-        allowed = torch.ones(num_modalities, num_modalities, dtype=torch.bool, device=f.device)
-    else:
-        allowed = torch.eye(num_modalities, dtype=torch.bool, device=f.device)
-    name = "shallow_joint" if shallow else "deep_joint"
-    return FrameMask(name, f, f, "causal", _window(window), m, m, allowed)

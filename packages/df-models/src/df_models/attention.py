@@ -23,9 +23,10 @@ from df_core import KVCache, apply_rope, attention, resolve_backend
 from df_core.masks import FrameMask
 
 
-@dataclass
+@dataclass(kw_only=True, slots=True)
 class AttnSite:
-    """Context of one kind of attention for one forward.
+    """Context of one kind of attention for one forward (mutable: the masks' kernel forms are
+    built on first use).
 
     Attributes:
         mask: frame mask over (query tokens, key tokens); None attends to every key.

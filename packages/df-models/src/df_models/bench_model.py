@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from df_core import SIGMA_S_MAX
 from df_models.config import PRESETS
 from df_models.dit import DualForceDiT
 from df_models.testing import randomize
@@ -34,6 +35,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--preset", choices=sorted(PRESETS), default="base")
     p.add_argument("--frames", type=int, default=16, help="latent frames of the training clip")
     p.add_argument("--stream-frames", type=int, default=12, help="frames of the streaming check")
+    p.add_argument(
+        "--ref-tokens",
+        action="store_true",
+        help="with global reference tokens (off in every preset: no clip store holds the features)",
+    )
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     p.add_argument("--device", default="cuda")
@@ -58,7 +64,7 @@ def make_inputs(config, batch: int, frames: int, device, dtype, seed: int = 0) -
         "z_BTCHW": r(batch, frames, c.latent_channels, c.latent_height, c.latent_width),
         "s_BTDs": r(batch, frames, c.struct_raw_dim) if c.struct_enabled else None,
         "sigma_v_BT": torch.rand(batch, frames, generator=g, device=device),
-        "sigma_s_BT": torch.rand(batch, frames, generator=g, device=device) * 0.7
+        "sigma_s_BT": torch.rand(batch, frames, generator=g, device=device) * SIGMA_S_MAX
         if c.struct_enabled
         else None,
         "audio_BTLDa": r(batch, frames, c.audio_window, c.audio_dim),
@@ -149,6 +155,8 @@ def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
     config = PRESETS[args.preset]()
+    if args.ref_tokens:
+        config = config.replace(ref_tokens_enabled=True)
     with torch.device(device):
         model = DualForceDiT(config)
     model.init_weights()
@@ -166,6 +174,7 @@ def run(args: argparse.Namespace) -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "preset": args.preset,
+        "ref_tokens": config.ref_tokens_enabled,
         "dtype": args.dtype,
         "parameters": params,
         "frames": args.frames,

@@ -15,26 +15,14 @@ Legend: B batch, F frames in this pass, N tokens per frame, D width.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from einops import rearrange
 from torch import nn
 
 from df_models.attention import Attention, AttnSite
+from df_models.config import DualForceConfig
 from df_models.layers import modulate
-
-
-@dataclass
-class Sites:
-    """The attention sites of one forward (see :class:`AttnSite`)."""
-
-    video_self: AttnSite
-    struct_self: AttnSite | None
-    bridge_to_video: AttnSite | None
-    bridge_to_struct: AttnSite | None
-    audio: AttnSite
-    ref: AttnSite
+from df_models.sites import AttentionSites
 
 
 class FeedForward(nn.Module):
@@ -54,8 +42,10 @@ class FeedForward(nn.Module):
 
 
 class StreamBlock(nn.Module):
-    """One block of one stream. ``other_dim`` adds the bridge from a stream of that width;
-    ``audio_dim`` / ``ref_dim`` add cross-attention to audio / reference tokens."""
+    """One block of one stream. ``other_dim`` adds the bridge from the other stream, of that
+    width; ``audio_token_dim`` / ``ref_token_dim`` add cross-attention to audio / reference
+    tokens of that width (the model projects both to the video width, whatever the raw
+    feature dims ``DualForceConfig.audio_dim`` / ``ref_feature_dim``)."""
 
     def __init__(
         self,
@@ -66,8 +56,8 @@ class StreamBlock(nn.Module):
         eps: float,
         qk_norm: bool,
         other_dim: int | None = None,
-        audio_dim: int | None = None,
-        ref_dim: int | None = None,
+        audio_token_dim: int | None = None,
+        ref_token_dim: int | None = None,
     ) -> None:
         super().__init__()
         kw = dict(qk_norm=qk_norm, eps=eps)
@@ -82,13 +72,13 @@ class StreamBlock(nn.Module):
             self.bridge = Attention(dim, other_dim, heads, **kw)
             self.bridge_alpha = nn.Parameter(torch.zeros(1))
         self.audio = self.audio_norm = None
-        if audio_dim is not None:
+        if audio_token_dim is not None:
             self.audio_norm = nn.LayerNorm(dim, eps=eps)
-            self.audio = Attention(dim, audio_dim, heads, **kw)
+            self.audio = Attention(dim, audio_token_dim, heads, **kw)
         self.ref = self.ref_norm = None
-        if ref_dim is not None:
+        if ref_token_dim is not None:
             self.ref_norm = nn.LayerNorm(dim, eps=eps)
-            self.ref = Attention(dim, ref_dim, heads, **kw)
+            self.ref = Attention(dim, ref_token_dim, heads, **kw)
 
     def modulations(self, c_BFD: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """shift/scale/gate for attention and MLP, each ``[B, F, D]``."""
@@ -106,7 +96,16 @@ class StreamBlock(nn.Module):
         out = rearrange(self.bridge(q, kv, site, layer), "b (f n) d -> b f n d", n=x_BFND.shape[2])
         return torch.tanh(self.bridge_alpha) * out
 
-    def conditions(self, x_BFND, audio_BFAD, ref_BRD, sites: Sites, layer: int) -> torch.Tensor:
+    def conditions(
+        self,
+        x_BFND: torch.Tensor,
+        *,
+        audio_BFAD: torch.Tensor,
+        ref_BRD: torch.Tensor | None,
+        sites: AttentionSites,
+        layer: int,
+    ) -> torch.Tensor:
+        """Adds audio and reference cross-attention, where this block has them."""
         n = x_BFND.shape[2]
         if self.audio is not None:
             q = rearrange(self.audio_norm(x_BFND), "b f n d -> b (f n) d")
@@ -147,7 +146,7 @@ class StreamBlock(nn.Module):
 class DualBlock(nn.Module):
     """Block ``index`` of both streams (the struct part exists while ``index < L_s``)."""
 
-    def __init__(self, config, index: int) -> None:
+    def __init__(self, config: DualForceConfig, index: int) -> None:
         super().__init__()
         c = config
         self.index = index
@@ -158,8 +157,8 @@ class DualBlock(nn.Module):
             c.video_dim,
             c.video_heads,
             other_dim=c.struct_dim if shallow and c.bridge_to_video else None,
-            audio_dim=c.video_dim if audio else None,
-            ref_dim=c.video_dim if c.ref_in_block(index) else None,
+            audio_token_dim=c.video_dim if audio else None,
+            ref_token_dim=c.video_dim if c.ref_in_block(index) else None,
             **common,
         )
         self.struct = None
@@ -168,18 +167,31 @@ class DualBlock(nn.Module):
                 c.struct_dim,
                 c.struct_heads,
                 other_dim=c.video_dim if shallow and c.bridge_to_struct else None,
-                audio_dim=c.video_dim if audio else None,
+                audio_token_dim=c.video_dim if audio else None,
                 **common,
             )
 
-    def forward(self, xv, xs, cv, cs, audio, ref, sites: Sites):
-        """``xv`` ``[B, F, N_v, D_v]``, ``xs`` ``[B, F, N_s, D_s]`` or None, per-frame conditions
-        ``cv``/``cs`` ``[B, F, D]``, audio tokens ``[B, F, La, D_v]``, ref tokens ``[B, R, D_v]``."""
+    def forward(
+        self,
+        xv: torch.Tensor,
+        xs: torch.Tensor | None,
+        *,
+        video_cond_BFD: torch.Tensor,
+        struct_cond_BFD: torch.Tensor | None,
+        audio_BFAD: torch.Tensor,
+        ref_BRD: torch.Tensor | None,
+        sites: AttentionSites,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Video tokens ``xv`` ``[B, F, N_v, D_v]`` and struct tokens ``xs`` ``[B, F, N_s, D_s]``
+        (None without the struct stream) through this block, with each stream's per-frame
+        noise embedding ``[B, F, D]``, audio tokens ``[B, F, La, D_v]`` and reference tokens
+        ``[B, R, D_v]`` (or None). Tensors are keyword arguments at the top level, not in a
+        container, so that df-train's mixed-precision hook casts them."""
         i = self.index
-        mv = self.video.modulations(cv)
+        mv = self.video.modulations(video_cond_BFD)
         xv = self.video.self_attention(xv, mv, sites.video_self, i)
         if self.struct is not None:
-            ms = self.struct.modulations(cs)
+            ms = self.struct.modulations(struct_cond_BFD)
             xs = self.struct.self_attention(xs, ms, sites.struct_self, i)
             # Both directions read the post-self-attention states of this block.
             dv = (
@@ -194,9 +206,11 @@ class DualBlock(nn.Module):
             )
             xv = xv if dv is None else xv + dv
             xs = xs if ds is None else xs + ds
-            xs = self.struct.conditions(xs, audio, None, sites, i)
+            xs = self.struct.conditions(
+                xs, audio_BFAD=audio_BFAD, ref_BRD=None, sites=sites, layer=i
+            )
             xs = self.struct.feed_forward(xs, ms)
-        xv = self.video.conditions(xv, audio, ref, sites, i)
+        xv = self.video.conditions(xv, audio_BFAD=audio_BFAD, ref_BRD=ref_BRD, sites=sites, layer=i)
         xv = self.video.feed_forward(xv, mv)
         return xv, xs
 

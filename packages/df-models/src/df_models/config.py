@@ -11,12 +11,40 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from df_core.checks import (
+    boolean,
+    non_negative_int,
+    one_of,
+    positive_float,
+    positive_int,
+)
+from df_core.conventions import AUDIO_FEATURES_PER_VIDEO_FRAME
+
 BRIDGES = ("bidirectional", "struct_to_video", "off")
 BRIDGE_TEMPORAL = ("same_frame", "causal")
 BLOCK_SETS = ("shallow", "all")
+_POSITIVE_INTS = (
+    "latent_channels",
+    "latent_height",
+    "latent_width",
+    "patch_size",
+    "frames_per_latent",
+    "video_dim",
+    "video_depth",
+    "video_heads",
+    "struct_raw_dim",
+    "struct_tokens",
+    "struct_dim",
+    "struct_depth",
+    "struct_heads",
+    "audio_dim",
+    "audio_layers",
+    "audio_feats_per_frame",
+    "noise_freq_dim",
+)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class DualForceConfig:
     # Latent geometry (one latent frame as the codec gives it).
     latent_channels: int = 16  # C
@@ -42,7 +70,7 @@ class DualForceConfig:
     # Audio condition (50 Hz features: 2 feature frames per video frame).
     audio_dim: int = 768  # Da (HuBERT-base)
     audio_layers: int = 1  # encoder layers given; > 1 learns a softmax-weighted sum over them
-    audio_feats_per_frame: int = 2  # feature frames per video frame
+    audio_feats_per_frame: int = AUDIO_FEATURES_PER_VIDEO_FRAME  # feature frames per video frame
     audio_context: int = 2  # video frames of context on each side of a latent frame
     audio_into: str = "shallow"  # shallow | all video/struct blocks get audio cross-attention
     # Reference image condition (besides the sink frame).
@@ -58,45 +86,23 @@ class DualForceConfig:
     norm_eps: float = 1e-6
 
     def __post_init__(self) -> None:
-        positive = [
-            "latent_channels",
-            "latent_height",
-            "latent_width",
-            "patch_size",
-            "frames_per_latent",
-            "video_dim",
-            "video_depth",
-            "video_heads",
-            "struct_raw_dim",
-            "struct_tokens",
-            "struct_dim",
-            "struct_depth",
-            "struct_heads",
-            "audio_dim",
-            "audio_layers",
-            "audio_feats_per_frame",
-            "noise_freq_dim",
-        ]
-        for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(
-                    f"DualForceConfig.{name} must be a positive integer, got {value!r}"
-                )
+        for name in _POSITIVE_INTS:
+            positive_int(f"DualForceConfig.{name}", getattr(self, name))
         for name in ("n_fusion", "audio_context"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"DualForceConfig.{name} must be an integer >= 0, got {value!r}")
+            non_negative_int(f"DualForceConfig.{name}", getattr(self, name))
         for name, allowed in (
             ("bridge", BRIDGES),
             ("bridge_temporal", BRIDGE_TEMPORAL),
             ("audio_into", BLOCK_SETS),
             ("ref_into", BLOCK_SETS),
         ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(
-                    f"DualForceConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}"
-                )
+            one_of(f"DualForceConfig.{name}", getattr(self, name), allowed)
+        for name in ("struct_enabled", "ref_tokens_enabled", "qk_norm"):
+            boolean(f"DualForceConfig.{name}", getattr(self, name))
+        for name in ("mlp_ratio", "rope_theta", "norm_eps"):
+            positive_float(f"DualForceConfig.{name}", getattr(self, name))
+        if self.window is not None:
+            positive_int("DualForceConfig.window (or None)", self.window)
         for dim, heads in (
             ("video_dim", "video_heads"),
             ("struct_dim", "struct_heads"),
@@ -136,27 +142,6 @@ class DualForceConfig:
             raise ValueError(
                 "DualForceConfig.n_fusion=0 with ref_into='shallow' lets reference tokens reach no block"
             )
-        for name in ("rope_theta", "norm_eps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                raise ValueError(f"DualForceConfig.{name} must be a positive number, got {value!r}")
-        for name in ("struct_enabled", "ref_tokens_enabled", "qk_norm"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(
-                    f"DualForceConfig.{name} must be a bool, got {getattr(self, name)!r}"
-                )
-        if self.window is not None and (
-            isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1
-        ):
-            raise ValueError(
-                f"DualForceConfig.window must be a positive integer or None, got {self.window!r}"
-            )
-        if (
-            isinstance(self.mlp_ratio, bool)
-            or not isinstance(self.mlp_ratio, int | float)
-            or not self.mlp_ratio > 0
-        ):
-            raise ValueError(f"DualForceConfig.mlp_ratio must be > 0, got {self.mlp_ratio!r}")
 
     # Derived sizes -------------------------------------------------------------------------
 
@@ -175,10 +160,6 @@ class DualForceConfig:
     def audio_window(self) -> int:
         """Audio feature frames per latent frame, context included: the audio tokens N_a."""
         return (self.frames_per_latent + 2 * self.audio_context) * self.audio_feats_per_frame
-
-    @property
-    def has_struct(self) -> bool:
-        return self.struct_enabled
 
     @property
     def bridge_to_video(self) -> bool:
@@ -267,9 +248,13 @@ def synthtalk_small(**overrides: Any) -> DualForceConfig:
 
 def base(**overrides: Any) -> DualForceConfig:
     """The proposal's scale: 512x512 frames, an 8x 16-channel codec and patch 2 (1,024 video
-    tokens per frame); video 1536 x 20 blocks, struct 512 x 12 blocks, n_fusion 6, DINOv2-L
-    reference tokens in the shallow blocks, a window of 8 frames."""
-    return DualForceConfig(window=8, ref_tokens_enabled=True).replace(**overrides)
+    tokens per frame); video 1536 x 20 blocks, struct 512 x 12 blocks, n_fusion 6, a window of
+    8 frames.
+
+    Global reference tokens are off: no clip store holds reference features yet, so the trainer
+    refuses them. Opt in with ``base(ref_tokens_enabled=True)`` (DINOv2-L features,
+    ``ref_feature_dim=1024``, into the shallow blocks) once the features exist."""
+    return DualForceConfig(window=8).replace(**overrides)
 
 
 PRESETS = {"tiny": tiny, "synthtalk_small": synthtalk_small, "base": base}

@@ -13,9 +13,9 @@ Two entry points, one code path (DESIGN.md, "The model"):
   chunk may attend with no mask) stays eager, so a compiled pass never guards on a frame
   counter.
 
-Both build :class:`~df_models.attention.AttnSite` objects and call the same blocks; only the
-token frame ids and key sources differ, so the streaming outputs of a chunk equal
-the training outputs for those frames.
+Both build their attention sites with :func:`df_models.sites.build_sites` and call the same
+blocks; only the token frame ids and key sources differ, so the streaming outputs of a chunk
+equal the training outputs for those frames.
 
 Legend: B batch, T latent frames, F = frames in this pass (1 + T with the sink), C latent
 channels, H W latent size, N_v / N_s tokens per frame, D width, Ds structure dim, La audio
@@ -25,25 +25,16 @@ window, Da audio feature dim, R reference tokens.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from einops import repeat
 from torch import nn
 
-from df_core import (
-    KVCache,
-    StreamSpec,
-    block_causal_mask,
-    bridge_mask,
-    frame_positions,
-    is_sink,
-    rope_cos_sin,
-    split_head_dim,
-    token_frames,
-)
-from df_models.attention import AttnSite
-from df_models.blocks import DualBlock, Sites
+from df_core import KVCache, token_frames
+from df_models.blocks import DualBlock
 from df_models.config import DualForceConfig
+from df_models.inputs import check_drop, check_frames, check_stream_fits
 from df_models.layers import (
     AudioProjector,
     FinalLayer,
@@ -54,8 +45,19 @@ from df_models.layers import (
     unpatchify,
 )
 from df_models.pretrained import load_pretrained_state, read_config, save_pretrained
+from df_models.sites import AttentionSites, build_sites, cache_streams, struct_layers
 
 KIND = "DualForceDiT"
+
+
+class StreamTokens(NamedTuple):
+    """Tokens and per-frame noise embeddings of both streams for the ``F`` frames of one pass;
+    the struct fields are None without the struct stream."""
+
+    video: torch.Tensor  # [B, F, N_v, D_v]
+    video_cond: torch.Tensor  # [B, F, D_v]
+    struct: torch.Tensor | None  # [B, F, N_s, D_s]
+    struct_cond: torch.Tensor | None  # [B, F, D_s]
 
 
 class DualForceDiT(nn.Module):
@@ -117,151 +119,18 @@ class DualForceDiT(nn.Module):
             model = cls(config)
         return load_pretrained_state(model, directory, device=device)
 
-    # Helpers ---------------------------------------------------------------------------------
+    # Embeddings ------------------------------------------------------------------------------
 
-    def _struct_layers(self) -> int:
-        return min(self.config.struct_depth, self.config.video_depth)
-
-    # RoPE positions are absolute frame ids (0 for the time-less sink), in training and in
-    # streaming alike: keys are rotated once, when a pass writes them into the KV cache, and
-    # logits depend only on frame differences (df_core.rope).
-
-    def _rope_video(self, frames_L: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        c = self.config
-        h, w = c.grid
-        j = torch.arange(frames_L.numel(), device=frames_L.device) % (h * w)
-        axes = [frame_positions(frames_L), j // w, j % w]
-        dims = split_head_dim(c.video_dim // c.video_heads, 3)
-        return rope_cos_sin(axes, dims, timeless=is_sink(frames_L), theta=c.rope_theta)
-
-    def _rope_struct(self, frames_L: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        c = self.config
-        j = torch.arange(frames_L.numel(), device=frames_L.device) % c.struct_tokens
-        axes = [frame_positions(frames_L), j]
-        dims = split_head_dim(c.struct_dim // c.struct_heads, 2)
-        return rope_cos_sin(axes, dims, timeless=is_sink(frames_L), theta=c.rope_theta)
-
-    def _site(self, mask, **kw) -> AttnSite:
-        return AttnSite(mask=mask, backend=self.attn_backend, **kw)
-
-    def _sites(
-        self,
-        vq,
-        vkv,
-        sq,
-        skv,
-        cache: KVCache | None,
-        sink_pass: bool,
-        window: int | None,
-        all_visible: bool = False,
-    ) -> Sites:
-        """Sites for query token frames ``vq``/``sq`` and key token frames ``vkv``/``skv``.
-        With ``all_visible`` (or for the sink pass) every query sees every key: no masks."""
-        c = self.config
-        cached = dict(cache=cache, sink_pass=sink_pass)
-        unmasked = sink_pass or all_visible
-        # Video frames (and the sink, which has as many tokens) span whole attention blocks
-        # at the usual sizes: the mask's block table is then exact (df_core.masks).
-        video_self = self._site(
-            None if unmasked else block_causal_mask(vq, vkv, window=window, granule=c.video_tokens),
-            rope=self._rope_video(vq),
-            cache_stream="video",
-            **cached,
+    def _embed_frames(self, z_BTCHW, s_BTDs, sigma_v_BT, sigma_s_BT) -> StreamTokens:
+        struct = self.config.struct_enabled
+        return StreamTokens(
+            video=self.patch_embed(z_BTCHW),
+            video_cond=self.video_noise(sigma_v_BT),
+            struct=self.struct_tokenizer(s_BTDs) if struct else None,
+            struct_cond=self.struct_noise(sigma_s_BT) if struct else None,
         )
-        struct_self = to_video = to_struct = None
-        if c.struct_enabled:
-            struct_self = self._site(
-                None if unmasked else block_causal_mask(sq, skv, window=window),
-                rope=self._rope_struct(sq),
-                cache_stream="struct",
-                **cached,
-            )
-            same = c.bridge_temporal == "same_frame"
-            if c.bridge_to_video:
-                to_video = (
-                    self._site(None, per_frame=True, kv_tokens=c.struct_tokens)
-                    if same
-                    else self._site(
-                        None
-                        if unmasked
-                        else bridge_mask(vq, skv, temporal="causal", window=window),
-                        cache_stream="bridge_to_video",
-                        **cached,
-                    )
-                )
-            if c.bridge_to_struct:
-                to_struct = (
-                    self._site(None, per_frame=True, kv_tokens=c.video_tokens)
-                    if same
-                    else self._site(
-                        None
-                        if unmasked
-                        else bridge_mask(sq, vkv, temporal="causal", window=window),
-                        cache_stream="bridge_to_struct",
-                        **cached,
-                    )
-                )
-        audio = self._site(None, per_frame=True, kv_tokens=c.audio_window)
-        ref = self._site(None)
-        return Sites(video_self, struct_self, to_video, to_struct, audio, ref)
 
-    def _audio_tokens(self, audio, frames: int, batch: int, drop_audio_B, sink: bool):
-        c = self.config
-        null = repeat(self.audio_proj.null, "a d -> b f a d", b=batch, f=frames)
-        if sink:
-            return null
-        if tuple(audio.shape[:3]) != (batch, frames, c.audio_window):
-            raise ValueError(
-                f"audio_BTLDa must hold {frames} windows of {c.audio_window} feature frames "
-                f"[B={batch}, T={frames}, La={c.audio_window}, ...], got {tuple(audio.shape)}"
-            )
-        if audio.shape[-1] != c.audio_dim:
-            raise ValueError(
-                f"audio_BTLDa features must have Da={c.audio_dim}, got {audio.shape[-1]}"
-            )
-        tokens = self.audio_proj(audio)
-        if drop_audio_B is not None:
-            _check_drop("drop_audio_B", drop_audio_B, batch)
-            tokens = torch.where(drop_audio_B[:, None, None, None], null, tokens)
-        return tokens
-
-    def _run(self, xv, xs, cv, cs, audio_tok, ref_tok, sites: Sites):
-        c = self.config
-        n_struct = self._struct_layers()
-        out_s = None
-        for i, block in enumerate(self.blocks):
-            xv, xs = block(xv, xs, cv, cs, audio_tok, ref_tok, sites)
-            if c.struct_enabled and i == n_struct - 1:
-                out_s = self.struct_head(self.struct_final(xs, cs))
-        v_out = self.video_head(xv, cv)
-        return v_out, out_s
-
-    def _check(self, z_BTCHW, s_BTDs, sigma_v_BT, sigma_s_BT) -> None:
-        c = self.config
-        if sigma_v_BT.dim() != 2:
-            raise ValueError(f"sigma_v_BT must be [B, T], got {tuple(sigma_v_BT.shape)}")
-        B, T = sigma_v_BT.shape
-        expected = (B, T, c.latent_channels, c.latent_height, c.latent_width)
-        if tuple(z_BTCHW.shape) != expected:
-            raise ValueError(f"z_BTCHW must have shape {expected}, got {tuple(z_BTCHW.shape)}")
-        if c.struct_enabled:
-            if s_BTDs is None or tuple(s_BTDs.shape) != (B, T, c.struct_raw_dim):
-                got = None if s_BTDs is None else tuple(s_BTDs.shape)
-                raise ValueError(f"s_BTDs must have shape {(B, T, c.struct_raw_dim)}, got {got}")
-            if sigma_s_BT is None or sigma_s_BT.shape != (B, T):
-                got = None if sigma_s_BT is None else tuple(sigma_s_BT.shape)
-                raise ValueError(f"sigma_s_BT must have shape {(B, T)}, got {got}")
-
-    def _embed_frames(self, z_BTCHW, s_BTDs, sigma_v_BT, sigma_s_BT):
-        xv = self.patch_embed(z_BTCHW)
-        cv = self.video_noise(sigma_v_BT)
-        xs = cs = None
-        if self.config.struct_enabled:
-            xs = self.struct_tokenizer(s_BTDs)
-            cs = self.struct_noise(sigma_s_BT)
-        return xv, xs, cv, cs
-
-    def _embed_sink(self, ref_latent_BCHW: torch.Tensor):
+    def _embed_sink(self, ref_latent_BCHW: torch.Tensor) -> StreamTokens:
         c = self.config
         B = ref_latent_BCHW.shape[0]
         expected = (c.latent_channels, c.latent_height, c.latent_width)
@@ -269,16 +138,37 @@ class DualForceDiT(nn.Module):
             raise ValueError(
                 f"ref_latent_BCHW must have shape [B, {expected}], got {tuple(ref_latent_BCHW.shape)}"
             )
-        zero = torch.zeros(B, 1, device=ref_latent_BCHW.device)
-        xv = self.patch_embed(ref_latent_BCHW[:, None])
-        cv = self.video_noise(zero)
-        xs = cs = None
-        if c.struct_enabled:
-            xs = repeat(self.struct_sink, "n d -> b 1 n d", b=B)
-            cs = self.struct_noise(zero)
-        return xv, xs, cv, cs
+        zero_B1 = torch.zeros(B, 1, device=ref_latent_BCHW.device)
+        return StreamTokens(
+            video=self.patch_embed(ref_latent_BCHW[:, None]),
+            video_cond=self.video_noise(zero_B1),
+            struct=repeat(self.struct_sink, "n d -> b 1 n d", b=B) if c.struct_enabled else None,
+            struct_cond=self.struct_noise(zero_B1) if c.struct_enabled else None,
+        )
 
-    def _ref_tokens(self, ref_feats_BRD, batch: int, drop_ref_B=None):
+    def _null_audio(self, batch: int, frames: int) -> torch.Tensor:
+        """The "no audio" tokens ``[B, F, La, D_v]`` (the sink frame, audio dropout)."""
+        return repeat(self.audio_proj.null, "a d -> b f a d", b=batch, f=frames)
+
+    def _audio_tokens(
+        self, audio_BTLDa: torch.Tensor, drop_audio_B: torch.Tensor | None
+    ) -> torch.Tensor:
+        c = self.config
+        B, T = audio_BTLDa.shape[:2]
+        if audio_BTLDa.shape[2] != c.audio_window or audio_BTLDa.shape[-1] != c.audio_dim:
+            raise ValueError(
+                f"audio_BTLDa must hold windows of La={c.audio_window} feature frames of "
+                f"Da={c.audio_dim} [B, T, La, ..., Da], got {tuple(audio_BTLDa.shape)}"
+            )
+        tokens = self.audio_proj(audio_BTLDa)
+        if drop_audio_B is not None:
+            check_drop("drop_audio_B", drop_audio_B, B)
+            tokens = torch.where(drop_audio_B[:, None, None, None], self._null_audio(B, T), tokens)
+        return tokens
+
+    def _ref_tokens(
+        self, ref_feats_BRD: torch.Tensor | None, batch: int, drop_ref_B: torch.Tensor | None
+    ) -> torch.Tensor | None:
         c = self.config
         if self.ref_proj is None:
             if ref_feats_BRD is not None:
@@ -296,9 +186,41 @@ class DualForceDiT(nn.Module):
             )
         tokens = self.ref_proj(ref_feats_BRD)
         if drop_ref_B is not None:
-            _check_drop("drop_ref_B", drop_ref_B, batch)
+            check_drop("drop_ref_B", drop_ref_B, batch)
             tokens = torch.where(drop_ref_B[:, None, None], self.ref_null.expand_as(tokens), tokens)
         return tokens
+
+    def _run(
+        self,
+        tokens: StreamTokens,
+        *,
+        audio_BFAD: torch.Tensor,
+        ref_BRD: torch.Tensor | None,
+        sites: AttentionSites,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Every block over the tokens of one pass; the video head's output ``[B, F, N_v,
+        p*p*C]`` and the struct head's ``[B, F, Ds]`` (None without the struct stream)."""
+        c = self.config
+        last_struct = struct_layers(c) - 1
+        xv, xs = tokens.video, tokens.struct
+        out_s = None
+        for i, block in enumerate(self.blocks):
+            xv, xs = block(
+                xv,
+                xs,
+                video_cond_BFD=tokens.video_cond,
+                struct_cond_BFD=tokens.struct_cond,
+                audio_BFAD=audio_BFAD,
+                ref_BRD=ref_BRD,
+                sites=sites,
+            )
+            if c.struct_enabled and i == last_struct:
+                out_s = self.struct_head(self.struct_final(xs, tokens.struct_cond))
+        return self.video_head(xv, tokens.video_cond), out_s
+
+    def _unpatchify(self, v_BTNP: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        return unpatchify(v_BTNP, c.latent_channels, c.patch_size, c.latent_height, c.latent_width)
 
     # Entry points ----------------------------------------------------------------------------
 
@@ -330,7 +252,7 @@ class DualForceDiT(nn.Module):
         Returns:
             ``(v_video_BTCHW, v_struct_BTDs)``; the second is None without the struct stream.
         """
-        self._check(z_BTCHW, s_BTDs, sigma_v_BT, sigma_s_BT)
+        check_frames(self.config, z_BTCHW, s_BTDs, sigma_v_BT, sigma_s_BT, audio_BTLDa)
         c = self.config
         B, T = sigma_v_BT.shape
         dev = z_BTCHW.device
@@ -338,28 +260,42 @@ class DualForceDiT(nn.Module):
             raise ValueError(
                 f"ref_latent_BCHW has batch {ref_latent_BCHW.shape[0]}, the clip has {B}"
             )
-        sv, ss, scv, scs = self._embed_sink(ref_latent_BCHW)
-        xv, xs, cv, cs = self._embed_frames(z_BTCHW, s_BTDs, sigma_v_BT, sigma_s_BT)
-        xv, cv = torch.cat([sv, xv], 1), torch.cat([scv, cv], 1)
-        if c.struct_enabled:
-            xs, cs = torch.cat([ss, xs], 1), torch.cat([scs, cs], 1)
-        audio = torch.cat(
-            [
-                self._audio_tokens(None, 1, B, None, sink=True),
-                self._audio_tokens(audio_BTLDa, T, B, drop_audio_B, sink=False),
-            ],
-            1,
+        # Step 1: the sink frame in front of frame 0, in both streams.
+        sink, frames = (
+            self._embed_sink(ref_latent_BCHW),
+            self._embed_frames(z_BTCHW, s_BTDs, sigma_v_BT, sigma_s_BT),
         )
+        tokens = StreamTokens(
+            *(
+                None if a is None else torch.cat([a, b], 1)
+                for a, b in zip(sink, frames, strict=True)
+            )
+        )
+        audio_BFAD = torch.cat(
+            [self._null_audio(B, 1), self._audio_tokens(audio_BTLDa, drop_audio_B)], 1
+        )
+        # Step 2: the whole clip attends block-causally to itself.
         vf = token_frames(T, c.video_tokens, sink_tokens=c.video_tokens, device=dev)
         sf = token_frames(T, c.struct_tokens, sink_tokens=c.struct_tokens, device=dev)
-        sites = self._sites(vf, vf, sf, sf, None, sink_pass=False, window=c.window)
+        sites = build_sites(
+            c,
+            backend=self.attn_backend,
+            video_q_L=vf,
+            video_kv_S=vf,
+            struct_q_L=sf,
+            struct_kv_S=sf,
+            cache=None,
+            sink_pass=False,
+            window=c.window,
+        )
         v_out, s_out = self._run(
-            xv, xs, cv, cs, audio, self._ref_tokens(ref_feats_BRD, B, drop_ref_B), sites
+            tokens,
+            audio_BFAD=audio_BFAD,
+            ref_BRD=self._ref_tokens(ref_feats_BRD, B, drop_ref_B),
+            sites=sites,
         )
-        v = unpatchify(
-            v_out[:, 1:], c.latent_channels, c.patch_size, c.latent_height, c.latent_width
-        )
-        return v, (s_out[:, 1:] if s_out is not None else None)
+        # Step 3: drop the sink frame's outputs.
+        return self._unpatchify(v_out[:, 1:]), (s_out[:, 1:] if s_out is not None else None)
 
     def new_cache(
         self,
@@ -370,48 +306,37 @@ class DualForceDiT(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> KVCache:
-        """A KV cache for this model: sink + a window of ``window`` frames (the config's by
-        default), for chunks of up to ``max_chunk`` frames."""
+        """A KV cache for this model: sink + a window of ``window`` frames, for chunks of up to
+        ``max_chunk`` frames.
+
+        A model with a sliding window streams with that window (the default; another is an
+        error: streaming would no longer equal the training forward). A model with
+        ``config.window=None`` attends to every past frame, so ``window`` must be given and
+        is the cache's capacity: :meth:`forward_stream` refuses a pass that would evict a
+        frame rather than differ from the training forward.
+        """
         c = self.config
         if window is None:
             window = c.window
         if window is None:
             raise ValueError(
-                "window must be given when the config has no sliding window (config.window is None)"
+                "window must be given when the model has no sliding window (DualForceConfig."
+                "window=None): the cache's capacity in frames, at least the stream's length"
             )
         if c.window is not None and window != c.window:
             raise ValueError(
-                f"window={window} differs from the trained config.window={c.window}: streaming would "
-                "no longer match the training forward"
+                f"window={window} differs from the model's DualForceConfig.window={c.window}: "
+                "streaming would no longer match the training forward"
             )
         if dtype is None:
             dtype = next(self.parameters()).dtype
-        specs = {
-            "video": StreamSpec(
-                c.video_depth,
-                c.video_heads,
-                c.video_dim // c.video_heads,
-                c.video_tokens,
-                c.video_tokens,
-            )
-        }
-        if c.struct_enabled:
-            sh = c.struct_dim // c.struct_heads
-            specs["struct"] = StreamSpec(
-                self._struct_layers(), c.struct_heads, sh, c.struct_tokens, c.struct_tokens
-            )
-            if c.bridge_temporal == "causal" and c.n_fusion > 0:
-                vh = c.video_dim // c.video_heads
-                if c.bridge_to_video:
-                    specs["bridge_to_video"] = StreamSpec(
-                        c.n_fusion, c.video_heads, vh, c.struct_tokens, c.struct_tokens
-                    )
-                if c.bridge_to_struct:
-                    specs["bridge_to_struct"] = StreamSpec(
-                        c.n_fusion, c.struct_heads, sh, c.video_tokens, c.video_tokens
-                    )
         return KVCache(
-            specs, batch=batch, window=window, max_chunk=max_chunk, device=device, dtype=dtype
+            cache_streams(c),
+            batch=batch,
+            window=window,
+            max_chunk=max_chunk,
+            device=device,
+            dtype=dtype,
         )
 
     def prefill(
@@ -426,12 +351,25 @@ class DualForceDiT(nn.Module):
         cache.reset()
         B = ref_latent_BCHW.shape[0]
         dev = ref_latent_BCHW.device
-        xv, xs, cv, cs = self._embed_sink(ref_latent_BCHW)
-        audio = self._audio_tokens(None, 1, B, None, sink=True)
         vf = token_frames(0, c.video_tokens, sink_tokens=c.video_tokens, device=dev)
         sf = token_frames(0, c.struct_tokens, sink_tokens=c.struct_tokens, device=dev)
-        sites = self._sites(vf, vf, sf, sf, cache, sink_pass=True, window=cache.window)
-        self._run(xv, xs, cv, cs, audio, self._ref_tokens(ref_feats_BRD, B, drop_ref_B), sites)
+        sites = build_sites(
+            c,
+            backend=self.attn_backend,
+            video_q_L=vf,
+            video_kv_S=vf,
+            struct_q_L=sf,
+            struct_kv_S=sf,
+            cache=cache,
+            sink_pass=True,
+            window=cache.window,
+        )
+        self._run(
+            self._embed_sink(ref_latent_BCHW),
+            audio_BFAD=self._null_audio(B, 1),
+            ref_BRD=self._ref_tokens(ref_feats_BRD, B, drop_ref_B),
+            sites=sites,
+        )
 
     def forward_stream(
         self,
@@ -459,7 +397,7 @@ class DualForceDiT(nn.Module):
         to the chunk (:meth:`~df_core.KVCache.all_visible`: one frame, window full) it runs
         with no attention masks.
         """
-        self._check(z_BTCHW, s_BTDs, sigma_v_BT, sigma_s_BT)
+        check_frames(self.config, z_BTCHW, s_BTDs, sigma_v_BT, sigma_s_BT, audio_BTLDa)
         B, T = sigma_v_BT.shape
         if cache.batch != B:
             raise ValueError(
@@ -471,6 +409,7 @@ class DualForceDiT(nn.Module):
             n_commit = commit
         else:
             raise ValueError(f"commit must be a bool or an int in [0, {T}], got {commit!r}")
+        check_stream_fits(self.config, cache, T)
         out = self.forward_chunk(
             cache,
             z_BTCHW,
@@ -508,32 +447,26 @@ class DualForceDiT(nn.Module):
         the masks."""
         c = self.config
         B, T = sigma_v_BT.shape
-        xv, xs, cv, cs = self._embed_frames(z_BTCHW, s_BTDs, sigma_v_BT, sigma_s_BT)
-        audio = self._audio_tokens(audio_BTLDa, T, B, drop_audio_B, sink=False)
-        q_frames = cache.begin_chunk(T)
-        vq = repeat(q_frames, "t -> (t n)", n=c.video_tokens)
-        sq = repeat(q_frames, "t -> (t n)", n=c.struct_tokens)
-        vkv = cache.kv_frames["video"]
-        skv = cache.kv_frames["struct"] if c.struct_enabled else sq
-        sites = self._sites(
-            vq,
-            vkv,
-            sq,
-            skv,
-            cache,
+        tokens = self._embed_frames(z_BTCHW, s_BTDs, sigma_v_BT, sigma_s_BT)
+        audio_BFAD = self._audio_tokens(audio_BTLDa, drop_audio_B)
+        q_frames_T = cache.begin_chunk(T)
+        struct_q_L = repeat(q_frames_T, "t -> (t n)", n=c.struct_tokens)
+        sites = build_sites(
+            c,
+            backend=self.attn_backend,
+            video_q_L=repeat(q_frames_T, "t -> (t n)", n=c.video_tokens),
+            video_kv_S=cache.kv_frames["video"],
+            struct_q_L=struct_q_L,
+            struct_kv_S=cache.kv_frames["struct"] if c.struct_enabled else struct_q_L,
+            cache=cache,
             sink_pass=False,
             window=cache.window,
             all_visible=all_visible,
         )
         v_out, s_out = self._run(
-            xv, xs, cv, cs, audio, self._ref_tokens(ref_feats_BRD, B, drop_ref_B), sites
+            tokens,
+            audio_BFAD=audio_BFAD,
+            ref_BRD=self._ref_tokens(ref_feats_BRD, B, drop_ref_B),
+            sites=sites,
         )
-        v = unpatchify(v_out, c.latent_channels, c.patch_size, c.latent_height, c.latent_width)
-        return v, s_out
-
-
-def _check_drop(name: str, drop_B: torch.Tensor, batch: int) -> None:
-    if drop_B.dtype != torch.bool or tuple(drop_B.shape) != (batch,):
-        raise ValueError(
-            f"{name} must be a bool tensor of shape [{batch}], got {drop_B.dtype} {tuple(drop_B.shape)}"
-        )
+        return self._unpatchify(v_out), s_out

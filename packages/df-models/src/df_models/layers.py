@@ -12,6 +12,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from df_core import AUDIO_FEATURES_PER_VIDEO_FRAME
+
 
 def modulate(
     x_BFND: torch.Tensor, shift_BFD: torch.Tensor, scale_BFD: torch.Tensor
@@ -185,7 +187,7 @@ def gather_audio_windows(
     a_BLDa: torch.Tensor,
     num_frames: int,
     *,
-    feats_per_frame: int = 2,
+    feats_per_frame: int = AUDIO_FEATURES_PER_VIDEO_FRAME,
     frames_per_latent: int = 1,
     context: int = 2,
     first_frame: int = 0,

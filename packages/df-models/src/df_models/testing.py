@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from df_core import SIGMA_S_MAX
 from df_models.config import DualForceConfig
 from df_models.dit import DualForceDiT
 
@@ -40,7 +41,9 @@ def random_inputs(
         if c.struct_enabled
         else None,
         "sigma_v_BT": torch.rand(batch, frames, generator=g),
-        "sigma_s_BT": torch.rand(batch, frames, generator=g) * 0.7 if c.struct_enabled else None,
+        "sigma_s_BT": torch.rand(batch, frames, generator=g) * SIGMA_S_MAX
+        if c.struct_enabled
+        else None,
         "audio_BTLDa": torch.randn(audio_shape, generator=g),
         "ref_latent_BCHW": torch.randn(
             batch, c.latent_channels, c.latent_height, c.latent_width, generator=g

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from df_eval import demo
@@ -87,12 +88,81 @@ def test_smoke_demo_end_to_end(tmp_path):
     for variant in ("trained", "untrained"):  # one sampler for both, the preset's guidance
         assert generated[variant]["sampler"]["cfg_audio"] == PRESETS["smoke"].cfg_audio
         assert generated[variant]["sampler"]["cfg_struct"] == PRESETS["smoke"].cfg_struct
+    # the bars, checked and tabulated, and a contact sheet per test clip
+    assert "## Bars" in report and "codec held-out PSNR" in report
+    assert "bars pass." in report and ("**pass**" in report or "**FAIL**" in report)
+    clip = generated["clips"][0]
+    sheet = out / "plots" / f"sheet_{clip}.png"
+    assert f"plots/sheet_{clip}.png" in report and sheet.is_file()
+    from PIL import Image
+
+    with Image.open(sheet) as im:  # 5 rows (reference, truth, 3 variants) of 8 frames, 2x
+        size = PRESETS["smoke"].size * 2
+        assert im.size == (150 + 8 * size, 5 * size)
     for link in ("plots/sync.png", "plots/train_loss.png"):
         assert link in report and (out / link).is_file()
     # A rerun finds every stage done and changes nothing.
     before = {s: stage_record(out, s) for s in STAGES}
     assert demo.main(["--smoke", "--out", str(out), "--no-progress"]) == 0
     assert {s: stage_record(out, s) for s in STAGES} == before
+
+
+def test_bars_pass_and_fail_on_measured_targets():
+    from df_eval.demo_bars import check_bars
+
+    def records(id_dist, fd, jitter, sync, offset=0, psnr=28.5):
+        metrics = {
+            "id_dist": id_dist,
+            "fd": fd,
+            "jitter": jitter,
+            "sync_corr": sync,
+            "sync_offset": offset,
+        }
+        return {
+            "codec": {"summary": {"heldout_psnr_db": psnr}},
+            "evaluate": {
+                "summary": {
+                    "trained": {"metrics": metrics},
+                    "ground_truth": {"metrics": {"id_dist": 0.05, "jitter": 0.5}},
+                    "still": {"metrics": {"fd": 20.0}},
+                }
+            },
+        }
+
+    good = check_bars("cpu", records(0.07, 19.0, 1.4, 0.75))
+    assert [r["passed"] for r in good] == [True] * 6
+    assert good[1]["target"] == pytest.approx(0.075)  # 1.5x the ground truth's, measured
+    bad = check_bars("cpu", records(0.08, 21.0, 1.6, 0.65, offset=-1, psnr=27.9))
+    assert [r["passed"] for r in bad] == [False] * 6
+    # the GPU bars are stricter: what passes on the CPU fails there
+    assert [r["passed"] for r in check_bars("gpu", records(0.07, 19.0, 1.4, 0.75))][1:5] == [
+        False,
+        False,
+        False,
+        False,
+    ]
+    assert check_bars("smoke", records(0.07, 19.0, 1.4, 0.75)) == good
+    missing = records(0.07, 19.0, 1.4, 0.75)
+    del missing["evaluate"]["summary"]["ground_truth"]
+    assert check_bars("cpu", missing)[1]["passed"] is None
+
+
+def test_contact_sheet_lays_out_rows_of_frames(tmp_path):
+    from PIL import Image
+
+    from df_eval.report import contact_sheet
+
+    video = np.zeros((20, 8, 8, 3), np.uint8)
+    video[:, :, :, 0] = np.arange(20)[:, None, None] * 10  # red ramps with time
+    path = contact_sheet({"a": video, "b": video[0]}, tmp_path / "s.png", frames=4, scale=1)
+    with Image.open(path) as im:
+        sheet = np.asarray(im.convert("RGB"))
+    assert sheet.shape == (16, 150 + 32, 3)
+    reds = sheet[4, 150 + 4 :: 8, 0]
+    assert list(reds) == [0, 60, 130, 190]  # frames 0, 6, 13, 19
+    assert (sheet[12, 150:, 0] == 0).all()  # the single image is repeated
+    with pytest.raises(ValueError, match="frame size"):
+        contact_sheet({"a": video, "b": np.zeros((4, 4, 3), np.uint8)}, tmp_path / "t.png")
 
 
 def test_margins_say_how_much_of_the_gap_is_closed():

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 # report.py selects the Agg backend before pyplot is imported; use its pyplot
-from df_eval.report import plot_drift, plot_loss, plot_sync, plt, save_figure
+from df_eval.demo_bars import check_bars
+from df_eval.report import contact_sheet, plot_drift, plot_loss, plot_sync, plt, save_figure
 from df_models.io import atomic_path
 
 VARIANT_LABELS = {
@@ -122,6 +123,31 @@ def _plot_jaw(out: Path, clip: str, paths: dict[str, Path], gt: np.ndarray) -> P
     return path
 
 
+def bar_table(rows: list[dict]) -> list[str]:
+    """The pass/fail table of :func:`df_eval.demo_bars.check_bars`, as markdown lines."""
+    lines = ["| bar | measured | target | result |", "|---|---|---|---|"]
+    for r in rows:
+        op = ">=" if r["higher"] else "<="
+        result = {True: "**pass**", False: "**FAIL**", None: "not measured"}[r["passed"]]
+        lines.append(f"| {r['name']} | {_fmt(r['value'])} | {op} {_fmt(r['target'])} | {result} |")
+    passed = sum(r["passed"] is True for r in rows)
+    lines += ["", f"{passed} of {len(rows)} bars pass."]
+    return lines
+
+
+def _sheets(out: Path, clips: list[str]) -> list[str]:
+    """Writes ``plots/sheet_<clip>.png`` for every test clip; returns the clips."""
+    from df_data.media import read_video
+
+    for clip in clips:
+        truth, _ = read_video(out / "corpus" / "test" / clip / "video.mp4")
+        rows = {"reference": truth[0], "ground truth": truth}
+        for variant in VARIANT_LABELS:
+            rows[VARIANT_LABELS[variant]], _ = read_video(out / "pred" / variant / f"{clip}.mp4")
+        contact_sheet(rows, out / "plots" / f"sheet_{clip}.png")
+    return clips
+
+
 def write_report(out: Path, preset, records: dict[str, dict | None]) -> Path:
     """Writes ``<out>/report.md`` (atomically) from the finished stages' records."""
     from safetensors.numpy import load_file
@@ -143,6 +169,17 @@ def write_report(out: Path, preset, records: dict[str, dict | None]) -> Path:
         "as the reference image, and scored by the SynthTalk probe (trained on the train split "
         "only) against the clip's ground truth. The ground-truth column is the real video scored "
         "the same way: the ceiling of each metric as the probe measures it.",
+        "",
+        "## Bars",
+        "",
+        *bar_table(check_bars(preset.name, records)),
+        "",
+        "## What the videos look like",
+        "",
+        "Per test clip, 8 frames evenly spaced over the clip; rows: the reference image, the "
+        "ground-truth video, the trained model, the untrained model, the still frame.",
+        "",
+        *(f"![plots/sheet_{clip}.png](plots/sheet_{clip}.png)" for clip in _sheets(out, clips)),
         "",
         "## Lip sync: the trained model against two baselines",
         "",

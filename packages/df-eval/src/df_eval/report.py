@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # no display; must precede pyplot
 import matplotlib.pyplot as plt
@@ -74,6 +75,45 @@ def save_figure(fig, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
+
+
+def contact_sheet(
+    rows: Mapping[str, np.ndarray], path: Path, *, frames: int = 8, scale: int = 2
+) -> Path:
+    """A PNG of ``frames`` evenly spaced frames per row, one row per video, labelled: what a
+    person would look at before reading any metric.
+
+    Args:
+        rows: ``{label: uint8 [T, H, W, 3]}`` (a single image ``[H, W, 3]`` is repeated); all
+            the same ``H, W``.
+        scale: nearest-neighbour upscaling, so that 64-pixel frames stay legible.
+    """
+    from PIL import Image, ImageDraw
+
+    strips, labels = [], []
+    for label, video in rows.items():
+        v = np.asarray(video)
+        if v.ndim == 3:
+            v = v[None]
+        idx = np.linspace(0, len(v) - 1, frames).round().astype(int)
+        strips.append(np.concatenate(list(v[idx]), axis=1))
+        labels.append(label)
+    shapes = {s.shape for s in strips}
+    if len(shapes) != 1:
+        raise ValueError(f"contact sheet rows differ in frame size: {sorted(shapes)}")
+    H = strips[0].shape[0] * scale
+    margin = 150
+    sheet = Image.new("RGB", (margin + strips[0].shape[1] * scale, H * len(strips)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (strip, label) in enumerate(zip(strips, labels, strict=True)):
+        img = Image.fromarray(strip).resize(
+            (strip.shape[1] * scale, strip.shape[0] * scale), Image.NEAREST
+        )
+        sheet.paste(img, (margin, i * H))
+        draw.text((4, i * H + H // 2 - 6), label, fill="black")
+    with atomic_path(path) as tmp:
+        sheet.save(tmp, format="PNG")
+    return path
 
 
 def plot_drift(systems: Mapping[str, dict], path: Path) -> Path:

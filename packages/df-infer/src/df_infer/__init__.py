@@ -8,18 +8,18 @@ features), ``generate_video`` (-> mp4 with the audio muxed in).
 """
 
 from df_infer.audio import StreamingFeatures
+from df_infer.full import sample_full
 from df_infer.generate import GenerationSummary, generate_video
 from df_infer.pipeline import Frame, StreamingGenerator
-from df_infer.full import sample_full
 from df_infer.sampler_config import SamplerConfig, bundle_sampler, resolve_sampler
 from df_infer.stream import SampledFrames, sample_stream
 
 __all__ = [
     "Frame",
     "GenerationSummary",
+    "SampledFrames",
     "SamplerConfig",
     "StreamingFeatures",
-    "SampledFrames",
     "StreamingGenerator",
     "bundle_sampler",
     "generate_video",

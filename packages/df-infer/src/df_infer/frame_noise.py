@@ -51,7 +51,9 @@ def frames_noise(
 ) -> FrameNoise:
     """The noise of frames ``t0 .. t0 + n - 1`` stacked: ``v`` ``[B, n, C, H, W]``, ``s``
     ``[B, n, Ds]``."""
-    noise = [frame_noise(model_config, batch, t, seed, device, generator) for t in range(t0, t0 + n)]
+    noise = [
+        frame_noise(model_config, batch, t, seed, device, generator) for t in range(t0, t0 + n)
+    ]
 
     def stack(name: str) -> torch.Tensor | None:
         parts = [getattr(z, name) for z in noise]

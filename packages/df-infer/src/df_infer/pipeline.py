@@ -32,7 +32,7 @@ from df_models.bundle import InferenceMeta, read_bundle
 COMPILE_MODES = ("none", "blocks", "stream", "stream-graphs")
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Frame:
     index: int  # video frame index (25 fps)
     image: np.ndarray  # uint8 [H, W, 3]
@@ -320,7 +320,7 @@ class StreamingGenerator:
             )
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class _Decoded:
     """A chunk's frames on their way to the host: ``images`` uint8 ``[n, H, W, 3]``,
     ``structs`` ``[n, Ds]``, ready once ``done`` (None: already on the host)."""

@@ -62,15 +62,15 @@ class SamplerConfig:
             )
         if self.shift is not None:
             positive_float("SamplerConfig.shift", self.shift)
-        if self.sigma_s_start is not None and unit_float(
-            "SamplerConfig.sigma_s_start", self.sigma_s_start
-        ) == 0.0:
+        if (
+            self.sigma_s_start is not None
+            and unit_float("SamplerConfig.sigma_s_start", self.sigma_s_start) == 0.0
+        ):
             raise ValueError("SamplerConfig.sigma_s_start must be > 0 (structure starts noisy)")
         if self.sigma_ctx is not None:
             unit_float("SamplerConfig.sigma_ctx", self.sigma_ctx)
         if self.struct_finish_step is not None and not (
-            positive_int("SamplerConfig.struct_finish_step", self.struct_finish_step)
-            <= self.steps
+            positive_int("SamplerConfig.struct_finish_step", self.struct_finish_step) <= self.steps
         ):
             raise ValueError(
                 f"SamplerConfig.struct_finish_step must be in [1, steps={self.steps}], got "

@@ -190,7 +190,13 @@ def _pass_inputs(clean: list[_Chunk], stepping: list[tuple[_Chunk, int]], levels
         a = a.to(device=device, dtype=dtype, non_blocking=True)
         aud.append(a.expand(B, *a.shape) if a.dim() == 3 else a)
     cat = torch.cat
-    return cat(zv, 1), cat(zs, 1) if zs else None, cat(sv, 1), cat(ss, 1) if ss else None, cat(aud, 1)
+    return (
+        cat(zv, 1),
+        cat(zs, 1) if zs else None,
+        cat(sv, 1),
+        cat(ss, 1) if ss else None,
+        cat(aud, 1),
+    )
 
 
 def _stream_cache(model, cfg: SamplerConfig, B: int, device, cache):

@@ -128,7 +128,7 @@ def sample_stream(
         inputs = _pass_inputs(riding, stepping, levels, audio, denoise.dtype)
         v_hat, s_hat = denoise(*inputs, commit=commit)
         # Step 5: an Euler step for every chunk in flight.
-        offset = clean.n if clean is not None else 0
+        offset = sum(ch.n for ch in riding)
         for ch, k in stepping:
             sl = slice(offset, offset + ch.n)
             offset += ch.n

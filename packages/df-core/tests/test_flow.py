@@ -1,5 +1,5 @@
 """Rectified-flow algebra with per-frame noise levels: exact recovery, straight paths, the Euler
-and Heun samplers and the per-frame loss reduction.
+update and the per-frame loss reduction.
 
 Legend: B batch, T frames, C channels, H W height/width, Ds structure dimension.
 """
@@ -16,10 +16,9 @@ from hypothesis import strategies as st
 from df_core.flow import (
     add_noise,
     eps_from_velocity,
-    euler_step,
+    euler_update,
     expand_sigma,
     frame_mse,
-    heun_step,
     reduce_frame_loss,
     velocity_target,
     x0_from_velocity,
@@ -56,6 +55,12 @@ def clips(draw: st.DrawFn) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, to
     return x0, eps, sigma_BT, sigma_next_BT
 
 
+def euler(v_fn, x: torch.Tensor, sigma_BT: torch.Tensor, sigma_next_BT: torch.Tensor):
+    """One Euler step with per-frame levels, the velocity ``v_fn(x, sigma_BT)``."""
+    s, s_next = expand_sigma(sigma_BT, x), expand_sigma(sigma_next_BT, x)
+    return euler_update(x, v_fn(x, sigma_BT), s, s_next)
+
+
 def per_frame(fn, x: torch.Tensor) -> torch.Tensor:
     """Velocity field ``v = fn(sigma)`` that is the same for every element of a frame."""
     return lambda _x, sigma_BT: fn(expand_sigma(sigma_BT, x)).expand_as(x)
@@ -65,7 +70,7 @@ def per_frame(fn, x: torch.Tensor) -> torch.Tensor:
 
 
 @given(clip=clips())
-def test_true_velocity_recovers_x0_and_eps_and_samplers_follow_the_straight_path(clip) -> None:
+def test_true_velocity_recovers_x0_and_eps_and_euler_follows_the_straight_path(clip) -> None:
     x0, eps, sigma_BT, sigma_next_BT = clip
     x = add_noise(x0, eps, sigma_BT)
     v = velocity_target(x0, eps)
@@ -79,24 +84,22 @@ def test_true_velocity_recovers_x0_and_eps_and_samplers_follow_the_straight_path
     assert close(x0_from_velocity(x, v, sigma_BT), x0)
     assert close(eps_from_velocity(x, v, sigma_BT), eps)
 
-    # Step 3: paths are straight, so Euler and Heun with the true velocity land exactly on
+    # Step 3: paths are straight, so Euler with the true velocity lands exactly on
     # x_sigma_next, and one step from any level to 0 lands on x0.
     true_v = lambda _x, _s: v  # noqa: E731
     x_next = add_noise(x0, eps, sigma_next_BT)
     zeros_BT = torch.zeros_like(sigma_BT)
-    for step in (euler_step, heun_step):
-        assert close(step(true_v, x, sigma_BT, sigma_next_BT), x_next)
-        assert close(step(true_v, x, sigma_BT, zeros_BT), x0)
+    assert close(euler(true_v, x, sigma_BT, sigma_next_BT), x_next)
+    assert close(euler(true_v, x, sigma_BT, zeros_BT), x0)
 
     # Step 4: with any velocity field, a frame whose level does not change is left bit for bit.
     model = lambda x_, s: torch.sin(3 * x_) + expand_sigma(s, x_) + 1.0  # noqa: E731
     keep_BT = sigma_next_BT == sigma_BT
-    for step in (euler_step, heun_step):
-        out = step(model, x, sigma_BT, sigma_next_BT)
-        assert torch.equal(out[keep_BT], x[keep_BT])
-        # ... while a frame that steps by a visible amount does move (v >= sigma > 0 here).
-        moves_BT = (sigma_BT - sigma_next_BT) > 1e-3
-        assert bool(((out - x).abs().flatten(2).amax(dim=2)[moves_BT] > 0).all())
+    out = euler(model, x, sigma_BT, sigma_next_BT)
+    assert torch.equal(out[keep_BT], x[keep_BT])
+    # ... while a frame that steps by a visible amount does move (v >= sigma > 0 here).
+    moves_BT = (sigma_BT - sigma_next_BT) > 1e-3
+    assert bool(((out - x).abs().flatten(2).amax(dim=2)[moves_BT] > 0).all())
 
 
 def test_add_noise_endpoints_are_exact() -> None:
@@ -129,80 +132,34 @@ def test_add_noise_keeps_the_dtype_of_the_data() -> None:
 # --- samplers --------------------------------------------------------------------------------
 
 
-def test_euler_and_heun_call_the_model_once_and_twice() -> None:
-    calls: list[torch.Tensor] = []
-
-    def model(x: torch.Tensor, sigma_BT: torch.Tensor) -> torch.Tensor:
-        calls.append(sigma_BT.clone())
-        return torch.zeros_like(x)
-
-    x = torch.zeros(1, 2, 3)
-    sigma, sigma_next = torch.tensor([[0.8, 0.5]]), torch.tensor([[0.6, 0.5]])
-    euler_step(model, x, sigma, sigma_next)
-    assert len(calls) == 1 and torch.equal(calls[0], sigma)
-    calls.clear()
-    heun_step(model, x, sigma, sigma_next)
-    assert len(calls) == 2
-    assert torch.equal(calls[0], sigma) and torch.equal(calls[1], sigma_next)
+def test_euler_update_is_the_documented_expression_bit_for_bit() -> None:
+    # The samplers' results depend on the exact operation order: x + (sigma_next - sigma) * v,
+    # with 0-d float32 levels and float32 state (what refactors must not change).
+    g = torch.Generator().manual_seed(0)
+    x, v = torch.randn(2, 3, 4, generator=g), torch.randn(2, 3, 4, generator=g)
+    sigma, sigma_next = torch.tensor(0.7310586), torch.tensor(0.2689414)
+    assert torch.equal(euler_update(x, v, sigma, sigma_next), x + (sigma_next - sigma) * v)
+    assert not torch.equal(euler_update(x, v, sigma, sigma_next), x + sigma_next * v - sigma * v)
 
 
-def test_heun_is_exact_on_linear_fields_and_beats_euler_on_quadratic_ones() -> None:
-    # Levels are per frame, so one call checks a whole grid of (sigma, sigma_next) pairs: every
-    # sigma in [0.02, 1] with sigma_next from 0 (the EDM Euler fallback) up to 0.99 sigma.
+def test_euler_error_on_curved_fields() -> None:
+    # Levels are per frame, so one call checks a whole grid of (sigma, sigma_next) pairs.
     sigma_S = torch.linspace(0.02, 1.0, 50, dtype=torch.float64)
     frac_F = torch.cat([torch.zeros(1), torch.linspace(0.01, 0.99, 49)]).double()
     sigma_BT = sigma_S[:, None].expand(50, 50).reshape(1, -1)
     sigma_next_BT = (sigma_S[:, None] * frac_F[None, :]).reshape(1, -1)
     h_BT = sigma_BT - sigma_next_BT
     x = torch.randn(1, 2500, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    to_zero = expand_sigma(sigma_next_BT, x).expand_as(x) == 0
-    assert int(to_zero.sum()) == 50 * 2
-
-    # Step 1: dx/dsigma = sigma, so x(sigma_next) = x(sigma) + (sigma_next^2 - sigma^2) / 2.
-    # The trapezoid is exact; Euler's error is -h^2 / 2; frames stepping to 0 take Euler (EDM).
-    model = per_frame(lambda s: s, x)
+    # dx/dsigma = sigma: x(sigma_next) = x(sigma) + (sigma_next^2 - sigma^2) / 2, and Euler's
+    # error is -h^2 / 2 (first order).
     exact = x + expand_sigma((sigma_next_BT**2 - sigma_BT**2) / 2, x)
-    heun = heun_step(model, x, sigma_BT, sigma_next_BT)
-    euler = euler_step(model, x, sigma_BT, sigma_next_BT)
-    assert close(euler - exact, expand_sigma(-(h_BT**2) / 2, x).expand_as(x), 1e-12, 1e-9)
-    assert close(heun[~to_zero], exact[~to_zero], atol=1e-12, rtol=0)
-    assert torch.equal(heun[to_zero], euler[to_zero])
-
-    # Step 2: dx/dsigma = sigma^2: x(b) - x(a) = (b^3 - a^3) / 3. The trapezoid error is
-    # -h^3 / 6 and Euler's -h^2 (2 sigma + sigma_next) / 3, always larger in magnitude.
-    model = per_frame(lambda s: s**2, x)
+    err = euler(per_frame(lambda s: s, x), x, sigma_BT, sigma_next_BT) - exact
+    assert close(err, expand_sigma(-(h_BT**2) / 2, x).expand_as(x), 1e-12, 1e-9)
+    # dx/dsigma = sigma^2: the error is -h^2 (2 sigma + sigma_next) / 3.
     exact = x + expand_sigma((sigma_next_BT**3 - sigma_BT**3) / 3, x)
-    err_heun = heun_step(model, x, sigma_BT, sigma_next_BT) - exact
-    err_euler = euler_step(model, x, sigma_BT, sigma_next_BT) - exact
-    expected_heun = expand_sigma(-(h_BT**3) / 6, x).expand_as(x)
-    expected_euler = expand_sigma(-(h_BT**2) * (2 * sigma_BT + sigma_next_BT) / 3, x).expand_as(x)
-    assert close(err_euler, expected_euler, atol=1e-12, rtol=1e-9)
-    assert close(err_heun[~to_zero], expected_heun[~to_zero], atol=1e-12, rtol=1e-9)
-    assert bool((err_heun[~to_zero].abs() < err_euler[~to_zero].abs()).all())
-
-
-def test_heun_beats_euler_on_a_curved_field() -> None:
-    # dx/dsigma = cos(3 sigma): x(b) - x(a) = (sin(3b) - sin(3a)) / 3.
-    sigma_BT = torch.tensor([[1.0, 0.6, 0.3]], dtype=torch.float64)
-    sigma_next_BT = torch.tensor([[0.9, 0.5, 0.2]], dtype=torch.float64)
-    x = torch.zeros(1, 3, 2, dtype=torch.float64)
-    model = per_frame(lambda s: torch.cos(3 * s), x)
-    exact = x + expand_sigma((torch.sin(3 * sigma_next_BT) - torch.sin(3 * sigma_BT)) / 3, x)
-    err_heun = (heun_step(model, x, sigma_BT, sigma_next_BT) - exact).abs()
-    err_euler = (euler_step(model, x, sigma_BT, sigma_next_BT) - exact).abs()
-    assert bool((err_heun < err_euler).all())
-
-
-def test_heun_steps_to_zero_with_euler() -> None:
-    # EDM: the last step to sigma 0 is an Euler step (no second evaluation at sigma 0 used).
-    sigma_BT = torch.tensor([[0.5, 0.5]], dtype=torch.float64)
-    sigma_next_BT = torch.tensor([[0.0, 0.25]], dtype=torch.float64)
-    x = torch.zeros(1, 2, 1, dtype=torch.float64)
-    model = per_frame(lambda s: s, x)
-    heun = heun_step(model, x, sigma_BT, sigma_next_BT)
-    euler = euler_step(model, x, sigma_BT, sigma_next_BT)
-    assert heun[0, 0].item() == euler[0, 0].item() == -0.25
-    assert heun[0, 1].item() == pytest.approx((0.25**2 - 0.5**2) / 2)
+    err = euler(per_frame(lambda s: s**2, x), x, sigma_BT, sigma_next_BT) - exact
+    expected = expand_sigma(-(h_BT**2) * (2 * sigma_BT + sigma_next_BT) / 3, x).expand_as(x)
+    assert close(err, expected, atol=1e-12, rtol=1e-9)
 
 
 def test_many_euler_steps_converge_on_a_curved_field() -> None:
@@ -214,7 +171,7 @@ def test_many_euler_steps_converge_on_a_curved_field() -> None:
         levels_K1 = torch.linspace(1.0, 0.0, K + 1, dtype=torch.float64)
         y = x.clone()
         for i in range(K):
-            y = euler_step(model, y, levels_K1[i].reshape(1, 1), levels_K1[i + 1].reshape(1, 1))
+            y = euler(model, y, levels_K1[i].reshape(1, 1), levels_K1[i + 1].reshape(1, 1))
         errors.append(abs(y.item() - (-0.5)))
     assert errors[1] < errors[0] / 3
 
@@ -295,10 +252,6 @@ def test_mismatched_shapes_raise() -> None:
         x0_from_velocity(x, x, torch.zeros(2, 4))
     with pytest.raises(ValueError, match="sigma_BT"):
         eps_from_velocity(x, x, torch.zeros(2))
-    with pytest.raises(ValueError, match="sigma_BT"):
-        euler_step(lambda x_, s: x_, x, torch.zeros(2, 4), torch.zeros(2, 4))
-    with pytest.raises(ValueError, match="sigma_BT"):
-        heun_step(lambda x_, s: x_, x, torch.zeros(1, 3), torch.zeros(1, 3))
     with pytest.raises(ValueError, match="pred"):
         frame_mse(x, torch.zeros(2, 3, 5))
     with pytest.raises(ValueError, match="weight_BT"):
@@ -320,15 +273,6 @@ def test_reduce_frame_loss_is_finite_when_excluded_frames_are_not() -> None:
 
 def test_frame_mse_accepts_per_frame_scalars() -> None:
     assert frame_mse(torch.ones(2, 3), torch.zeros(2, 3)).tolist() == [[1.0] * 3] * 2
-
-
-@pytest.mark.parametrize(
-    ("step", "next_shape"), [(euler_step, (2, 2)), (euler_step, (3,)), (heun_step, (2, 2))]
-)
-def test_steps_check_the_shape_of_sigma_next(step, next_shape) -> None:
-    x = torch.zeros(2, 3, 4)
-    with pytest.raises(ValueError, match="sigma"):
-        step(lambda x_, s: torch.ones_like(x_), x, torch.ones(2, 3), torch.zeros(next_shape))
 
 
 def test_reduce_frame_loss_small_weights_in_float16() -> None:

@@ -1,19 +1,23 @@
 """``dualforce generate`` end to end on a tiny random bundle: the mp4's frame count, fps and
 duration match the audio within one frame and the audio track is there; bad input gets a
-clear error naming it; silence is valid input."""
+clear error naming it (a bad output before the model loads); Ctrl-C leaves no file; silence is
+valid input; the bundle's sampler settings are the defaults."""
 
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
 import soundfile as sf
 from PIL import Image
 
+import df_infer.generate
 from df_data.media import probe_video, read_video
 from df_infer.cli import main
 from df_infer.pipeline import StreamingGenerator, load_image
+from df_infer.sampler import SamplerConfig
 from df_infer.testing import tiny_bundle
 
 
@@ -130,7 +134,7 @@ def test_bad_input_is_named(bundle, ref_png, tmp_path, capsys):
     rc = main([*base, "--window", "3"])
     assert rc == 2 and "window" in capsys.readouterr().err
     rc = main([*base, "--clean-pass", "approx", "--fuse-clean"])
-    assert rc == 2 and "fuse_clean" in capsys.readouterr().err
+    assert rc == 2 and "--fuse-clean needs --clean-pass='exact'" in capsys.readouterr().err
     assert not (tmp_path / "o.mp4").exists()
 
 
@@ -157,3 +161,158 @@ def test_interleaved_streams_do_not_share_a_cache(bundle, ref_png):
     both = [(next(ia).image, next(ib).image) for _ in range(len(alone_a))]
     assert all(np.array_equal(x, a) for (x, _), a in zip(both, alone_a, strict=True))
     assert all(np.array_equal(y, b) for (_, y), b in zip(both, alone_b, strict=True))
+
+
+# --- the output path, checked before the model loads ---------------------------------------
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output was checked")
+
+    monkeypatch.setattr(StreamingGenerator, "from_bundle", refuse)
+
+
+def _one_line_error(capsys, path) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert str(path) in err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("make", "out", "says"),
+    [
+        (lambda d: (d / "file").write_text("x"), "file/video.mp4", "is a file"),
+        (lambda d: (d / "file").write_text("x"), "file/sub/video.mp4", "is a file"),
+        (lambda d: (d / "dir.mp4").mkdir(), "dir.mp4", "existing directory"),
+    ],
+)
+def test_bad_output_is_named_before_the_model_loads(
+    bundle, ref_png, tmp_path, capsys, no_model, make, out, says
+):
+    audio = _wav(tmp_path / "a.wav", 0.3)
+    make(tmp_path)
+    rc = main(_argv(bundle, ref_png, audio, tmp_path / out))
+    assert rc == 2
+    assert says in _one_line_error(capsys, tmp_path / out)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_unwritable_folder_is_named(bundle, ref_png, tmp_path, capsys, no_model):
+    audio = _wav(tmp_path / "a.wav", 0.3)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        rc = main(_argv(bundle, ref_png, audio, locked / "video.mp4"))
+    finally:
+        locked.chmod(0o700)
+    assert rc == 2 and "cannot write" in _one_line_error(capsys, locked / "video.mp4")
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys"), reason="needs a folder nobody may write (/sys)")
+def test_folder_nobody_may_write_is_named(bundle, ref_png, tmp_path, capsys, no_model):
+    audio = _wav(tmp_path / "a.wav", 0.3)
+    rc = main(_argv(bundle, ref_png, audio, "/sys/dualforce-test/video.mp4"))
+    assert rc == 2 and "cannot write in '/sys'" in _one_line_error(
+        capsys, "/sys/dualforce-test/video.mp4"
+    )
+
+
+def test_ctrl_c_exits_130_quietly_and_leaves_no_file(
+    bundle, ref_png, tmp_path, capsys, monkeypatch
+):
+    frames = StreamingGenerator.frames
+
+    def interrupted(self, *args, **kwargs):
+        for i, frame in enumerate(frames(self, *args, **kwargs)):
+            if i == 3:
+                raise KeyboardInterrupt
+            yield frame
+
+    monkeypatch.setattr(StreamingGenerator, "frames", interrupted)
+    out = tmp_path / "out" / "video.mp4"
+    rc = main(_argv(bundle, ref_png, _wav(tmp_path / "a.wav", 0.5), out, "--steps", "1"))
+    assert rc == 130
+    assert capsys.readouterr().err == ""
+    assert not out.exists() and not list(out.parent.iterdir())  # no partial or temp file
+
+
+# --- sampler settings: the bundle's, flags by name -------------------------------------------
+
+
+RECOMMENDED = {"steps": 3, "cfg_audio": 2.0, "cfg_struct": 1.5, "seed": 7}
+
+
+@pytest.fixture(scope="module")
+def recommending_bundle(tmp_path_factory):
+    return tiny_bundle(tmp_path_factory.mktemp("rec") / "b", seed=3, sampler=RECOMMENDED)
+
+
+def _sampler_used(monkeypatch, capsys, argv) -> SamplerConfig:
+    used = []
+
+    def capture(gen, reference, audio, out, sampler, **kwargs):
+        used.append(sampler)
+        raise KeyboardInterrupt  # stop here: the settings are what is tested
+
+    monkeypatch.setattr(df_infer.generate, "generate_video", capture)
+    assert main(argv) == 130
+    return used[0]
+
+
+def test_generate_uses_the_bundles_sampler_unless_a_flag_overrides(
+    recommending_bundle, ref_png, tmp_path, capsys, monkeypatch
+):
+    audio = _wav(tmp_path / "a.wav", 0.3)
+    base = _argv(recommending_bundle, ref_png, audio, tmp_path / "o.mp4")
+    cfg = _sampler_used(monkeypatch, capsys, base)
+    for field, value in RECOMMENDED.items():
+        assert getattr(cfg, field) == value
+    # The training values of the bundle fill what the recommendation leaves open.
+    assert (cfg.shift, cfg.sigma_s_start, cfg.sigma_ctx) == (2.0, 0.7, 0.0)
+    cfg = _sampler_used(monkeypatch, capsys, [*base, "--cfg", "1.25", "--steps", "2"])
+    assert (cfg.cfg_audio, cfg.steps, cfg.cfg_struct, cfg.seed) == (1.25, 2, 1.5, 7)
+    cfg = _sampler_used(monkeypatch, capsys, [*base, "--shift", "5"])
+    assert cfg.shift == 5.0
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--steps", "0"], "--steps must be a positive integer"),
+        (["--stagger", "9"], "--stagger must be in [1, steps=4]"),
+        (["--cfg", "-1"], "--cfg must be"),
+        (["--seed", "-3"], "--seed must be"),
+        (["--struct-finish-step", "0"], "--struct-finish-step must be"),
+    ],
+)
+def test_sampler_errors_name_the_flag(bundle, ref_png, tmp_path, capsys, no_model, flags, named):
+    audio = _wav(tmp_path / "a.wav", 0.3)
+    rc = main([*_argv(bundle, ref_png, audio, tmp_path / "o.mp4"), *flags])
+    err = capsys.readouterr().err
+    assert rc == 2 and named in err and "SamplerConfig" not in err
+
+
+def test_a_bad_recommended_sampler_names_the_bundle(tmp_path, ref_png, capsys):
+    bad = tiny_bundle(tmp_path / "bad", sampler={"steps": 0})
+    audio = _wav(tmp_path / "a.wav", 0.3)
+    assert main(_argv(bad, ref_png, audio, tmp_path / "o.mp4")) == 2
+    assert "SamplerConfig.steps (the bundle's inference.json sampler)" in capsys.readouterr().err
+    unknown = tiny_bundle(tmp_path / "unknown", sampler={"stepz": 2})
+    with pytest.raises(ValueError, match=r"inference.json sampler: unknown .*\['stepz'\]"):
+        StreamingGenerator.from_bundle(unknown, device="cpu")
+
+
+def test_a_hand_built_sampler_inherits_the_bundles_training_values(bundle, ref_png):
+    gen = StreamingGenerator.from_bundle(bundle, device="cpu")
+    audio = np.random.default_rng(5).normal(0, 0.1, 3200).astype(np.float32)
+    by_hand = [f.image for f in gen.frames(ref_png, audio, SamplerConfig(steps=2))]
+    from_bundle = [f.image for f in gen.frames(ref_png, audio, gen.default_sampler(steps=2))]
+    assert gen.default_sampler(steps=2).shift == 2.0  # the tiny bundle's training shift
+    assert all(np.array_equal(a, b) for a, b in zip(by_hand, from_bundle, strict=True))
+    # Set by name, a value is kept: shift 1 gives other frames.
+    unshifted = [f.image for f in gen.frames(ref_png, audio, SamplerConfig(steps=2, shift=1.0))]
+    assert not all(np.array_equal(a, b) for a, b in zip(by_hand, unshifted, strict=True))

@@ -45,7 +45,7 @@ def test_compiled_stream_is_as_accurate_as_eager_on_cuda(mode, fuse):
     x = random_inputs(config, 1, 9, seed=1)
     x = {k: (v.cuda() if v is not None else None) for k, v in x.items()}
     # unfused: mask-free (cuDNN) passes once the window is full; fused: FlexAttention masks
-    cfg = SamplerConfig(steps=3, shift=2.0, fuse_clean=fuse)
+    cfg = SamplerConfig(steps=3, shift=2.0, sigma_s_start=0.7, sigma_ctx=0.0, fuse_clean=fuse)
     model = random_model(config, seed=0).cuda()
     reference = _run(model, x, cfg)  # float32, eager
     model = model.to(torch.bfloat16)

@@ -9,9 +9,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from df_core import SIGMA_S_MAX
 from df_infer.sampler import SamplerConfig, sample_full, sample_stream
 from df_models import tiny
 from df_models.testing import random_inputs, random_model
+
+
+def sampler(**kw) -> SamplerConfig:
+    """A sampler with the training noise settings of a model trained with the defaults (no
+    bundle here to take them from), unless given."""
+    return SamplerConfig(**{"shift": 1.0, "sigma_s_start": SIGMA_S_MAX, "sigma_ctx": 0.0, **kw})
 
 
 class FixedWindows:
@@ -53,7 +60,8 @@ def _stream(model, x, cfg, **kw):
 @given(
     steps=st.integers(1, 3),
     chunk=st.integers(1, 2),
-    stagger_frac=st.sampled_from([None, 1]),
+    stagger=st.integers(0, 3),  # 0: None (chunk-wise); clipped to steps
+    bridge_temporal=st.sampled_from(["same_frame", "causal"]),
     frames=st.integers(1, 6),
     window=st.sampled_from([None, 2, 3]),
     struct=st.booleans(),
@@ -69,7 +77,8 @@ def _stream(model, x, cfg, **kw):
 def test_stream_equals_full(
     steps,
     chunk,
-    stagger_frac,
+    stagger,
+    bridge_temporal,
     frames,
     window,
     struct,
@@ -82,15 +91,13 @@ def test_stream_equals_full(
     fuse,
     seed,
 ):
-    config = tiny(
-        window=window, struct_enabled=struct, bridge_temporal="causal" if seed % 2 else "same_frame"
-    )
+    config = tiny(window=window, struct_enabled=struct, bridge_temporal=bridge_temporal)
     model = random_model(config, seed)
     x = random_inputs(config, batch, frames, seed)
-    cfg = SamplerConfig(
+    cfg = sampler(
         steps=steps,
         chunk=chunk,
-        stagger=stagger_frac,
+        stagger=min(stagger, steps) or None,
         sigma_ctx=sigma_ctx,
         struct_prior=prior,
         struct_finish_step=1 if finish else None,
@@ -127,9 +134,9 @@ def test_noise_is_per_frame_and_seeded():
     config = tiny(window=4)
     model = random_model(config, 0)
     x = random_inputs(config, 1, 4, 0)
-    a = _stream(model, x, SamplerConfig(steps=2, seed=5))[0]
-    b = _stream(model, x, SamplerConfig(steps=2, seed=5))[0]
-    c = _stream(model, x, SamplerConfig(steps=2, seed=6))[0]
+    a = _stream(model, x, sampler(steps=2, seed=5))[0]
+    b = _stream(model, x, sampler(steps=2, seed=5))[0]
+    c = _stream(model, x, sampler(steps=2, seed=6))[0]
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
 
@@ -138,15 +145,13 @@ def test_approx_clean_pass_differs_but_runs():
     config = tiny(window=4)
     model = random_model(config, 1)
     x = random_inputs(config, 1, 5, 1)
-    exact = _stream(model, x, SamplerConfig(steps=3))[0]
-    approx = _stream(model, x, SamplerConfig(steps=3, clean_pass="approx"))[0]
+    exact = _stream(model, x, sampler(steps=3))[0]
+    approx = _stream(model, x, sampler(steps=3, clean_pass="approx"))[0]
     # Frame 0 sees only the sink either way; later frames read approximate keys.
     torch.testing.assert_close(exact[:, 0], approx[:, 0])
     assert not torch.allclose(exact[:, 1:], approx[:, 1:])
     with pytest.raises(ValueError, match="clean_pass='exact'"):
-        sample_full(
-            model, x["ref_latent_BCHW"], x["audio_BTLDa"], SamplerConfig(clean_pass="approx")
-        )
+        sample_full(model, x["ref_latent_BCHW"], x["audio_BTLDa"], sampler(clean_pass="approx"))
 
 
 def test_memory_flat_over_300_frames():
@@ -156,13 +161,11 @@ def test_memory_flat_over_300_frames():
     model = random_model(config, 2)
     x = random_inputs(config, 1, 300, 2)
     audio = FixedWindows(x["audio_BTLDa"])
-    cache = model.new_cache(1, max_chunk=SamplerConfig(steps=2).max_pass_frames)
+    cache = model.new_cache(1, max_chunk=sampler(steps=2).max_pass_frames)
     fixed = cache.memory_bytes()
     sizes = []
     count = 0
-    for out in sample_stream(
-        model, x["ref_latent_BCHW"], audio, SamplerConfig(steps=2), cache=cache
-    ):
+    for out in sample_stream(model, x["ref_latent_BCHW"], audio, sampler(steps=2), cache=cache):
         count += out.z.shape[1]
         assert cache.memory_bytes() == fixed
         sizes.append(cache.memory_bytes())
@@ -172,22 +175,27 @@ def test_memory_flat_over_300_frames():
 
 
 @pytest.mark.parametrize(
-    ("field", "value"),
+    ("field", "bad", "edge"),
     [
-        ("steps", 0),
-        ("chunk", 0),
-        ("stagger", 5),
-        ("clean_pass", "x"),
-        ("sigma_ctx", 2.0),
-        ("struct_prior", "y"),
-        ("struct_finish_step", 9),
-        ("sigma_s_start", 0.0),
-        ("cfg_struct", -1.0),
+        ("steps", 0, 1),
+        ("chunk", 0, 1),
+        ("stagger", 5, 4),  # at most steps = 4
+        ("stagger", 0, 1),
+        ("clean_pass", "x", "approx"),
+        ("sigma_ctx", 1.5, 1.0),
+        ("struct_prior", "y", "zero"),
+        ("struct_finish_step", 5, 4),
+        ("sigma_s_start", 0.0, 1.0),
+        ("shift", 0.0, 1e-3),
+        ("cfg_struct", -1.0, 0.0),
+        ("cfg_audio", float("nan"), 0.0),
+        ("seed", -1, 0),
     ],
 )
-def test_config_errors_name_the_field(field, value):
-    with pytest.raises(ValueError, match=field):
-        SamplerConfig(**{"steps": 4, field: value})
+def test_config_bounds_name_the_field_and_accept_the_edge(field, bad, edge):
+    with pytest.raises(ValueError, match=f"SamplerConfig.{field}"):
+        SamplerConfig(**{"steps": 4, field: bad})
+    assert getattr(SamplerConfig(**{"steps": 4, field: edge}), field) == edge
 
 
 def test_fusing_needs_the_exact_clean_pass():
@@ -208,11 +216,11 @@ def test_fusing_needs_the_exact_clean_pass():
     [
         # fused: the first pass of each frame carries the previous clean frame (2 frames),
         # the other passes 1 frame (and the cache's spare slot means masks throughout)
-        (SamplerConfig(steps=3, cfg_audio=2.0, shift=2.0, fuse_clean=True), 2),
+        (sampler(steps=3, cfg_audio=2.0, shift=2.0, fuse_clean=True), 2),
         # separate clean passes: 1-frame passes with masks until the window is full, then
         # without
-        (SamplerConfig(steps=3, cfg_audio=2.0, shift=2.0), 2),
-        (SamplerConfig(steps=2, clean_pass="approx", shift=2.0), 2),
+        (sampler(steps=3, cfg_audio=2.0, shift=2.0), 2),
+        (sampler(steps=2, clean_pass="approx", shift=2.0), 2),
     ],
 )
 def test_stream_forward_compiles_once_per_pass_shape(cfg, shapes):
@@ -256,13 +264,13 @@ def test_passes_run_without_masks_once_the_window_is_full(clean_pass, monkeypatc
         return inner(*args, all_visible=all_visible, **kw)
 
     monkeypatch.setattr(model, "forward_chunk", spy)
-    _stream(model, x, SamplerConfig(steps=2, clean_pass=clean_pass, shift=2.0))
+    _stream(model, x, sampler(steps=2, clean_pass=clean_pass, shift=2.0))
     per_frame = 3 if clean_pass == "exact" else 2  # 2 steps (+ the clean pass)
     early = 2 * per_frame  # frames 0 and 1: the window of 3 is not full yet
     assert seen == [False] * early + [True] * (len(seen) - early)
     assert len(seen) == 8 * per_frame - (clean_pass == "exact")  # no clean pass after the last
     seen.clear()
-    _stream(model, x, SamplerConfig(steps=2, shift=2.0, fuse_clean=True))
+    _stream(model, x, sampler(steps=2, shift=2.0, fuse_clean=True))
     assert not any(seen)
 
 
@@ -274,7 +282,7 @@ def test_struct_guidance_scale_moves_only_the_structure_stream_when_it_is_cut_of
     model = random_model(config, seed=3)
     x = random_inputs(config, 1, 4, seed=3)
     runs = {
-        g: _stream(model, x, SamplerConfig(steps=2, cfg_audio=2.0, cfg_struct=g, shift=2.0))
+        g: _stream(model, x, sampler(steps=2, cfg_audio=2.0, cfg_struct=g, shift=2.0))
         for g in (None, 2.0, 0.5)
     }
     torch.testing.assert_close(runs[None][0], runs[2.0][0], rtol=0, atol=0)
@@ -282,3 +290,15 @@ def test_struct_guidance_scale_moves_only_the_structure_stream_when_it_is_cut_of
     torch.testing.assert_close(runs[0.5][0], runs[2.0][0], rtol=0, atol=0)
     assert not torch.allclose(runs[0.5][1], runs[2.0][1])
     assert SamplerConfig(cfg_struct=2.0).guided and not SamplerConfig().guided
+
+
+def test_samplers_refuse_training_values_left_to_the_bundle():
+    config = tiny(window=3)
+    model = random_model(config, seed=0)
+    x = random_inputs(config, 1, 2, seed=0)
+    for field in ("shift", "sigma_s_start", "sigma_ctx"):
+        cfg = sampler(**{field: None})
+        with pytest.raises(ValueError, match=f"SamplerConfig.{field} is None"):
+            _stream(model, x, cfg)
+        with pytest.raises(ValueError, match=f"SamplerConfig.{field} is None"):
+            sample_full(model, x["ref_latent_BCHW"], x["audio_BTLDa"], cfg)

@@ -15,10 +15,9 @@ from df_core.conventions import (
 from df_core.flow import (
     add_noise,
     eps_from_velocity,
-    euler_step,
+    euler_update,
     expand_sigma,
     frame_mse,
-    heun_step,
     reduce_frame_loss,
     velocity_target,
     x0_from_velocity,
@@ -50,7 +49,7 @@ from df_core.rope import (
     split_head_dim,
 )
 from df_core.schedules import flow_sigmas, shift_sigma, struct_sigmas, unshift_sigma
-from df_core.scheduling import active_frames, finished_frames, scheduling_matrix, scheduling_steps
+from df_core.scheduling import chunk_steps
 
 __all__ = [
     "AUDIO_FEATURES_PER_VIDEO_FRAME",
@@ -64,22 +63,20 @@ __all__ = [
     "FrameMask",
     "KVCache",
     "StreamSpec",
-    "active_frames",
     "add_noise",
     "apply_rope",
     "attention",
     "block_causal_mask",
     "bridge_mask",
+    "chunk_steps",
     "clean_prefix_lengths",
     "eps_from_velocity",
-    "euler_step",
+    "euler_update",
     "expand_sigma",
-    "finished_frames",
     "flow_sigmas",
     "frame_mse",
     "frame_positions",
     "grid_positions",
-    "heun_step",
     "is_sink",
     "reduce_frame_loss",
     "resolve_backend",
@@ -88,8 +85,6 @@ __all__ = [
     "sample_base_sigmas",
     "sample_dual_sigmas",
     "sample_frame_sigmas",
-    "scheduling_matrix",
-    "scheduling_steps",
     "shift_sigma",
     "slot_positions",
     "split_head_dim",

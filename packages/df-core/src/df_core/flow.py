@@ -8,18 +8,13 @@ One convention everywhere (DESIGN.md):
     x_next  = x + (sigma_next - sigma) * v_hat          (Euler step, Liu et al. 2022)
 
 Noise levels are per frame: ``sigma_BT`` broadcasts over every dimension after ``T``, so the
-same functions serve video latents ``[B, T, C, H, W]`` and structure ``[B, T, Ds]``.
-Samplers share one signature ``step(model_fn, x, sigma_BT, sigma_next_BT) -> x_next`` where
-``model_fn(x, sigma_BT) -> v_hat`` is any callable.
+same functions serve video latents ``[B, T, C, H, W]`` and structure ``[B, T, Ds]``. The
+samplers (df-infer) call a denoiser for ``v_hat`` and step with :func:`euler_update`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-
-VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def expand_sigma(sigma_BT: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -52,33 +47,16 @@ def eps_from_velocity(x: torch.Tensor, v: torch.Tensor, sigma_BT: torch.Tensor) 
     return x + (1.0 - expand_sigma(sigma_BT, x)) * v
 
 
-def euler_step(
-    model_fn: VelocityFn, x: torch.Tensor, sigma_BT: torch.Tensor, sigma_next_BT: torch.Tensor
+def euler_update(
+    x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor
 ) -> torch.Tensor:
-    """One Euler step ``x + (sigma_next - sigma) * v_hat``: one model call.
+    """One Euler step of the flow ODE (Liu et al. 2022): ``x + (sigma_next - sigma) * v``.
 
-    Frames whose level does not change (``sigma_next == sigma``) are left exactly as they are.
+    ``sigma`` and ``sigma_next`` broadcast against ``x`` (a 0-d level shared by a chunk, or
+    :func:`expand_sigma` of per-frame levels); ``v`` is the velocity predicted at ``(x,
+    sigma)``. With the true velocity the step is exact: flow paths are straight.
     """
-    dt = expand_sigma(sigma_next_BT, x) - expand_sigma(sigma_BT, x)
-    v = model_fn(x, sigma_BT)
-    return x + dt * v
-
-
-def heun_step(
-    model_fn: VelocityFn, x: torch.Tensor, sigma_BT: torch.Tensor, sigma_next_BT: torch.Tensor
-) -> torch.Tensor:
-    """One Heun (2nd-order trapezoid) step: two model calls (Karras et al. 2022, Alg. 1).
-
-    Frames that step to sigma 0 take the Euler update, as in EDM, chosen with ``torch.where``
-    so there is no host sync.
-    """
-    dt = expand_sigma(sigma_next_BT, x) - expand_sigma(sigma_BT, x)
-    v1 = model_fn(x, sigma_BT)
-    x_euler = x + dt * v1
-    v2 = model_fn(x_euler, sigma_next_BT)
-    x_heun = x + dt * 0.5 * (v1 + v2)
-    to_zero = expand_sigma((sigma_next_BT == 0).to(x.dtype), x) > 0
-    return torch.where(to_zero, x_euler, x_heun)
+    return x + (sigma_next - sigma) * v
 
 
 def frame_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

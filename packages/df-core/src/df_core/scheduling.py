@@ -1,109 +1,52 @@
-"""Scheduling matrices for autoregressive sampling (Diffusion Forcing, Chen et al. 2024, §3.3).
+"""The schedule of autoregressive sampling (Diffusion Forcing, Chen et al. 2024, §3.3).
 
-A scheduling matrix says, for every sampler iteration ``i`` and every frame ``t``, how far
-along its K-step schedule that frame is. Frames are grouped into chunks of ``chunk_size``
-frames; chunk ``c`` starts ``c * stagger`` iterations after chunk 0 and then advances one step
-per iteration until it reaches step K (clean):
+Frames are grouped into chunks; chunk ``c`` starts ``c * stagger`` iterations after chunk 0
+and then takes one of its K denoising steps per iteration until it is clean. As a matrix over
+iterations ``i`` and chunks ``c`` (Diffusion Forcing's scheduling matrix), the number of steps
+chunk ``c`` has taken before iteration ``i`` is
 
-    step[i, t] = clamp(i - (t // chunk_size) * stagger, 0, K)
+    step[i, c] = clamp(i - c * stagger, 0, K),
 
-- ``stagger = K``: chunk-wise sampling, one chunk after another (frame-wise for chunk 1);
+so at iteration ``i`` chunk ``c`` takes step ``k = i - c * stagger`` when ``0 <= k < K``: it
+starts (from noise) at ``k = 0`` and is clean after ``k = K - 1``.
+
+- ``stagger = K``: chunk-wise sampling, one chunk after another (frame-wise for one-frame
+  chunks);
 - ``stagger < K``: staggered ("pyramid") sampling, several chunks in flight at once, each
   noisier than the one before it, which only a model trained with independent per-frame noise
-  can do;
-- ``stagger = 0`` would denoise all frames together (full-sequence sampling) and is allowed for
-  reference samplers.
+  can do.
 
-Row 0 is the start (every frame at step 0); row ``i + 1`` is the state after iteration ``i``.
-A frame is updated at iteration ``i`` exactly when ``step[i + 1, t] > step[i, t]``.
+:func:`chunk_steps` gives one iteration's row without knowing how many chunks there will be,
+so a streaming sampler whose audio never ends asks it one iteration at a time.
 """
 
 from __future__ import annotations
 
-import torch
-
-from df_core.checks import non_negative_int, positive_int, unit_tensor
+from df_core.checks import non_negative_int, positive_int
 
 
-def scheduling_steps(
-    num_frames: int,
-    num_steps: int,
-    *,
-    chunk_size: int = 1,
-    stagger: int | None = None,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """Step index of every frame at every iteration.
+def chunk_steps(iteration: int, *, num_steps: int, stagger: int) -> dict[int, int]:
+    """The chunks that take a step at ``iteration``, and the step each takes.
 
     Args:
-        num_frames: ``T``, frames to generate.
-        num_steps: ``K``, denoising steps per frame.
-        chunk_size: frames that share one noise level and are denoised together.
-        stagger: iterations between the starts of consecutive chunks; ``None`` means ``K``.
+        iteration: ``i``, counted from 0.
+        num_steps: ``K``, denoising steps per chunk.
+        stagger: iterations between the starts of consecutive chunks, in ``[1, K]``.
 
     Returns:
-        ``steps_IT``: int64 ``[I + 1, T]`` with ``I = (num_chunks - 1) * stagger + K``; values in
-        [0, K], non-decreasing down each column, non-increasing along each row.
+        ``{chunk: k}``, oldest chunk first: every chunk ``c >= 0`` with
+        ``0 <= k = i - c * stagger < K``. The chunk with ``k = 0`` starts at this iteration,
+        the one with ``k = K - 1`` becomes clean. Chunks are not bounded above: a caller
+        with ``C`` chunks ignores those ``>= C``.
     """
-    positive_int("num_frames", num_frames)
+    non_negative_int("iteration", iteration)
     positive_int("num_steps", num_steps)
-    positive_int("chunk_size", chunk_size)
-    stagger = num_steps if stagger is None else stagger
-    non_negative_int("stagger", stagger)
+    positive_int("stagger", stagger)
     if stagger > num_steps:
         raise ValueError(
-            f"stagger must be at most num_steps={num_steps} (a chunk may not start before the "
-            f"previous one is clean plus idle iterations), got {stagger}"
+            f"stagger must be at most num_steps={num_steps} (a later chunk would wait for "
+            f"iterations with nothing in flight), got {stagger}"
         )
-    num_chunks = -(-num_frames // chunk_size)
-    iterations = (num_chunks - 1) * stagger + num_steps
-    i_I = torch.arange(iterations + 1, device=device)
-    chunk_T = torch.arange(num_frames, device=device) // chunk_size
-    return (i_I[:, None] - chunk_T[None, :] * stagger).clamp(0, num_steps)
-
-
-def scheduling_matrix(
-    num_frames: int,
-    sigmas_K1: torch.Tensor,
-    *,
-    chunk_size: int = 1,
-    stagger: int | None = None,
-) -> torch.Tensor:
-    """Noise level of every frame at every iteration: ``sigmas_K1[steps_IT]``.
-
-    Pass the video schedule for ``sigma_v`` and the structure schedule (same K) for
-    ``sigma_s``: both matrices then share their iterations, and structure that finishes early
-    stays at 0 while video continues.
-
-    Args:
-        sigmas_K1: ``[K + 1]`` levels from the start level down to 0 (see
-            :func:`df_core.schedules.flow_sigmas`).
-
-    Returns:
-        ``sigma_IT``: ``[I + 1, T]`` in the dtype and device of ``sigmas_K1``.
-    """
-    if sigmas_K1.dim() != 1 or sigmas_K1.numel() < 2:
-        raise ValueError(
-            f"sigmas_K1 must be 1-D with at least 2 levels, got {tuple(sigmas_K1.shape)}"
-        )
-    unit_tensor("sigmas_K1", sigmas_K1)
-    steps = scheduling_steps(
-        num_frames,
-        sigmas_K1.numel() - 1,
-        chunk_size=chunk_size,
-        stagger=stagger,
-        device=sigmas_K1.device,
-    )
-    return sigmas_K1[steps]
-
-
-def active_frames(steps_IT: torch.Tensor, iteration: int) -> torch.Tensor:
-    """Bool ``[T]``: the frames that iteration ``iteration`` updates."""
-    return steps_IT[iteration + 1] > steps_IT[iteration]
-
-
-def finished_frames(steps_IT: torch.Tensor, iteration: int, num_steps: int) -> torch.Tensor:
-    """Bool ``[T]``: the frames that become clean (reach step ``num_steps``) at iteration
-    ``iteration``; their clean pass then writes them to the KV cache."""
-    positive_int("num_steps", num_steps)
-    return (steps_IT[iteration + 1] == num_steps) & (steps_IT[iteration] < num_steps)
+    first = max(0, -(-(iteration - num_steps + 1) // stagger))
+    last = iteration // stagger
+    return {c: iteration - c * stagger for c in range(first, last + 1)}

@@ -1,23 +1,29 @@
 """DualForce inference: streaming generation with the KV cache.
 
 ``StreamingGenerator`` (checkpoint + reference image + audio -> frames as they are made),
-``SamplerConfig`` with ``sample_stream`` (the streaming sampler over any DualForceDiT) and
-``sample_full`` (its full-sequence reference), ``StreamingFeatures`` (incremental audio
+``SamplerConfig`` (resolved against a bundle by ``resolve_sampler``; a bundle's recommended
+one is ``bundle_sampler``) with ``sample_stream`` (the streaming sampler over any
+DualForceDiT) and ``sample_full`` (its full-sequence reference), ``StreamingFeatures`` (incremental audio
 features), ``generate_video`` (-> mp4 with the audio muxed in).
 """
 
 from df_infer.audio import StreamingFeatures
+from df_infer.full import sample_full
 from df_infer.generate import GenerationSummary, generate_video
 from df_infer.pipeline import Frame, StreamingGenerator
-from df_infer.sampler import SamplerConfig, sample_full, sample_stream
+from df_infer.sampler_config import SamplerConfig, bundle_sampler, resolve_sampler
+from df_infer.stream import SampledFrames, sample_stream
 
 __all__ = [
     "Frame",
     "GenerationSummary",
+    "SampledFrames",
     "SamplerConfig",
     "StreamingFeatures",
     "StreamingGenerator",
+    "bundle_sampler",
     "generate_video",
+    "resolve_sampler",
     "sample_full",
     "sample_stream",
 ]

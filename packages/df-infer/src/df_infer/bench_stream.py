@@ -142,8 +142,7 @@ def main(argv: list[str]) -> int:
         clean_pass=args.clean_pass,
         fuse_clean=args.fuse_clean,
         cfg_audio=args.cfg,
-        shift=3.0,
-    )
+    )  # the noise settings (shift 3) from the bundle's InferenceMeta
     rng = np.random.default_rng(0)
     audio = (0.1 * rng.standard_normal(640 * args.frames)).astype(np.float32)
     ref = rng.integers(0, 255, (*gen.meta.image_size, 3), dtype=np.uint8)

@@ -4,8 +4,23 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
+
+# The SamplerConfig field each flag sets: (argparse dest, flag).
+SAMPLER_FLAGS = {
+    "steps": ("steps", "--steps"),
+    "chunk": ("chunk", "--chunk"),
+    "stagger": ("stagger", "--stagger"),
+    "cfg_audio": ("cfg", "--cfg"),
+    "cfg_struct": ("cfg_struct", "--cfg-struct"),
+    "shift": ("shift", "--shift"),
+    "clean_pass": ("clean_pass", "--clean-pass"),
+    "fuse_clean": ("fuse_clean", "--fuse-clean"),
+    "struct_finish_step": ("struct_finish_step", "--struct-finish-step"),
+    "seed": ("seed", "--seed"),
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -17,8 +32,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ref", type=Path, required=True, help="reference face image (png, jpg, ...)")
     p.add_argument("--audio", type=Path, required=True, help="speech (wav/flac/ogg, any rate)")
     p.add_argument("--out", type=Path, required=True, help="output .mp4")
-    p.add_argument("--steps", type=int, default=4, help="denoising steps per frame (K)")
-    p.add_argument("--chunk", type=int, default=1, help="frames generated together")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="denoising steps per frame (K; default: the bundle's)",
+    )
+    p.add_argument("--chunk", type=int, default=None, help="frames generated together")
     p.add_argument(
         "--stagger",
         type=int,
@@ -29,31 +49,36 @@ def _parser() -> argparse.ArgumentParser:
         "--window", type=int, default=None, help="cache window in frames (default: trained)"
     )
     p.add_argument(
-        "--cfg", type=float, default=1.0, help="classifier-free guidance on audio (1 = off)"
+        "--cfg",
+        type=float,
+        default=None,
+        help="classifier-free guidance on audio (1 = off; default: the bundle's)",
     )
     p.add_argument(
         "--cfg-struct",
         type=float,
         default=None,
-        help="the structure stream's audio guidance (default: --cfg)",
+        help="the structure stream's audio guidance (default: the bundle's, else --cfg)",
     )
     p.add_argument("--shift", type=float, default=None, help="schedule shift (default: training's)")
     p.add_argument(
         "--clean-pass",
         choices=("exact", "approx"),
-        default="exact",
+        default=None,
         help="exact: clean frames rewrite the cache at sigma 0; approx: reuse the last step",
     )
     p.add_argument(
         "--fuse-clean",
-        action="store_true",
+        action="store_const",
+        const=True,
+        default=None,
         help="exact: the clean frame rides in the next frame's first pass (one pass fewer, but "
         "masked; its own pass is faster on an H100, BENCHMARKS.md)",
     )
     p.add_argument(
         "--struct-finish-step", type=int, default=None, help="structure clean after this step"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument(
         "--compile",
@@ -70,41 +95,55 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
-    from df_infer.generate import generate_video
-    from df_infer.pipeline import StreamingGenerator
-
     try:
-        for name in ("ref", "audio"):
-            path = getattr(args, name)
-            if not path.is_file():
-                raise ValueError(f"--{name} {str(path)!r} does not exist")
-        gen = StreamingGenerator.from_bundle(args.checkpoint, device=args.device)
-        gen.compile(args.compile)
-        overrides = dict(
-            steps=args.steps,
-            chunk=args.chunk,
-            stagger=args.stagger,
-            cfg_audio=args.cfg,
-            cfg_struct=args.cfg_struct,
-            clean_pass=args.clean_pass,
-            fuse_clean=args.fuse_clean,
-            struct_finish_step=args.struct_finish_step,
-            seed=args.seed,
-        )
-        if args.shift is not None:
-            overrides["shift"] = args.shift
-        sampler = gen.default_sampler(**overrides)
-        summary = generate_video(
-            gen,
-            args.ref,
-            args.audio,
-            args.out,
-            sampler,
-            window=args.window,
-            progress=not args.quiet,
-        )
+        return _generate(args)
+    except KeyboardInterrupt:
+        return 130  # the video writer is atomic: no partial file is left
     except ValueError as e:
         print(f"dualforce generate: {e}", file=sys.stderr)
         return 2
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from df_infer.generate import check_output, generate_video
+    from df_infer.pipeline import StreamingGenerator
+    from df_models.bundle import read_bundle
+
+    for name in ("ref", "audio"):
+        path = getattr(args, name)
+        if not path.is_file():
+            raise ValueError(f"--{name} {str(path)!r} does not exist")
+    check_output(args.out)  # before the model loads, not after the video is generated
+    sampler = _sampler(read_bundle(args.checkpoint)[2], args)
+    gen = StreamingGenerator.from_bundle(args.checkpoint, device=args.device)
+    gen.compile(args.compile)
+    summary = generate_video(
+        gen, args.ref, args.audio, args.out, sampler, window=args.window, progress=not args.quiet
+    )
     print(summary.line())
     return 0
+
+
+def _sampler(meta, args: argparse.Namespace):
+    """The bundle's recommended sampler with the flags given; errors name the flag (or the
+    bundle's setting) instead of the SamplerConfig field."""
+    from df_infer.sampler_config import bundle_sampler
+
+    given = {
+        field: getattr(args, dest)
+        for field, (dest, _) in SAMPLER_FLAGS.items()
+        if getattr(args, dest) is not None
+    }
+
+    def name(match: re.Match) -> str:
+        field = match.group(1)
+        if field in given:
+            return SAMPLER_FLAGS[field][1]
+        if field in meta.sampler:
+            return f"{match.group(0)} (the bundle's inference.json sampler)"
+        return match.group(0)
+
+    try:
+        return bundle_sampler(meta, **given)
+    except ValueError as e:
+        raise ValueError(re.sub(r"SamplerConfig\.(\w+)", name, str(e))) from None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,12 +13,12 @@ import numpy as np
 
 from df_data.media import VideoWriter, read_wav
 from df_infer.pipeline import StreamingGenerator
-from df_infer.sampler import SamplerConfig
+from df_infer.sampler_config import SamplerConfig
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class GenerationSummary:
     out: str
     frames: int
@@ -33,6 +35,31 @@ class GenerationSummary:
         )
 
 
+def check_output(out: str | Path) -> Path:
+    """``out`` as a path the mp4 can be written to, or ValueError naming it: an mp4 name, not
+    an existing directory, below a directory (existing or to be made) that can be written.
+
+    The writer would only fail at its end, after the whole video was generated."""
+    out = Path(out)
+    if out.suffix.lower() != ".mp4":
+        raise ValueError(f"output {str(out)!r}: the output must end in .mp4")
+    if out.is_dir():
+        raise ValueError(f"output {str(out)!r} is an existing directory: give a file name")
+    folder = out.parent.absolute()
+    while not os.path.lexists(folder):  # the writer makes the missing folders below it
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"output {str(out)!r}: {str(folder)!r} is a file, not a directory")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".dualforce-probe-"):
+            pass
+    except OSError as e:
+        raise ValueError(
+            f"output {str(out)!r}: cannot write in {str(folder)!r} ({e.strerror})"
+        ) from None
+    return out
+
+
 def generate_video(
     generator: StreamingGenerator,
     reference,
@@ -44,9 +71,10 @@ def generate_video(
     progress: bool = True,
 ) -> GenerationSummary:
     """Generates the video of ``audio_path`` spoken by ``reference`` and writes ``out`` (mp4
-    with the audio muxed in, atomically)."""
+    with the audio muxed in, atomically: an error or Ctrl-C leaves no file)."""
     from tqdm import tqdm
 
+    check_output(out)
     audio = read_wav(audio_path)
     fps = generator.meta.fps
     total = -(-len(audio) // round(16000 / fps))
@@ -54,7 +82,7 @@ def generate_video(
     first = None
     structs = []
     bar = tqdm(total=total, unit="frame", disable=not progress, desc="generate")
-    with VideoWriter(out, fps=fps) as writer:
+    with bar, VideoWriter(out, fps=fps) as writer:
         writer.set_audio(audio)
         for frame in generator.frames(reference, audio, sampler, window=window):
             writer.write(frame.image)
@@ -64,7 +92,6 @@ def generate_video(
                 first = frame.ready_s
             bar.update(1)
             bar.set_postfix(fps=f"{writer.frames / (time.perf_counter() - start):.1f}")
-    bar.close()
     wall = time.perf_counter() - start
     summary = GenerationSummary(
         out=str(out),

@@ -1,7 +1,7 @@
 """The streaming talking-head generator: checkpoint + reference image + audio -> frames.
 
     gen = StreamingGenerator.from_bundle("runs/demo/bundle", device="auto")
-    for frame in gen.frames("face.png", "speech.wav", SamplerConfig(steps=4)):
+    for frame in gen.frames("face.png", "speech.wav", gen.default_sampler(steps=4)):
         frame.image   # uint8 [H, W, 3], ready as soon as its last denoising step is done
         frame.struct  # float32 [Ds]: the generated head pose + expression (raw units)
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,8 @@ import torch
 from df_data.features import AudioEncoder, build_audio_encoder
 from df_data.media import read_wav
 from df_infer.audio import StreamingFeatures, iter_chunks
-from df_infer.sampler import SamplerConfig, sample_stream
+from df_infer.sampler_config import SamplerConfig, bundle_sampler, resolve_sampler
+from df_infer.stream import sample_stream
 from df_models import DualForceDiT
 from df_models.bundle import InferenceMeta, read_bundle
 from df_models.codecs import load_codec
@@ -31,7 +32,7 @@ from df_models.codecs import load_codec
 COMPILE_MODES = ("none", "blocks", "stream", "stream-graphs")
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Frame:
     index: int  # video frame index (25 fps)
     image: np.ndarray  # uint8 [H, W, 3]
@@ -145,6 +146,7 @@ class StreamingGenerator:
                 f"latents {meta.image_size[0] // f}x{meta.image_size[1] // f}, the model expects "
                 f"{c.latent_height}x{c.latent_width}"
             )
+        bundle_sampler(meta)  # a bad recommended sampler is named now, not at the first frame
         self._cache = None
         self._struct_stats = None  # on the device once, not copied per frame
         if meta.struct_mean is not None:
@@ -187,13 +189,10 @@ class StreamingGenerator:
         return self
 
     def default_sampler(self, **overrides) -> SamplerConfig:
-        """The sampler with the training's noise settings (shift, sigma_s_max, sigma_ctx)."""
-        base = SamplerConfig(
-            shift=self.meta.noise_shift,
-            sigma_s_start=self.meta.sigma_s_max,
-            sigma_ctx=self.meta.sigma_ctx,
-        )
-        return replace(base, **overrides)
+        """The sampler the bundle recommends (``InferenceMeta.sampler``: the settings it was
+        evaluated with) with ``overrides`` by field name, and the training's noise settings
+        (shift, sigma_s_max, sigma_ctx) wherever neither sets them."""
+        return bundle_sampler(self.meta, **overrides)
 
     @torch.no_grad()
     def encode_reference(self, image) -> torch.Tensor:
@@ -222,10 +221,13 @@ class StreamingGenerator:
     ) -> Iterator[Frame]:
         """Yields each frame as soon as it is generated and decoded (see the module doc).
 
-        ``ref_feats_BRD`` are the global reference features ``[1, R, ref_feature_dim]`` of a
-        model with reference tokens (from the image encoder it was trained with)."""
+        ``sampler``: None is :meth:`default_sampler`; a :class:`SamplerConfig` built by hand
+        is taken as it is, except the noise settings it leaves None (shift, sigma_s_start,
+        sigma_ctx), which come from the bundle's training. ``ref_feats_BRD`` are the global
+        reference features ``[1, R, ref_feature_dim]`` of a model with reference tokens (from
+        the image encoder it was trained with)."""
         start = time.perf_counter()
-        cfg = sampler if sampler is not None else self.default_sampler()
+        cfg = self.default_sampler() if sampler is None else resolve_sampler(sampler, self.meta)
         ref = self.encode_reference(reference).to(self.dtype)
         feats = StreamingFeatures(
             self.encoder, audio_source(audio), context=self.model.config.audio_context
@@ -318,7 +320,7 @@ class StreamingGenerator:
             )
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class _Decoded:
     """A chunk's frames on their way to the host: ``images`` uint8 ``[n, H, W, 3]``,
     ``structs`` ``[n, Ds]``, ready once ``done`` (None: already on the host)."""

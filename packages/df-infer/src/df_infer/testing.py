@@ -11,9 +11,17 @@ from df_models.codecs import TinyAutoencoder, tiny_autoencoder_debug
 from df_models.testing import random_model
 
 
-def tiny_bundle(directory: str | Path, *, seed: int = 0, window: int | None = 8, **model) -> Path:
+def tiny_bundle(
+    directory: str | Path,
+    *,
+    seed: int = 0,
+    window: int | None = 8,
+    sampler: dict | None = None,
+    **model,
+) -> Path:
     """A random tiny model (4x4x4 latents, 80-bin log-mel audio, 11 structure dims) with the
-    debug TinyAutoencoder (16x16 frames) and a matching ``inference.json``."""
+    debug TinyAutoencoder (16x16 frames) and a matching ``inference.json`` (``sampler``: the
+    recommended sampler settings it records)."""
     config = tiny(audio_dim=80, struct_raw_dim=11, window=window, **model)
     codec = TinyAutoencoder(tiny_autoencoder_debug())
     codec.init_weights()
@@ -25,6 +33,7 @@ def tiny_bundle(directory: str | Path, *, seed: int = 0, window: int | None = 8,
         struct_mean=tuple(float(i) for i in range(11)),
         struct_std=tuple(1.0 + i for i in range(11)),
         noise_shift=2.0,
+        sampler=dict(sampler or {}),
         extra={"recipe": "random"},
     )
     return save_bundle(directory, random_model(config, seed), codec, meta)

@@ -4,7 +4,8 @@
       model/           DualForceDiT.save_pretrained (config.json + model.safetensors)
       codec/           the latent codec (TinyAutoencoder.save_pretrained, or a diffusers VAE dir)
       inference.json   InferenceMeta: audio encoder, frame size, struct normalisation, the
-                       training noise settings the sampler defaults to
+                       training noise settings the sampler defaults to, and the sampler
+                       settings the bundle recommends (optional)
 
 Training writes it (df-train exports the EMA weights beside the store's codec), inference
 reads it (df-infer). Each piece is written atomically; ``inference.json`` is written last, so
@@ -19,6 +20,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from df_core import FPS, SIGMA_S_MAX
+from df_core.checks import positive_float, positive_int, unit_float
 from df_models.io import read_json_object, write_json_atomic
 
 META_NAME = "inference.json"
@@ -27,17 +30,20 @@ CODEC_DIR = "codec"
 BUNDLE_VERSION = 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class InferenceMeta:
     audio_encoder: dict[str, Any]  # {"name", "config_hash"} as the clip store records it
     image_size: tuple[int, int]  # (H, W) of the frames the codec decodes
-    fps: int = 25  # video frames per second
+    fps: int = FPS  # video frames per second
     struct_names: tuple[str, ...] = ()  # names of the Ds structure dimensions
     struct_mean: tuple[float, ...] | None = None  # model space = (raw - mean) / std
     struct_std: tuple[float, ...] | None = None
     noise_shift: float = 1.0  # the training shift of sigma_v: the sampler's default shift
-    sigma_s_max: float = 0.7  # structure trained up to this level: where sampling starts it
+    sigma_s_max: float = SIGMA_S_MAX  # structure trained up to this level: sampling starts there
     sigma_ctx: float = 0.0  # context noise level training used for clean frames
+    # The sampler the bundle recommends (was evaluated with): df_infer.SamplerConfig fields by
+    # name, e.g. {"steps": 4, "cfg_audio": 2.0}; df-infer checks the names and values.
+    sampler: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form provenance (recipe, step)
     version: int = BUNDLE_VERSION
 
@@ -52,8 +58,7 @@ class InferenceMeta:
                 f"InferenceMeta.image_size must be two positive ints (H, W), got {self.image_size!r}"
             )
         object.__setattr__(self, "image_size", size)
-        if not isinstance(self.fps, int) or self.fps < 1:
-            raise ValueError(f"InferenceMeta.fps must be a positive int, got {self.fps!r}")
+        positive_int("InferenceMeta.fps", self.fps)
         object.__setattr__(self, "struct_names", tuple(self.struct_names))
         for name in ("struct_mean", "struct_std"):
             value = getattr(self, name)
@@ -66,13 +71,17 @@ class InferenceMeta:
                 raise ValueError("InferenceMeta.struct_mean and struct_std differ in length")
             if not all(v > 0 for v in self.struct_std):
                 raise ValueError("InferenceMeta.struct_std must be positive")
-        if not self.noise_shift > 0:
-            raise ValueError(f"InferenceMeta.noise_shift must be > 0, got {self.noise_shift!r}")
-        for name in ("sigma_s_max", "sigma_ctx"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(
-                    f"InferenceMeta.{name} must be in [0, 1], got {getattr(self, name)!r}"
-                )
+        positive_float("InferenceMeta.noise_shift", self.noise_shift)
+        unit_float("InferenceMeta.sigma_s_max", self.sigma_s_max)
+        unit_float("InferenceMeta.sigma_ctx", self.sigma_ctx)
+        scalar = (bool, int, float, str, type(None))
+        if not isinstance(self.sampler, dict) or not all(
+            isinstance(k, str) and isinstance(v, scalar) for k, v in self.sampler.items()
+        ):
+            raise ValueError(
+                "InferenceMeta.sampler must map SamplerConfig field names to numbers, strings "
+                f"or null, got {self.sampler!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -2,8 +2,9 @@
 
 The bundle holds the EMA model, the codec the store's latents were made with, and
 ``inference.json``: the store's audio encoder identity, the frame size, the struct names and
-normalisation statistics, the training noise settings the sampler starts from, and provenance
-(recipe, step, store, codec identity, the training config) in ``extra``.
+normalisation statistics, the training noise settings the sampler starts from, the sampler
+settings the bundle recommends (``export_bundle(..., sampler=...)``), and provenance (recipe,
+step, store, codec identity, the training config) in ``extra``.
 
 The codec directory is ``DataConfig.codec_dir`` when set, else the one extraction recorded in
 the store's ``store.json``; either way its weights must hash to the identity the store's clips
@@ -12,9 +13,12 @@ record, so a bundle never pairs a model with a codec it was not trained on.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from df_core import FPS
 from df_data.store import read_metadata, read_store_info
 from df_models.bundle import InferenceMeta, save_bundle
 from df_models.codecs import codec_identity, load_codec
@@ -63,7 +67,14 @@ def find_codec_dir(trainer: Trainer, clip_meta: dict[str, Any]) -> Path:
     return path
 
 
-def inference_meta(trainer: Trainer, clip_meta: dict[str, Any], codec: Path) -> InferenceMeta:
+def inference_meta(
+    trainer: Trainer,
+    clip_meta: dict[str, Any],
+    codec: Path,
+    sampler: Mapping[str, Any] | None = None,
+) -> InferenceMeta:
+    """The bundle's ``inference.json``; ``sampler`` is the recommended sampler (SamplerConfig
+    fields by name, or a SamplerConfig: the fields it leaves None are not recorded)."""
     c = trainer.config
     for key in ("height", "width", "audio_encoder"):
         if key not in clip_meta:
@@ -75,13 +86,14 @@ def inference_meta(trainer: Trainer, clip_meta: dict[str, Any], codec: Path) -> 
     return InferenceMeta(
         audio_encoder=clip_meta["audio_encoder"],
         image_size=(int(clip_meta["height"]), int(clip_meta["width"])),
-        fps=int(clip_meta.get("fps", 25)),
+        fps=int(clip_meta.get("fps", FPS)),
         struct_names=tuple(clip_meta.get("struct_names", ())),
         struct_mean=stats.mean if stats is not None else None,
         struct_std=stats.std if stats is not None else None,
         noise_shift=c.noise.shift,
         sigma_s_max=c.noise.sigma_s_max,
         sigma_ctx=c.noise.sigma_ctx,
+        sampler=_sampler_fields(sampler),
         extra={
             "recipe": c.name,
             "step": trainer.step,
@@ -93,13 +105,25 @@ def inference_meta(trainer: Trainer, clip_meta: dict[str, Any], codec: Path) -> 
     )
 
 
-def export_bundle(trainer: Trainer, directory: str | Path) -> Path:
+def _sampler_fields(sampler) -> dict[str, Any]:
+    if sampler is None:
+        return {}
+    if is_dataclass(sampler):
+        return {k: v for k, v in asdict(sampler).items() if v is not None}
+    return dict(sampler)
+
+
+def export_bundle(
+    trainer: Trainer, directory: str | Path, *, sampler: Mapping[str, Any] | None = None
+) -> Path:
     """Writes the bundle of ``trainer``'s EMA weights to ``directory`` (every rank calls it:
-    the EMA is gathered from the shards; rank 0 writes). ValueError naming what is missing
-    (store metadata, codec directory) before anything is written."""
+    the EMA is gathered from the shards; rank 0 writes). ``sampler``: the sampler settings
+    the bundle recommends (what it was evaluated with), as SamplerConfig fields by name;
+    ``dualforce generate`` uses them unless a flag overrides them. ValueError naming what is
+    missing (store metadata, codec directory) before anything is written."""
     clip_meta = store_clip_metadata(trainer)
     codec = find_codec_dir(trainer, clip_meta)
-    meta = inference_meta(trainer, clip_meta, codec)
+    meta = inference_meta(trainer, clip_meta, codec, sampler)
     model = trainer.ema_model()
     if model is not None:
         save_bundle(directory, model, codec, meta)

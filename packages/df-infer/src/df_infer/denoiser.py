@@ -1,0 +1,125 @@
+"""The model as both samplers call it: noisy frames and their levels in, guided velocities out.
+
+Legend: B batch, T frames of the call, C latent channels, H W latent size, Ds structure dim,
+La audio window, Da audio feature dim, R reference tokens.
+
+A :class:`Denoiser` holds the model, the reference (the sink frame and the optional global
+reference features), the guidance scale of each stream and, for streaming, the KV cache. Its
+call has one signature for the streaming sampler (a chunk against the cache) and the
+full-sequence one (the training forward over the whole clip); only the streaming call may
+commit the frames it carries to the cache.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance (Ho & Salimans 2022): ``uncond + scale * (cond - uncond)``.
+
+    ``scale = 1`` is the conditional prediction, ``0`` the unconditional one, ``> 1``
+    extrapolates away from the unconditional prediction.
+    """
+    return uncond + scale * (cond - uncond)
+
+
+def _double(x: torch.Tensor | None) -> torch.Tensor | None:
+    return None if x is None else torch.cat([x, x])
+
+
+class Denoiser:
+    """``(z, s, sigma_v, sigma_s, audio) -> (v_hat, s_hat)`` for a DualForceDiT.
+
+    With guidance on (either scale not 1) every call runs the model on a doubled batch, the
+    conditional half first and the unconditional half (null audio tokens) second, and returns
+    the guided velocity of each stream: the video's with ``cfg_video``, the structure's with
+    ``cfg_struct``.
+
+    Args:
+        model: a :class:`~df_models.DualForceDiT`.
+        ref_latent_BCHW: the reference image's normalised codec latent (the sink frame).
+        cfg_video, cfg_struct: the guidance scale of each stream (1 = conditional only).
+        ref_feats_BRD: optional global reference features ``[B, R, ref_feature_dim]``.
+        cache: a KV cache of ``model.new_cache`` with batch ``2B`` when guided, else ``B``:
+            calls then stream through it (:meth:`write_sink` first); None: calls run the
+            training forward over whole clips.
+    """
+
+    def __init__(
+        self,
+        model,
+        ref_latent_BCHW: torch.Tensor,
+        *,
+        cfg_video: float = 1.0,
+        cfg_struct: float = 1.0,
+        ref_feats_BRD: torch.Tensor | None = None,
+        cache=None,
+    ) -> None:
+        self.model, self.cache = model, cache
+        self.cfg_video, self.cfg_struct = cfg_video, cfg_struct
+        self.guided = cfg_video != 1.0 or cfg_struct != 1.0
+        self.dtype = next(model.parameters()).dtype
+        B, device = ref_latent_BCHW.shape[0], ref_latent_BCHW.device
+        self.batch = 2 * B if self.guided else B  # the model's batch
+        if cache is not None and cache.batch != self.batch:
+            raise ValueError(f"cache must have batch {self.batch}, got {cache.batch}")
+        self.ref_latent_BCHW = _double(ref_latent_BCHW) if self.guided else ref_latent_BCHW
+        self.ref_feats_BRD = _double(ref_feats_BRD) if self.guided else ref_feats_BRD
+        # The unconditional half drops its audio.
+        self.drop_audio_B = torch.arange(self.batch, device=device) >= B if self.guided else None
+
+    def write_sink(self) -> None:
+        """Resets the cache and writes the reference sink frame into it."""
+        self.model.prefill(self.cache, self.ref_latent_BCHW, self.ref_feats_BRD)
+
+    def __call__(
+        self,
+        z_BTCHW: torch.Tensor,
+        s_BTDs: torch.Tensor | None,
+        sigma_v_BT: torch.Tensor,
+        sigma_s_BT: torch.Tensor | None,
+        audio_BTLaDa: torch.Tensor,
+        *,
+        commit: bool | int = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The guided velocities ``(v_BTCHW, s_BTDs)`` in float32 (``s`` None without the
+        structure stream).
+
+        Inputs are the sampler's float32 flow state and levels (cast to the model's dtype
+        here) at batch ``B``; ``commit`` (streaming only) keeps that many leading frames'
+        keys/values in the cache (True: all), see ``DualForceDiT.forward_stream``.
+        """
+        z, s = z_BTCHW.to(self.dtype), s_BTDs.to(self.dtype) if s_BTDs is not None else None
+        audio = audio_BTLaDa.to(self.dtype)
+        inputs = (z, s, sigma_v_BT, sigma_s_BT, audio)
+        if self.guided:
+            inputs = tuple(_double(x) for x in inputs)
+        if self.cache is not None:
+            if z.device.type == "cuda":
+                # A new step for CUDA-graph trees (a pass compiled with reduce-overhead): this
+                # pass may reuse the previous pass's output memory, which the Euler step has
+                # already consumed. A no-op for eager models.
+                torch.compiler.cudagraph_mark_step_begin()
+            v_hat, s_hat = self.model.forward_stream(
+                self.cache,
+                *inputs,
+                commit=commit,
+                ref_feats_BRD=self.ref_feats_BRD,
+                drop_audio_B=self.drop_audio_B,
+            )
+        else:
+            if commit is not False:
+                raise ValueError("commit needs a cache: the full forward writes none")
+            v_hat, s_hat = self.model(
+                *inputs,
+                ref_latent_BCHW=self.ref_latent_BCHW,
+                ref_feats_BRD=self.ref_feats_BRD,
+                drop_audio_B=self.drop_audio_B,
+            )
+        if self.guided:
+            half = v_hat.shape[0] // 2
+            v_hat = guide(v_hat[:half], v_hat[half:], self.cfg_video)
+            if s_hat is not None:
+                s_hat = guide(s_hat[:half], s_hat[half:], self.cfg_struct)
+        return v_hat.float(), (s_hat.float() if s_hat is not None else None)

@@ -1,0 +1,62 @@
+"""Per-frame noise: each frame's initial and context noise is a function of ``(seed, frame)``.
+
+Legend: B batch, n frames, C latent channels, H W latent size, Ds structure dim.
+
+Seeding a generator per frame makes a frame's noise independent of how frames are chunked or
+batched into passes, so the streaming and the full-sequence sampler start from the same noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+_SEED_STRIDE = 1_000_003  # frame-noise seeds: seed * stride + frame
+
+
+@dataclass(frozen=True, slots=True)
+class FrameNoise:
+    """Initial and context noise of one frame: ``v`` ``[B, C, H, W]``, ``s`` ``[B, Ds]``."""
+
+    v: torch.Tensor
+    s: torch.Tensor | None
+    ctx_v: torch.Tensor
+    ctx_s: torch.Tensor | None
+
+
+def noise_generator(device) -> torch.Generator:
+    return torch.Generator(device=torch.device(device))
+
+
+def frame_noise(
+    model_config, batch: int, frame: int, seed: int, device, generator: torch.Generator
+) -> FrameNoise:
+    """The noise of frame ``frame``: a function of ``(seed, frame)`` only (and the device
+    type's generator)."""
+    c = model_config
+    generator.manual_seed(seed * _SEED_STRIDE + frame)
+    shape_v = (batch, c.latent_channels, c.latent_height, c.latent_width)
+    shape_s = (batch, c.struct_raw_dim)
+    kw = dict(generator=generator, device=device)
+    v = torch.randn(shape_v, **kw)
+    s = torch.randn(shape_s, **kw) if c.struct_enabled else None
+    ctx_v = torch.randn(shape_v, **kw)
+    ctx_s = torch.randn(shape_s, **kw) if c.struct_enabled else None
+    return FrameNoise(v, s, ctx_v, ctx_s)
+
+
+def frames_noise(
+    model_config, batch: int, t0: int, n: int, seed: int, device, generator: torch.Generator
+) -> FrameNoise:
+    """The noise of frames ``t0 .. t0 + n - 1`` stacked: ``v`` ``[B, n, C, H, W]``, ``s``
+    ``[B, n, Ds]``."""
+    noise = [
+        frame_noise(model_config, batch, t, seed, device, generator) for t in range(t0, t0 + n)
+    ]
+
+    def stack(name: str) -> torch.Tensor | None:
+        parts = [getattr(z, name) for z in noise]
+        return None if parts[0] is None else torch.stack(parts, 1)
+
+    return FrameNoise(stack("v"), stack("s"), stack("ctx_v"), stack("ctx_s"))

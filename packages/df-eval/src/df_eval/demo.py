@@ -330,13 +330,14 @@ class Demo:
         from df_train.trainer import Trainer
 
         config = self.train_config()
+        sampler = self.recommended_sampler()
         if not (self.bundles["untrained"] / META_NAME).is_file():
-            Trainer(config).export_bundle(self.bundles["untrained"])
+            Trainer(config).export_bundle(self.bundles["untrained"], sampler=sampler)
         trainer = Trainer(config)
         resumed = trainer.resume()
         start = trainer.step
         history = trainer.fit(progress=self.progress)
-        trainer.export_bundle(self.bundles["trained"])
+        trainer.export_bundle(self.bundles["trained"], sampler=sampler)
         losses = [m.loss for m in history]
         return {
             "steps": trainer.step,
@@ -345,6 +346,11 @@ class Demo:
             "parameters": sum(p.numel() for p in trainer.model.parameters()),
             "bundle": str(self.bundles["trained"]),
         }
+
+    def recommended_sampler(self) -> dict[str, Any]:
+        """The sampler settings the demo evaluates with, recorded in both bundles."""
+        p = self.preset
+        return {"steps": p.sampler_steps, "cfg_audio": p.cfg_audio, "cfg_struct": p.cfg_struct}
 
     def eval_clip_dirs(self) -> list[Path]:
         dirs = sorted(d for d in (self.corpus / "test").iterdir() if (d / "video.mp4").is_file())
@@ -372,11 +378,10 @@ class Demo:
                 tmp.unlink()
         for variant in ("trained", "untrained"):
             gen = StreamingGenerator.from_bundle(self.bundles[variant], device=_device(p.device))
-            # Both models get the same sampler, guidance included: the baseline is the
-            # untrained network, not a weaker sampler.
-            sampler = gen.default_sampler(
-                steps=p.sampler_steps, cfg_audio=p.cfg_audio, cfg_struct=p.cfg_struct, seed=p.seed
-            )
+            # Both models get the same sampler, guidance included (the one their bundles
+            # recommend, which `dualforce generate` uses too): the baseline is the untrained
+            # network, not a weaker sampler.
+            sampler = gen.default_sampler(seed=p.seed)
             fps, frames = [], 0
             for d in clips:
                 mp4 = self.pred[variant] / f"{d.name}.mp4"

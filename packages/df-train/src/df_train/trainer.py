@@ -308,11 +308,11 @@ class Trainer:
         barrier(self.world_size)
         return Path(directory)
 
-    def export_bundle(self, directory: str | Path) -> Path:
+    def export_bundle(self, directory: str | Path, *, sampler=None) -> Path:
         """Writes the inference bundle (``df_models.bundle``): EMA model, the store's codec and
-        ``inference.json`` (every rank must call it, rank 0 writes); see
-        :func:`df_train.export.export_bundle`."""
-        return export_bundle(self, directory)
+        ``inference.json`` with the recommended ``sampler`` settings, if given (every rank must
+        call it, rank 0 writes); see :func:`df_train.export.export_bundle`."""
+        return export_bundle(self, directory, sampler=sampler)
 
     def resume(self) -> bool:
         """Loads the newest complete checkpoint of ``out_dir``; False when there is none. The

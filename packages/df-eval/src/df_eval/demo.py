@@ -57,7 +57,7 @@ class DemoPreset:
     seconds: float = 6.0  # length of each clip
     size: int = 64  # frame height and width (the demo codec makes 16x16 latents of it)
     codec_recipe: str = "codec_synthtalk_demo"  # df_train.recipes name
-    codec_steps: int = 700  # codec optimiser steps
+    codec_steps: int = 3000  # codec optimiser steps (32 x 32 crops: see codec_synthtalk_demo)
     train_recipe: str = "synthtalk_demo"  # df_train.recipes name
     train_steps: int = 1200  # DualForce optimiser steps
     batch_size: int = 8  # DualForce clips per step

@@ -91,9 +91,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def bench_config(args: argparse.Namespace, out_dir: str) -> TrainConfig:
-    # Clip stores hold no global reference features yet (no DINOv2 weights offline), so the
-    # trainer trains without reference tokens; the reference still enters as the sink frame.
-    model = PRESETS[args.preset]().replace(ref_tokens_enabled=False)
+    # Presets come without reference tokens (clip stores hold no global reference features
+    # yet); the reference enters as the sink frame.
+    model = PRESETS[args.preset]()
     return TrainConfig(
         name=f"bench_{args.preset}",
         model=model,

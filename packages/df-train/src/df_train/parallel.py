@@ -21,7 +21,7 @@ levels ``sigma`` to bf16 before the sinusoidal embedding of ``1000 * sigma`` (bf
 3 significant digits, so the high-frequency features would be noise); keeping the root fp32 avoids
 that. Blocks cast their top-level tensor arguments themselves (:func:`_cast_block_inputs`) and
 return fp32: FSDP's own ``cast_forward_inputs`` rebuilds every dataclass argument, which would
-hand each block a private copy of the ``Sites``/``AttnSite`` objects, so the FlexAttention
+hand each block a private copy of the ``AttentionSites``/``AttnSite`` objects, so the FlexAttention
 ``BlockMask`` built lazily on the first layer would be rebuilt in every layer.
 """
 
@@ -103,7 +103,7 @@ def apply_compile(model: nn.Module, *, backend: str = "inductor") -> nn.Module:
 
 def _cast_block_inputs(dtype: torch.dtype):
     """A forward pre-hook casting the floating tensors among a block's top-level arguments to
-    ``dtype``; containers (``Sites``) pass through untouched so every block shares them."""
+    ``dtype``; containers (``AttentionSites``) pass through untouched so every block shares them."""
 
     def cast(x: Any) -> Any:
         if isinstance(x, torch.Tensor) and x.is_floating_point():

@@ -275,19 +275,7 @@ class DualForceDiT(nn.Module):
             [self._null_audio(B, 1), self._audio_tokens(audio_BTLDa, drop_audio_B)], 1
         )
         # Step 2: the whole clip attends block-causally to itself.
-        vf = token_frames(T, c.video_tokens, sink_tokens=c.video_tokens, device=dev)
-        sf = token_frames(T, c.struct_tokens, sink_tokens=c.struct_tokens, device=dev)
-        sites = build_sites(
-            c,
-            backend=self.attn_backend,
-            video_q_L=vf,
-            video_kv_S=vf,
-            struct_q_L=sf,
-            struct_kv_S=sf,
-            cache=None,
-            sink_pass=False,
-            window=c.window,
-        )
+        sites = self._self_sites(T, dev, cache=None, sink_pass=False, window=c.window)
         v_out, s_out = self._run(
             tokens,
             audio_BFAD=audio_BFAD,
@@ -339,6 +327,24 @@ class DualForceDiT(nn.Module):
             dtype=dtype,
         )
 
+    def _self_sites(self, frames: int, device, *, cache, sink_pass: bool, window):
+        """Attention sites of a pass whose queries are its own keys: the sink frame then
+        ``frames`` frames of each stream (the training forward, and the sink's prefill)."""
+        c = self.config
+        vf = token_frames(frames, c.video_tokens, sink_tokens=c.video_tokens, device=device)
+        sf = token_frames(frames, c.struct_tokens, sink_tokens=c.struct_tokens, device=device)
+        return build_sites(
+            c,
+            backend=self.attn_backend,
+            video_q_L=vf,
+            video_kv_S=vf,
+            struct_q_L=sf,
+            struct_kv_S=sf,
+            cache=cache,
+            sink_pass=sink_pass,
+            window=window,
+        )
+
     def prefill(
         self,
         cache: KVCache,
@@ -347,23 +353,10 @@ class DualForceDiT(nn.Module):
         drop_ref_B: torch.Tensor | None = None,
     ) -> None:
         """Resets the cache and writes the reference sink frame's keys/values into it."""
-        c = self.config
         cache.reset()
         B = ref_latent_BCHW.shape[0]
         dev = ref_latent_BCHW.device
-        vf = token_frames(0, c.video_tokens, sink_tokens=c.video_tokens, device=dev)
-        sf = token_frames(0, c.struct_tokens, sink_tokens=c.struct_tokens, device=dev)
-        sites = build_sites(
-            c,
-            backend=self.attn_backend,
-            video_q_L=vf,
-            video_kv_S=vf,
-            struct_q_L=sf,
-            struct_kv_S=sf,
-            cache=cache,
-            sink_pass=True,
-            window=cache.window,
-        )
+        sites = self._self_sites(0, dev, cache=cache, sink_pass=True, window=cache.window)
         self._run(
             self._embed_sink(ref_latent_BCHW),
             audio_BFAD=self._null_audio(B, 1),

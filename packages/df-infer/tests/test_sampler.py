@@ -72,6 +72,7 @@ def _stream(model, x, cfg, **kw):
     cfg_struct=st.sampled_from([None, 1.0, 3.0]),
     batch=st.integers(1, 2),
     fuse=st.booleans(),
+    ref_concat=st.booleans(),
     seed=st.integers(0, 1000),
 )
 def test_stream_equals_full(
@@ -89,9 +90,15 @@ def test_stream_equals_full(
     cfg_struct,
     batch,
     fuse,
+    ref_concat,
     seed,
 ):
-    config = tiny(window=window, struct_enabled=struct, bridge_temporal=bridge_temporal)
+    config = tiny(
+        window=window,
+        struct_enabled=struct,
+        bridge_temporal=bridge_temporal,
+        ref_concat=ref_concat,
+    )
     model = random_model(config, seed)
     x = random_inputs(config, batch, frames, seed)
     cfg = sampler(

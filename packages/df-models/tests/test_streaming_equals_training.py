@@ -8,11 +8,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from df_models import tiny
+from df_models import DualForceDiT, tiny
 from df_models.testing import random_inputs, random_model
 
 configs = st.builds(
-    lambda bridge, temporal, struct, audio_into, ref, window, n_fusion, layers: tiny(
+    lambda bridge, temporal, struct, audio_into, ref, window, n_fusion, layers, concat: tiny(
         bridge=bridge,
         bridge_temporal=temporal,
         struct_enabled=struct,
@@ -23,6 +23,7 @@ configs = st.builds(
         window=window,
         n_fusion=n_fusion,
         audio_layers=layers,
+        ref_concat=concat,
     ),
     st.sampled_from(["bidirectional", "struct_to_video", "off"]),
     st.sampled_from(["same_frame", "causal"]),
@@ -32,6 +33,7 @@ configs = st.builds(
     st.one_of(st.none(), st.integers(1, 4)),
     st.integers(0, 2),
     st.integers(1, 2),
+    st.booleans(),
 )
 
 
@@ -51,6 +53,7 @@ def test_streaming_equals_training(config, batch, frames, chunk, noisy_passes, s
         cache = model.new_cache(batch, window=config.window or frames, max_chunk=chunk)
         model.prefill(cache, x["ref_latent_BCHW"], x["ref_feats_BRD"])
         g = torch.Generator().manual_seed(seed + 1)
+        refs = {"ref_latent_BCHW": x["ref_latent_BCHW"], "ref_feats_BRD": x["ref_feats_BRD"]}
         for start in range(0, frames, chunk):
             sl = slice(start, min(start + chunk, frames))
             part = {
@@ -66,10 +69,8 @@ def test_streaming_equals_training(config, batch, frames, chunk, noisy_passes, s
                 noisy["sigma_v_BT"] = noisy["sigma_v_BT"].abs().clamp(max=1)
                 if noisy["sigma_s_BT"] is not None:
                     noisy["sigma_s_BT"] = noisy["sigma_s_BT"].abs().clamp(max=1)
-                model.forward_stream(cache, **noisy, commit=False, ref_feats_BRD=x["ref_feats_BRD"])
-            v, s = model.forward_stream(
-                cache, **part, commit=True, ref_feats_BRD=x["ref_feats_BRD"]
-            )
+                model.forward_stream(cache, **noisy, commit=False, **refs)
+            v, s = model.forward_stream(cache, **part, commit=True, **refs)
             err = (v - v_full[:, sl]).abs().max().item()
             assert err <= 1e-4, f"video frames {sl}: max abs error {err}"
             if config.struct_enabled:
@@ -181,3 +182,25 @@ def test_a_windowed_model_streams_only_with_its_own_window():
             model.new_cache(1, window=other)
     with pytest.raises(ValueError, match=r"DualForceConfig\.window=None"):
         random_model(tiny(), 0).new_cache(1)
+
+
+def test_ref_concat_starts_closed_and_needs_the_reference_when_streaming():
+    config = tiny(ref_concat=True)
+    fresh = DualForceDiT(config)
+    fresh.init_weights()
+    plain = DualForceDiT(tiny())
+    plain.load_state_dict(
+        {k: v for k, v in fresh.state_dict().items() if not k.startswith("ref_embed.")}
+    )
+    x = random_inputs(config, 1, 3, 0)
+    with torch.no_grad():
+        # zero-initialised: a fresh model's outputs are the model's without the path
+        torch.testing.assert_close(fresh(**x)[0], plain.eval()(**x)[0], rtol=0, atol=0)
+        model = random_model(config, 0)
+        other = dict(x, ref_latent_BCHW=torch.randn_like(x["ref_latent_BCHW"]))
+        assert not torch.allclose(model(**x)[0], model(**other)[0])
+        cache = model.new_cache(1, window=3)
+        model.prefill(cache, x["ref_latent_BCHW"])
+        part = {k: v for k, v in x.items() if k not in ("ref_latent_BCHW", "ref_feats_BRD")}
+        with pytest.raises(ValueError, match=r"ref_concat.*ref_latent_BCHW"):
+            model.forward_stream(cache, **part, commit=True)

@@ -75,6 +75,10 @@ class DualForceConfig:
     audio_into: str = "shallow"  # shallow | all video/struct blocks get audio cross-attention
     # Reference image condition (besides the sink frame).
     ref_tokens_enabled: bool = False  # global reference tokens (DINOv2/CLIP) by cross-attention
+    # The reference latent also added to every frame's video tokens through its own patch
+    # embedding (zero-initialised): channel concatenation, as image-to-video models condition
+    # (SVD, Wan I2V), so each token sees the reference at its own position at no attention cost.
+    ref_concat: bool = False
     ref_feature_dim: int = 1024  # width of the reference features
     ref_into: str = "shallow"  # shallow | all video blocks
     # Attention.
@@ -97,7 +101,7 @@ class DualForceConfig:
             ("ref_into", BLOCK_SETS),
         ):
             one_of(f"DualForceConfig.{name}", getattr(self, name), allowed)
-        for name in ("struct_enabled", "ref_tokens_enabled", "qk_norm"):
+        for name in ("struct_enabled", "ref_tokens_enabled", "ref_concat", "qk_norm"):
             boolean(f"DualForceConfig.{name}", getattr(self, name))
         for name in ("mlp_ratio", "rope_theta", "norm_eps"):
             positive_float(f"DualForceConfig.{name}", getattr(self, name))

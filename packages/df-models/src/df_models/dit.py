@@ -67,6 +67,7 @@ class DualForceDiT(nn.Module):
         self.attn_backend = "auto"  # df-core backend; "flex" on GPU, "dense" on CPU
         p = c.patch_size
         self.patch_embed = PatchEmbed(c.latent_channels, p, c.video_dim)
+        self.ref_embed = PatchEmbed(c.latent_channels, p, c.video_dim) if c.ref_concat else None
         self.video_noise = NoiseEmbedder(c.video_dim, c.noise_freq_dim)
         self.audio_proj = AudioProjector(c.audio_dim, c.audio_layers, c.audio_window, c.video_dim)
         self.ref_proj = nn.Linear(c.ref_feature_dim, c.video_dim) if c.ref_tokens_enabled else None
@@ -88,6 +89,11 @@ class DualForceDiT(nn.Module):
     def init_weights(self) -> None:
         """Initialises every parameter (call after ``to_empty`` when built on the meta device)."""
         self.patch_embed.init_weights()
+        if self.ref_embed is not None:
+            # Zero: a fresh model ignores this path, and learns how much of the reference to
+            # take at each position.
+            nn.init.zeros_(self.ref_embed.proj.weight)
+            nn.init.zeros_(self.ref_embed.proj.bias)
         self.video_noise.init_weights()
         self.audio_proj.init_weights()
         if self.ref_proj is not None:
@@ -121,14 +127,33 @@ class DualForceDiT(nn.Module):
 
     # Embeddings ------------------------------------------------------------------------------
 
-    def _embed_frames(self, z_BTCHW, s_BTDs, sigma_v_BT, sigma_s_BT) -> StreamTokens:
+    def _embed_frames(
+        self, z_BTCHW, s_BTDs, sigma_v_BT, sigma_s_BT, ref_latent_BCHW=None
+    ) -> StreamTokens:
         struct = self.config.struct_enabled
         return StreamTokens(
-            video=self.patch_embed(z_BTCHW),
+            video=self._video_tokens(z_BTCHW, ref_latent_BCHW),
             video_cond=self.video_noise(sigma_v_BT),
             struct=self.struct_tokenizer(s_BTDs) if struct else None,
             struct_cond=self.struct_noise(sigma_s_BT) if struct else None,
         )
+
+    def _video_tokens(self, z_BTCHW: torch.Tensor, ref_latent_BCHW) -> torch.Tensor:
+        """``[B, T, N_v, D_v]``: the frames' patches, plus the reference's at the same
+        positions with ``ref_concat``."""
+        tokens = self.patch_embed(z_BTCHW)
+        if self.ref_embed is None:
+            return tokens
+        if ref_latent_BCHW is None:
+            raise ValueError(
+                "DualForceConfig.ref_concat is on: the streaming pass needs ref_latent_BCHW"
+            )
+        if ref_latent_BCHW.shape[0] != z_BTCHW.shape[0]:
+            raise ValueError(
+                f"ref_latent_BCHW has batch {ref_latent_BCHW.shape[0]}, the frames have "
+                f"{z_BTCHW.shape[0]}"
+            )
+        return tokens + self.ref_embed(ref_latent_BCHW[:, None].to(tokens.dtype))
 
     def _embed_sink(self, ref_latent_BCHW: torch.Tensor) -> StreamTokens:
         c = self.config
@@ -140,7 +165,7 @@ class DualForceDiT(nn.Module):
             )
         zero_B1 = torch.zeros(B, 1, device=ref_latent_BCHW.device)
         return StreamTokens(
-            video=self.patch_embed(ref_latent_BCHW[:, None]),
+            video=self._video_tokens(ref_latent_BCHW[:, None], ref_latent_BCHW),
             video_cond=self.video_noise(zero_B1),
             struct=repeat(self.struct_sink, "n d -> b 1 n d", b=B) if c.struct_enabled else None,
             struct_cond=self.struct_noise(zero_B1) if c.struct_enabled else None,
@@ -263,7 +288,7 @@ class DualForceDiT(nn.Module):
         # Step 1: the sink frame in front of frame 0, in both streams.
         sink, frames = (
             self._embed_sink(ref_latent_BCHW),
-            self._embed_frames(z_BTCHW, s_BTDs, sigma_v_BT, sigma_s_BT),
+            self._embed_frames(z_BTCHW, s_BTDs, sigma_v_BT, sigma_s_BT, ref_latent_BCHW),
         )
         tokens = StreamTokens(
             *(
@@ -374,6 +399,7 @@ class DualForceDiT(nn.Module):
         audio_BTLDa: torch.Tensor,
         *,
         commit: bool | int,
+        ref_latent_BCHW: torch.Tensor | None = None,
         ref_feats_BRD: torch.Tensor | None = None,
         drop_audio_B: torch.Tensor | None = None,
         drop_ref_B: torch.Tensor | None = None,
@@ -384,7 +410,8 @@ class DualForceDiT(nn.Module):
         ``commit=False`` (denoising steps) the cache is read only: the next pass overwrites
         what this one wrote. An int commits that many leading frames (staggered sampling,
         where only the oldest frames of the chunk have just become clean). Inputs and outputs
-        are as in :meth:`forward`, for the chunk.
+        are as in :meth:`forward`, for the chunk; ``ref_latent_BCHW`` (the sink's latent) is
+        needed only with ``DualForceConfig.ref_concat``.
 
         The pass itself is :meth:`forward_chunk`; when the cache says every slot is visible
         to the chunk (:meth:`~df_core.KVCache.all_visible`: one frame, window full) it runs
@@ -411,6 +438,7 @@ class DualForceDiT(nn.Module):
             sigma_s_BT,
             audio_BTLDa,
             all_visible=cache.all_visible(T),
+            ref_latent_BCHW=ref_latent_BCHW,
             ref_feats_BRD=ref_feats_BRD,
             drop_audio_B=drop_audio_B,
             drop_ref_B=drop_ref_B,
@@ -429,6 +457,7 @@ class DualForceDiT(nn.Module):
         audio_BTLDa: torch.Tensor,
         *,
         all_visible: bool = False,
+        ref_latent_BCHW: torch.Tensor | None = None,
         ref_feats_BRD: torch.Tensor | None = None,
         drop_audio_B: torch.Tensor | None = None,
         drop_ref_B: torch.Tensor | None = None,
@@ -440,7 +469,7 @@ class DualForceDiT(nn.Module):
         the masks."""
         c = self.config
         B, T = sigma_v_BT.shape
-        tokens = self._embed_frames(z_BTCHW, s_BTDs, sigma_v_BT, sigma_s_BT)
+        tokens = self._embed_frames(z_BTCHW, s_BTDs, sigma_v_BT, sigma_s_BT, ref_latent_BCHW)
         audio_BFAD = self._audio_tokens(audio_BTLDa, drop_audio_B)
         q_frames_T = cache.begin_chunk(T)
         struct_q_L = repeat(q_frames_T, "t -> (t n)", n=c.struct_tokens)

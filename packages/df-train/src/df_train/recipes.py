@@ -46,7 +46,7 @@ def synthtalk_small() -> TrainConfig:
     mouth-weighted video loss and context noise."""
     return TrainConfig(
         name="synthtalk_small",
-        model=small_model(),
+        model=small_model(ref_concat=True),  # as the CPU demo's (see synthtalk_demo)
         data=DataConfig(frames=8),
         steps=3000,
         batch_size=8,
@@ -204,7 +204,12 @@ def synthtalk_demo() -> TrainConfig:
     small part of the frame and the only part the audio explains), and ``sigma_ctx`` trains
     on slightly noisy context frames, which the sampler's clean pass then writes at the same
     level, so that the model's own imperfect frames look like its training context instead of
-    drifting (SkyReels-V2, CausVid, Self-Forcing)."""
+    drifting (SkyReels-V2, CausVid, Self-Forcing).
+
+    ``ref_concat`` (issue 14): the reference latent is added to every frame's tokens at its own
+    position. Same corpus, codec, store and seed, with and without it: probe identity distance
+    0.137 -> 0.073, Fréchet distance 38.3 -> 14.9 (the still frame: 23.4), lip sync 0.49 ->
+    0.83, jitter 2.99 -> 2.53, PSNR 17.8 -> 20.7 dB."""
     model = small_model(
         latent_height=16,
         latent_width=16,
@@ -217,6 +222,7 @@ def synthtalk_demo() -> TrainConfig:
         n_fusion=2,
         mlp_ratio=2.0,
         noise_freq_dim=64,
+        ref_concat=True,
     )
     return TrainConfig(
         name="synthtalk_demo",

@@ -34,7 +34,10 @@ class Halves(nn.Module):
         self.calls.append(("full", z, audio, drop_audio_B, ref_latent_BCHW.shape[0]))
         return self._out(z, s, drop_audio_B)
 
-    def forward_stream(self, cache, z, s, sv, ss, audio, *, commit, ref_feats_BRD, drop_audio_B):
+    def forward_stream(
+        self, cache, z, s, sv, ss, audio, *, commit, ref_latent_BCHW, ref_feats_BRD, drop_audio_B
+    ):
+        assert ref_latent_BCHW.shape[0] == z.shape[0]  # the sink's latent, batched like z
         self.calls.append(("stream", z, audio, drop_audio_B, commit))
         return self._out(z, s, drop_audio_B)
 

@@ -105,7 +105,7 @@ class Denoiser:
                 self.cache,
                 *inputs,
                 commit=commit,
-                ref_latent_BCHW=self.ref_latent_BCHW if self.model.config.ref_concat else None,
+                ref_latent_BCHW=self.ref_latent_BCHW,  # read by models with ref_concat
                 ref_feats_BRD=self.ref_feats_BRD,
                 drop_audio_B=self.drop_audio_B,
             )

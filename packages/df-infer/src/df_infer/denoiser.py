@@ -69,6 +69,21 @@ class Denoiser:
         # The unconditional half drops its audio.
         self.drop_audio_B = torch.arange(self.batch, device=device) >= B if self.guided else None
 
+    @classmethod
+    def for_sampler(
+        cls, model, ref_latent_BCHW: torch.Tensor, config, *, ref_feats_BRD=None, cache=None
+    ) -> Denoiser:
+        """The denoiser of a :class:`~df_infer.sampler_config.SamplerConfig`: its video and
+        structure guidance scales."""
+        return cls(
+            model,
+            ref_latent_BCHW,
+            cfg_video=config.cfg_audio,
+            cfg_struct=config.struct_guidance,
+            ref_feats_BRD=ref_feats_BRD,
+            cache=cache,
+        )
+
     def write_sink(self) -> None:
         """Resets the cache and writes the reference sink frame into it."""
         self.model.prefill(self.cache, self.ref_latent_BCHW, self.ref_feats_BRD)

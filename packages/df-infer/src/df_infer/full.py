@@ -39,11 +39,10 @@ def sample_full(
     device = ref_latent_BCHW.device
     sig_v, sig_s = cfg.sigmas(device)
     K = cfg.steps
-    denoise = Denoiser(
+    denoise = Denoiser.for_sampler(
         model,
         ref_latent_BCHW,
-        cfg_video=cfg.cfg_audio,
-        cfg_struct=cfg.struct_guidance,
+        cfg,
         ref_feats_BRD=ref_feats_BRD,
     )
     noise = frames_noise(mc, B, 0, T, cfg.seed, device, noise_generator(device))

@@ -76,11 +76,10 @@ def sample_stream(
     B, device = ref_latent_BCHW.shape[0], ref_latent_BCHW.device
     K, every = cfg.steps, cfg.every
     # Step 1: the denoiser over the cache, which starts with the reference sink frame.
-    denoise = Denoiser(
+    denoise = Denoiser.for_sampler(
         model,
         ref_latent_BCHW,
-        cfg_video=cfg.cfg_audio,
-        cfg_struct=cfg.struct_guidance,
+        cfg,
         ref_feats_BRD=ref_feats_BRD,
         cache=_stream_cache(model, cfg, B, device, cache),
     )

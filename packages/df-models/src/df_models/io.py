@@ -27,7 +27,8 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}{path.suffix}")
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flushes a file (or a folder's entries) to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -45,9 +46,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = temporary_name(path)
     try:
         yield tmp
-        _fsync(tmp)
+        fsync_path(tmp)
         os.replace(tmp, path)
-        _fsync(path.parent)  # the rename itself survives a power cut
+        fsync_path(path.parent)  # the rename itself survives a power cut
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

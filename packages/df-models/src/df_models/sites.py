@@ -120,28 +120,17 @@ def build_sites(
             rope=struct_rope(c, struct_q_L),
         )
         same_frame = c.bridge_temporal == "same_frame"
+
+        def bridge(q_L, kv_S, kv_tokens: int, stream: str) -> AttnSite:
+            if same_frame:
+                return site(None, per_frame=True, kv_tokens=kv_tokens)
+            mask = None if unmasked else bridge_mask(q_L, kv_S, temporal="causal", window=window)
+            return cached(mask, stream)
+
         if c.bridge_to_video:
-            to_video = (
-                site(None, per_frame=True, kv_tokens=c.struct_tokens)
-                if same_frame
-                else cached(
-                    None
-                    if unmasked
-                    else bridge_mask(video_q_L, struct_kv_S, temporal="causal", window=window),
-                    "bridge_to_video",
-                )
-            )
+            to_video = bridge(video_q_L, struct_kv_S, c.struct_tokens, "bridge_to_video")
         if c.bridge_to_struct:
-            to_struct = (
-                site(None, per_frame=True, kv_tokens=c.video_tokens)
-                if same_frame
-                else cached(
-                    None
-                    if unmasked
-                    else bridge_mask(struct_q_L, video_kv_S, temporal="causal", window=window),
-                    "bridge_to_struct",
-                )
-            )
+            to_struct = bridge(struct_q_L, video_kv_S, c.video_tokens, "bridge_to_struct")
     return AttentionSites(
         video_self=video_self,
         struct_self=struct_self,

@@ -33,15 +33,7 @@ from df_data.store.format import (
     validate_record,
 )
 from df_data.store.manifest import append_manifest, manifest_entry
-from df_models.io import read_json_object, write_json_atomic
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from df_models.io import fsync_path, read_json_object, write_json_atomic
 
 
 def _tmp_name(clip_id: str) -> str:
@@ -50,7 +42,7 @@ def _tmp_name(clip_id: str) -> str:
 
 def _tensor_file(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
-    _fsync_path(path)
+    fsync_path(path)
 
 
 def write_clip_record(
@@ -92,7 +84,7 @@ def write_clip_record(
             json.dump(meta, f, indent=2, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
-        _fsync_path(tmp)
+        fsync_path(tmp)
         if final.exists():  # overwrite: move the old clip aside so the swap is two renames
             old = clips / f"{_tmp_name(record.clip_id)}-old"
             os.rename(final, old)
@@ -100,7 +92,7 @@ def write_clip_record(
             shutil.rmtree(old)
         else:
             os.rename(tmp, final)
-        _fsync_path(clips)
+        fsync_path(clips)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if manifest:

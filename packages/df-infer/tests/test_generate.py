@@ -79,10 +79,14 @@ def test_generator_is_deterministic_and_streams(bundle, ref_png):
     assert [f.index for f in a] == list(range(25))
     assert all(np.array_equal(x.image, y.image) for x, y in zip(a, b, strict=True))
     assert a[0].struct.shape == (11,)
-    # Live input: chunks as an iterator give the same frames.
+    # Live input: chunks as an iterator give the same frames, to float rounding: incremental
+    # audio features equal the whole clip's within 1e-5 (test_audio.py), and a uint8 pixel
+    # near a rounding edge may then land one level off (bit equality here failed ~1 run in 4).
     chunks = (audio[i : i + 333] for i in range(0, len(audio), 333))
     c = list(gen.frames(ref_png, chunks, cfg))
-    assert all(np.array_equal(x.image, y.image) for x, y in zip(a, c, strict=True))
+    for x, y in zip(a, c, strict=True):
+        assert np.abs(x.image.astype(int) - y.image.astype(int)).max() <= 1
+        np.testing.assert_allclose(x.struct, y.struct, atol=1e-4, rtol=0)
     # Frames are yielded before the audio is exhausted: the first frame needs 3 frames of audio.
     pulled = []
 

@@ -214,3 +214,25 @@ def test_reference_tokens_without_features_are_refused():
     config = replace(config, model=config.model.replace(ref_tokens_enabled=True))
     with pytest.raises(ValueError, match="ref_tokens_enabled"):
         Trainer(config)
+
+
+def test_ema_update_is_the_per_tensor_formula(tiny_store, tmp_path):
+    """The multi-tensor EMA update gives exactly ``d * ema + (1 - d) * weights`` per tensor."""
+    trainer = Trainer(tiny_config(tiny_store, tmp_path, steps=3))
+    trainer.fit(max_steps=2, progress=False)  # weights and EMA now differ
+    d = trainer.config.optim.ema_decay
+    before = {k: v.clone() for k, v in trainer.ema.items()}
+    weights = trainer.model.state_dict()
+    assert any(not torch.equal(before[k], weights[k].float()) for k in before)
+    trainer._update_ema()
+    for k, v in weights.items():
+        expected = before[k].clone().mul_(d).add_(v.float(), alpha=1 - d)
+        assert torch.equal(trainer.ema[k], expected), k
+
+
+@pytest.mark.gpu
+def test_cuda_training_uses_the_fused_optimizer(tiny_store, tmp_path):
+    trainer = Trainer(tiny_config(tiny_store, tmp_path, steps=4, device="cuda"))
+    assert trainer.optimizer.defaults["fused"] is True
+    history = trainer.fit(progress=False)
+    assert all(torch.isfinite(torch.tensor(m.loss)) for m in history)

@@ -27,7 +27,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -95,7 +97,9 @@ def load_frames(corpus: str | Path, split: str, stride: int) -> torch.Tensor:
         raise ValueError(
             f"{Path(corpus) / split}: no clips (*/video.mp4); run `dualforce data synth` first"
         )
-    frames = [read_video(v)[0][::stride] for v in videos]
+    # Files decode in parallel (PyAV releases the GIL while decoding; each file on one thread).
+    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+        frames = list(pool.map(lambda v: read_video(v)[0][::stride], videos))
     return torch.from_numpy(np.concatenate(frames)).permute(0, 3, 1, 2).contiguous()
 
 

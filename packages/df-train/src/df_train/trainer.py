@@ -183,7 +183,12 @@ class Trainer:
             rank=rank,
             world_size=world_size,
         )
-        self.optimizer = torch.optim.AdamW(groups, lr=c.optim.lr, betas=c.optim.betas)
+        # On CUDA the fused kernel: the small models of the demos are launch-bound, and the
+        # per-tensor (foreach) AdamW was 60% of a synthtalk_small step's GPU time (measured on
+        # the H200, batch 32). The CPU keeps the default implementation.
+        self.optimizer = torch.optim.AdamW(
+            groups, lr=c.optim.lr, betas=c.optim.betas, fused=self.device.type == "cuda" or None
+        )
         self.scheduler = warmup_cosine(
             self.optimizer,
             warmup=c.optim.warmup_steps,
@@ -379,10 +384,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
-        with torch.no_grad():
-            d = c.optim.ema_decay
-            for k, v in self.model.state_dict().items():
-                self.ema[k].mul_(d).add_(v.float(), alpha=1 - d)
+        self._update_ema()
         logged = mean_over_ranks({"loss": total, **terms_sum}, self.world_size, self.device)
         return StepMetrics(
             logged["loss"],
@@ -395,6 +397,17 @@ class Trainer:
             loss_lip=logged.get("loss_lip", 0.0),
             loss_lip_heads=logged.get("loss_lip_heads", 0.0),
         )
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """``ema = d * ema + (1 - d) * weights``, as two multi-tensor (foreach) ops: one kernel
+        launch per op and dtype group instead of two per tensor (the same arithmetic, so the
+        same values, as the per-tensor loop)."""
+        d = self.config.optim.ema_decay
+        state = self.model.state_dict()
+        emas = [self.ema[k] for k in state]
+        torch._foreach_mul_(emas, d)
+        torch._foreach_add_(emas, [v.float() for v in state.values()], alpha=1 - d)
 
     # The loop ----------------------------------------------------------------------------------
 

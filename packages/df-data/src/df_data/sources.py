@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -139,7 +140,7 @@ class StructExtractor(Protocol):
     ``name`` (recorded in the metadata) and ``extractor(frames_THWC uint8) -> float [T, Ds]``."""
 
     name: str
-    names: list[str]
+    names: Sequence[str]
 
     def __call__(self, frames_THWC: np.ndarray) -> torch.Tensor: ...
 

@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 SAMPLES_PER_FRAME = AUDIO_SAMPLE_RATE // FPS  # 640: audio samples of one 25 fps frame
 SEEK_MARGIN_S = 2.0  # seek this far before a range's start, then decode forward to it
+TIE_S = 1e-6  # a frame presented this close to an interval's middle counts as on screen there
 
 
 class PrepareError(ValueError):
@@ -194,9 +195,9 @@ def iter_frames(
                 # Step 1: every output frame whose middle falls before this frame shows the
                 # held one (the first frame also stands for any before it, keeping frame k at
                 # its time).
-                if held is None and start + half < t:
+                if held is None and start + half < t - TIE_S:
                     held = image
-                while held is not None and start + k / FPS + half < t:
+                while held is not None and start + k / FPS + half < t - TIE_S:
                     if end is not None and start + k / FPS + half >= end:
                         return
                     yield held

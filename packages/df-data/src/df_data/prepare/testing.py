@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -41,12 +42,23 @@ def speech_audio(seconds: float, seed: int = 0) -> np.ndarray:
 
 
 def background(height: int, width: int, t: float, velocity: tuple[float, float]) -> np.ndarray:
-    """A smooth coloured pattern translated by ``velocity * t`` pixels (known motion)."""
-    ox, oy = velocity[0] * t, velocity[1] * t
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    r = 127 + 60 * np.sin((x + ox) / 97.0) + 30 * np.cos((y + oy) / 53.0)
-    g = 127 + 60 * np.cos((x + ox) / 71.0 + (y + oy) / 131.0)
-    b = 127 + 50 * np.sin((y + oy) / 41.0)
+    """A smooth coloured pattern seen through a window moving at ``velocity`` pixels per
+    second (known motion; up to ``_ROOM`` pixels in all)."""
+    ox, oy = round(velocity[0] * t), round(velocity[1] * t)
+    if not (0 <= ox < _ROOM and 0 <= oy < _ROOM):
+        raise ValueError(f"background offset {(ox, oy)} outside [0, {_ROOM})")
+    return _texture(height, width)[oy : oy + height, ox : ox + width].copy()
+
+
+_ROOM = 1024
+
+
+@lru_cache(maxsize=4)
+def _texture(height: int, width: int) -> np.ndarray:
+    y, x = np.mgrid[0 : height + _ROOM, 0 : width + _ROOM].astype(np.float32)
+    r = 127 + 60 * np.sin(x / 97.0) + 30 * np.cos(y / 53.0)
+    g = 127 + 60 * np.cos(x / 71.0 + y / 131.0)
+    b = 127 + 50 * np.sin(y / 41.0)
     return np.clip(np.stack([r, g, b], -1), 0, 255).astype(np.uint8)
 
 
@@ -121,7 +133,7 @@ def encode(
     import av
 
     path = Path(path)
-    tb = Fraction(1, 1000) if pts_s is not None else Fraction(1, round(fps))
+    tb = Fraction(1, 1000) if pts_s is not None else Fraction(1, round(fps or 25))
     with av.open(str(path), "w") as container:
         video = None
         astream = None

@@ -281,3 +281,26 @@ def test_manifests_and_folders(tmp_path):
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=f"PrepareConfig.{field}"):
         PrepareConfig(**{field: value})
+
+
+def test_reference_photo_is_cut_around_its_face(detector, caplog):
+    from df_data.prepare.reference import crop_reference
+
+    photo = skimage.data.astronaut()
+    crop, box = crop_reference(photo, detector=detector)
+    (face,) = detector(photo)
+    assert crop.shape[0] == crop.shape[1] == round(box.side)
+    assert box.side == pytest.approx(2.3 * max(95, 0.8 * 120), rel=0.05)  # not the whole photo
+    x0, y0, x1, y1 = face.box
+    assert box.x0 < x0 and box.x0 + box.side > x1 and box.y0 < y0 and box.y0 + box.side > y1
+    (again,) = detector(crop)  # the face is in the crop, and central
+    assert abs((again.box[0] + again.box[2]) / 2 - crop.shape[1] / 2) < 0.1 * crop.shape[1]
+    with pytest.raises(ValueError, match="no face found in the reference image"):
+        crop_reference(np.full((200, 300, 3), 90, np.uint8), detector=detector)
+    two = np.zeros((512, 1024, 3), np.uint8)
+    two[:, :512] = photo
+    two[128:384, 640:896] = photo[::2, ::2]
+    caplog.set_level("WARNING")
+    _, box2 = crop_reference(two, detector=detector)
+    assert "holds 2 faces; using the largest" in caplog.text
+    assert box2.x0 + box2.side < 512  # the large face, on the left

@@ -304,3 +304,22 @@ def test_reference_photo_is_cut_around_its_face(detector, caplog):
     _, box2 = crop_reference(two, detector=detector)
     assert "holds 2 faces; using the largest" in caplog.text
     assert box2.x0 + box2.side < 512  # the large face, on the left
+
+
+def test_first_pass_scores_a_scene_cut_and_not_smooth_motion(tmp_path):
+    from df_data.prepare.analysis import analyse
+    from df_data.prepare.testing import background
+
+    frames = [background(72, 128, t / 25, (40.0, 15.0)) for t in range(25)]
+    frames += [np.full((72, 128, 3), (30, 200, 60), np.uint8)] * 25
+    path = encode(tmp_path / "cut.mp4", frames, fps=25)
+
+    def one_face(frame):
+        return [face_at(64, 36, 30)]
+
+    an = analyse(str(path), one_face, start=0.0, end=None, iou_min=0.3, max_gap=2)
+    assert an.frames == 50 and (an.height, an.width) == (72, 128)
+    assert len(an.tracks) == 1 and an.tracks[0].end == 50
+    threshold = PrepareConfig().scene_cut_threshold
+    assert np.flatnonzero(an.cut_score >= threshold).tolist() == [25]
+    assert an.cut_score[1:25].max() < threshold / 3  # the moving background is no cut

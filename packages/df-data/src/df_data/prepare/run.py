@@ -165,7 +165,7 @@ def _prepare(
     # Step 3: speech, pieces, filters.
     speech = vad(audio, frames) if frames else np.zeros(0, bool)
     cuts = an.cut_score[:frames] >= cfg.scene_cut_threshold
-    kept: list[tuple[Piece, CropBox, dict[str, float]]] = []
+    kept: list[tuple[Piece, CropBox, dict[str, float], dict[str, Any]]] = []
     for piece in split(an.tracks, cuts, speech, cfg):
         values, box = measure(piece, an.tracks[piece.track], speech, an.height, an.width, cfg)
         failed = failures(values, cfg)
@@ -187,10 +187,8 @@ def _prepare(
                 )
             )
         else:
-            kept.append((piece, box, values))
-            record["clips"].append(
-                {**span, "split": item.split, "seconds": values["seconds"], "measured": values}
-            )
+            entry = {**span, "split": item.split, "seconds": values["seconds"], "measured": values}
+            kept.append((piece, box, values, entry))
     # Step 4: second pass, writing the kept pieces.
     _write_clips(item, out, cfg, an, audio, kept, record, info.__dict__, detector.name, vad.name)
 
@@ -201,22 +199,25 @@ def _write_clips(
     cfg: PrepareConfig,
     an,
     audio: np.ndarray,
-    kept: list[tuple[Piece, CropBox, dict[str, float]]],
+    kept: list[tuple[Piece, CropBox, dict[str, float], dict[str, Any]]],
     record: dict[str, Any],
     media: dict[str, Any],
     detector_name: str,
     vad_name: str,
 ) -> None:
-    todo = [
-        (p, b, v)
-        for p, b, v in kept
-        if not (out / item.split / clip_name(item, p)).is_dir()  # written by an earlier run
-    ]
+    """Writes the kept pieces in one pass over the frames; each clip enters ``record["clips"]``
+    once its folder exists (written now, or by an earlier, interrupted run)."""
+    todo = []
+    for p, b, v, entry in kept:
+        if (out / item.split / clip_name(item, p)).is_dir():
+            record["clips"].append(entry)
+        else:
+            todo.append((p, b, v, entry))
     if not todo:
         return
     stop = todo[-1][0].end
     queue = iter(todo)
-    piece, box, values = next(queue)
+    piece, box, values, entry = next(queue)
     writer: ClipWriter | None = None
     try:
         for k, frame in enumerate(iter_frames(item.path, start=item.start, end=item.end)):
@@ -235,10 +236,11 @@ def _write_clips(
                     meta,
                 )
                 writer = None
+                record["clips"].append(entry)
                 nxt = next(queue, None)
                 if nxt is None:
                     break
-                piece, box, values = nxt
+                piece, box, values, entry = nxt
         else:
             raise PrepareError(
                 "decode_error",

@@ -46,7 +46,18 @@ def _wav(path, seconds, rate=22050, channels=2, silent=False):
 def _argv(bundle, ref, audio, out, *extra):
     paths = {"--checkpoint": bundle, "--ref": ref, "--audio": audio, "--out": out}
     flags = [x for k, v in paths.items() for x in (k, str(v))]
-    return [*flags, "--device", "cpu", "--quiet", *extra]
+    return [*flags, "--device", "cpu", "--quiet", "--no-face-crop", *extra]
+
+
+def test_cli_reference_without_a_face_is_a_clear_error(bundle, ref_png, tmp_path, capsys):
+    """Without --no-face-crop the reference is cut around its face; noise has none."""
+    audio = _wav(tmp_path / "speech.wav", 0.5)
+    out = tmp_path / "out.mp4"
+    argv = [a for a in _argv(bundle, ref_png, audio, out) if a != "--no-face-crop"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no face found in the reference image" in err and str(ref_png) in err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("silent", [False, True])

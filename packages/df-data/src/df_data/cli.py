@@ -1,4 +1,5 @@
-"""``dualforce data``: generate the SynthTalk corpus, extract a clip store, inspect a store."""
+"""``dualforce data``: generate the SynthTalk corpus, prepare real videos, extract a clip store,
+inspect a store or a prepared folder."""
 
 from __future__ import annotations
 
@@ -37,8 +38,34 @@ def _parser() -> argparse.ArgumentParser:
     extract.add_argument("--codec", type=Path, required=True, help="codec checkpoint directory")
     extract.add_argument("--device", default="cpu")
 
-    inspect = sub.add_parser("inspect", help="validate a clip store and print a summary")
-    inspect.add_argument("store", type=Path)
+    prepare = sub.add_parser(
+        "prepare", help="real videos -> cropped 25 fps source clips that extract reads"
+    )
+    prepare.add_argument(
+        "--src", type=Path, required=True, help="folder of videos, or a CSV/JSONL manifest"
+    )
+    prepare.add_argument("--out", type=Path, required=True, help="output folder of source clips")
+    prepare.add_argument("--size", type=int, default=512, help="crop side in pixels (64-1024)")
+    prepare.add_argument(
+        "--min-face", type=float, default=256.0, help="minimum face size in source pixels"
+    )
+    prepare.add_argument("--min-seconds", type=float, default=2.0, help="shortest clip kept")
+    prepare.add_argument("--max-seconds", type=float, default=20.0, help="longer clips are cut")
+    prepare.add_argument("--det-size", type=int, default=640, help="detector input long side")
+    prepare.add_argument("--workers", type=int, default=1, help="processes")
+    prepare.add_argument("--no-progress", action="store_true", help="no progress bars")
+    slurm = prepare.add_argument_group("SLURM (submitit job array)")
+    slurm.add_argument("--slurm", action="store_true", help="shard the inputs over a job array")
+    slurm.add_argument("--array", type=int, default=1, help="tasks of the job array")
+    slurm.add_argument("--partition", default=None)
+    slurm.add_argument("--account", default=None)
+    slurm.add_argument("--cpus-per-task", type=int, default=4)
+    slurm.add_argument("--time-min", type=int, default=24 * 60, help="time limit per task")
+
+    inspect = sub.add_parser(
+        "inspect", help="validate a clip store (or summarise a prepared folder) and print it"
+    )
+    inspect.add_argument("store", type=Path, help="a clip store, or a 'prepare' output folder")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
     return p
 
@@ -46,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
-    for name in ("clips", "workers", "size"):
+    for name in ("clips", "workers", "size", "array", "det_size"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             print(
@@ -79,6 +106,13 @@ def main(argv: list[str]) -> int:
 
             summary = extract_store(args.src, args.out, codec=args.codec, device=args.device)
             print(json.dumps(summary, indent=2, default=str))
+        elif args.command == "prepare":
+            return _prepare(args)
+        elif (args.store / "prepare.json").is_file():
+            from df_data.prepare import summarise
+
+            summary = summarise(args.store)
+            print(json.dumps(summary, indent=2) if args.json else _format_prepared(summary))
         else:
             from df_data.inspect_store import format_report, inspect_store
 
@@ -88,3 +122,52 @@ def main(argv: list[str]) -> int:
         print(f"dualforce data {args.command}: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from df_data.prepare import PrepareConfig, prepare_corpus
+
+    cfg = PrepareConfig(
+        size=args.size,
+        min_face_px=args.min_face,
+        min_seconds=args.min_seconds,
+        max_seconds=args.max_seconds,
+        det_size=args.det_size,
+    )
+    if args.slurm:
+        from df_data.prepare.shards import slurm_executor, submit_shards
+
+        executor = slurm_executor(
+            args.out / ".submitit",
+            partition=args.partition,
+            array_parallelism=args.array,
+            time_min=args.time_min,
+            cpus_per_task=args.cpus_per_task,
+            account=args.account,
+        )
+        jobs = submit_shards(args.src, args.out, cfg, args.array, executor)
+        print(
+            f"submitted {len(jobs)} tasks (job {jobs[0].job_id.split('_')[0]}); logs in "
+            f"{args.out / '.submitit'}; 'dualforce data inspect {args.out}' summarises"
+        )
+        return 0
+    summary = prepare_corpus(
+        args.src, args.out, cfg, workers=args.workers, progress=not args.no_progress
+    )
+    print(_format_prepared(summary))
+    return 0
+
+
+def _format_prepared(summary: dict) -> str:
+    lines = [
+        f"inputs: {summary['inputs']} ({summary['source_hours']:.3f} h of source)",
+        f"kept: {summary['clips_kept']} clips, {summary['hours_kept']:.3f} h "
+        f"{summary['clips_kept_per_split']}",
+    ]
+    for reason, n in sorted(summary["clips_dropped"].items()):
+        lines.append(
+            f"dropped {reason}: {n} clips, {summary['hours_dropped'].get(reason, 0.0):.3f} h"
+        )
+    for reason, n in sorted(summary["inputs_failed"].items()):
+        lines.append(f"failed inputs {reason}: {n}")
+    return "\n".join(lines)

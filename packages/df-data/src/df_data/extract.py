@@ -27,7 +27,13 @@ from tqdm import tqdm
 from df_data.features import AudioEncoder, LogMelEncoder, build_audio_encoder
 from df_data.media import MediaError
 from df_data.record import FrameTransform, Vad, build_record
-from df_data.sources import SourceError, discover_sources, read_source, read_source_metadata
+from df_data.sources import (
+    SourceError,
+    StructExtractor,
+    discover_sources,
+    read_source,
+    read_source_metadata,
+)
 from df_data.store import (
     ClipExistsError,
     StoreError,
@@ -78,6 +84,7 @@ def extract_store(
     min_speech_ratio: float = 0.0,
     device: torch.device | str | None = None,
     retry_failed: bool = False,
+    struct_extractor: StructExtractor | None = None,
 ) -> dict[str, Any]:
     """Extracts every source under ``src_dir`` into the store ``out_dir``; resumable.
 
@@ -92,6 +99,8 @@ def extract_store(
         frame_transform, vad, min_speech_ratio: hooks (module doc).
         device: where to run the codec; None keeps the codec where it is (CPU when loaded).
         retry_failed: also retry sources whose earlier failure is a property of the data.
+        struct_extractor: the structure of sources without ``gt.safetensors`` (the real clips
+            ``dualforce data prepare`` writes); without one they fail as ``no_structure``.
 
     Returns:
         A summary: ``sources``, ``written``, ``skipped_finished``, ``skipped_failed``,
@@ -151,7 +160,16 @@ def extract_store(
                 elif str(directory.resolve()) in failed_before:
                     summary["skipped_failed"] += 1
                 else:
-                    _extract_one(directory, clip_id, out, codec, encoder, build_kwargs, summary)
+                    _extract_one(
+                        directory,
+                        clip_id,
+                        out,
+                        codec,
+                        encoder,
+                        build_kwargs,
+                        summary,
+                        struct_extractor,
+                    )
                 bar.set_postfix(written=summary["written"], failed=summary["failed"])
     finally:
         codec.train(was_training)
@@ -169,6 +187,7 @@ def _extract_one(
     encoder: AudioEncoder,
     build_kwargs: dict[str, Any],
     summary: dict[str, Any],
+    struct_extractor: StructExtractor | None = None,
 ) -> None:
     """Extracts one source into the store, or records why not; updates ``summary``."""
     source = str(directory.resolve())
@@ -176,7 +195,8 @@ def _extract_one(
     try:
         if isinstance(clip_id, SourceError):
             raise clip_id
-        record = build_record(read_source(directory), codec, encoder, **build_kwargs)
+        clip = read_source(directory, struct_extractor)
+        record = build_record(clip, codec, encoder, **build_kwargs)
         write_clip_record(out, record)
     except ClipExistsError:  # a concurrent run wrote it first; it lists it (or repair does)
         logger.info("clip %s was written by another process meanwhile", cid)

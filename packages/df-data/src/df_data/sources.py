@@ -3,9 +3,13 @@
 Legend: ``T`` video frames, ``H W`` frame size, ``Ds`` structure dimension, ``N`` audio samples.
 
 A source is any directory under ``src_dir`` holding ``video.mp4`` (H.264, 25 fps),
-``audio.wav`` (16 kHz mono), ``gt.safetensors`` (``struct`` float32 ``[T, Ds]``, ``identity``
-float32 ``[Di]``, optionally ``mouth_box`` float32 ``[T, 4]`` pixel boxes ``(x0, y0, x1, y1)``)
-and ``metadata.json`` (``fps``, ``frames``, ``split``, ``struct_names``, ...).
+``audio.wav`` (16 kHz mono), ``metadata.json`` (``fps``, ``frames``, ``split``,
+``struct_names``, ...) and the structure: either ground truth, ``gt.safetensors`` (``struct``
+float32 ``[T, Ds]``, ``identity`` float32 ``[Di]``, optionally ``mouth_box`` float32 ``[T, 4]``
+pixel boxes ``(x0, y0, x1, y1)``), as SynthTalk writes, or, for real clips that
+``dualforce data prepare`` writes (``landmarks.safetensors``, whose ``mouth_box`` is used), a
+``StructExtractor`` that computes it from the frames. Without either, the source fails with
+kind ``no_structure``.
 Its clip id is ``"<split>-<directory name>"``. Directories whose path below ``src_dir`` has a
 component starting with a dot (a generator's temporary output) are ignored.
 
@@ -18,9 +22,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -35,7 +40,8 @@ VIDEO_FILE = "video.mp4"
 AUDIO_FILE = "audio.wav"
 GT_FILE = "gt.safetensors"
 METADATA_FILE = "metadata.json"
-SOURCE_FILES = (VIDEO_FILE, AUDIO_FILE, GT_FILE, METADATA_FILE)
+LANDMARKS_FILE = "landmarks.safetensors"  # prepared real clips (df_data.prepare.clip_writer)
+SOURCE_FILES = (VIDEO_FILE, AUDIO_FILE, METADATA_FILE)  # plus gt.safetensors or an extractor
 SPLITS = ("train", "val", "test")
 MAX_AV_OFFSET_S = 0.040  # audio and video durations may differ by one video frame at most
 FPS_TOLERANCE = 1e-3
@@ -129,15 +135,18 @@ def read_source_metadata(directory: Path) -> tuple[dict[str, Any], str]:
     return meta, clip_id
 
 
-def read_source(directory: Path) -> SourceClip:
-    """Reads and validates a source clip; SourceError (with a ``kind``) says what is wrong."""
-    # Step 1: files present, metadata usable.
-    missing = [name for name in SOURCE_FILES if not (directory / name).is_file()]
-    if missing:
-        raise SourceError("missing_file", f"{directory}: missing {missing}")
-    meta, clip_id = read_source_metadata(directory)
+class StructExtractor(Protocol):
+    """Structure from frames, for sources without ground truth: ``names`` (one per dimension),
+    ``name`` (recorded in the metadata) and ``extractor(frames_THWC uint8) -> float [T, Ds]``."""
 
-    # Step 2: ground truth finite, one structure row per metadata frame.
+    name: str
+    names: Sequence[str]
+
+    def __call__(self, frames_THWC: np.ndarray) -> torch.Tensor: ...
+
+
+def _read_gt(directory: Path, meta: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(struct [T, Ds], mouth_box [T, 4] or None)`` from ``gt.safetensors``, validated."""
     try:
         gt = load_file(str(directory / GT_FILE))
     except (SafetensorError, OSError, ValueError) as e:
@@ -158,15 +167,59 @@ def read_source(directory: Path) -> SourceClip:
         bad = int((~torch.isfinite(value.float())).sum()) if value.is_floating_point() else 0
         if bad:
             raise SourceError("nan_gt", f"{directory / GT_FILE}: {key} has {bad} NaN/inf values")
-    box = gt.get("mouth_box")
+    return struct, _check_box(gt.get("mouth_box"), struct.shape[0], directory / GT_FILE)
+
+
+def _check_box(box: torch.Tensor | None, frames: int, path: Path) -> torch.Tensor | None:
     if box is not None and (
-        box.ndim != 2 or box.shape != (struct.shape[0], 4) or not box.is_floating_point()
+        box.ndim != 2 or box.shape != (frames, 4) or not box.is_floating_point()
     ):
         raise SourceError(
-            "bad_gt",
-            f"{directory / GT_FILE}: mouth_box must be float [T={struct.shape[0]}, 4], "
-            f"got {box.dtype} {tuple(box.shape)}",
+            "bad_gt" if path.name == GT_FILE else "bad_landmarks",
+            f"{path}: mouth_box must be float [T={frames}, 4], got {box.dtype} {tuple(box.shape)}",
         )
+    return box
+
+
+def _extract_struct(
+    directory: Path, frames_THWC: np.ndarray, extractor: StructExtractor
+) -> torch.Tensor:
+    struct = torch.as_tensor(extractor(frames_THWC))
+    if struct.ndim != 2 or struct.shape != (frames_THWC.shape[0], len(extractor.names)):
+        raise SourceError(
+            "bad_struct",
+            f"{directory}: the structure extractor {extractor.name!r} must return "
+            f"[T={frames_THWC.shape[0]}, Ds={len(extractor.names)}], got {tuple(struct.shape)}",
+        )
+    if not torch.isfinite(struct.float()).all():
+        raise SourceError("nan_struct", f"{directory}: extracted structure has NaN/inf values")
+    return struct.float()
+
+
+def read_source(directory: Path, struct_extractor: StructExtractor | None = None) -> SourceClip:
+    """Reads and validates a source clip; SourceError (with a ``kind``) says what is wrong.
+
+    The structure is the source's ground truth (``gt.safetensors``) when it has one, else
+    ``struct_extractor``'s output on the decoded frames (module doc).
+    """
+    # Step 1: files present, metadata usable, a structure source.
+    missing = [name for name in SOURCE_FILES if not (directory / name).is_file()]
+    if missing:
+        raise SourceError("missing_file", f"{directory}: missing {missing}")
+    meta, clip_id = read_source_metadata(directory)
+    has_gt = (directory / GT_FILE).is_file()
+    if not has_gt and struct_extractor is None:
+        raise SourceError(
+            "no_structure",
+            f"{directory}: has no {GT_FILE} (ground-truth structure) and no structure extractor "
+            "was given: a real clip from 'dualforce data prepare' needs one "
+            "(extract_store(struct_extractor=...), e.g. a LivePortrait motion extractor)",
+        )
+
+    # Step 2: ground truth finite, one structure row per metadata frame.
+    struct = box = None
+    if has_gt:
+        struct, box = _read_gt(directory, meta)
 
     # Step 3: the video decodes at 25 fps with the metadata's frame count.
     try:
@@ -178,12 +231,17 @@ def read_source(directory: Path) -> SourceClip:
             "bad_fps", f"{directory / VIDEO_FILE}: decodes at {fps:g} fps, need {FPS:g}"
         )
     frames = frames_THWC.shape[0]
-    if frames != meta["frames"] or struct.shape[0] != frames:
+    if frames != meta["frames"] or (struct is not None and struct.shape[0] != frames):
         raise SourceError(
             "frame_count",
             f"{directory}: metadata says {meta['frames']} frames, the video decodes "
-            f"{frames}, gt struct has {struct.shape[0]}",
+            f"{frames}, gt struct has {None if struct is None else struct.shape[0]}",
         )
+    if struct is None:  # Step 3b: structure from the extractor; mouth boxes from the landmarks
+        struct = _extract_struct(directory, frames_THWC, struct_extractor)
+        meta = {**meta, "struct_names": list(struct_extractor.names)}
+        meta["struct_extractor"] = struct_extractor.name
+        box = _read_landmark_box(directory, frames)
 
     # Step 4: the audio decodes and lasts as long as the video (within 40 ms).
     try:
@@ -200,7 +258,20 @@ def read_source(directory: Path) -> SourceClip:
     if not np.isfinite(audio_N).all():
         raise SourceError("decode_audio", f"{directory / AUDIO_FILE}: NaN or inf samples")
 
-    files = {name: sha256_file(directory / name) for name in SOURCE_FILES}
+    names = (*SOURCE_FILES, GT_FILE, LANDMARKS_FILE)
+    files = {name: sha256_file(directory / name) for name in names if (directory / name).is_file()}
     if box is not None:
         box = box.float()
     return SourceClip(directory, clip_id, meta, frames_THWC, audio_N, struct.float(), files, box)
+
+
+def _read_landmark_box(directory: Path, frames: int) -> torch.Tensor | None:
+    """The ``mouth_box`` of a prepared clip's ``landmarks.safetensors``, when it has one."""
+    path = directory / LANDMARKS_FILE
+    if not path.is_file():
+        return None
+    try:
+        box = load_file(str(path)).get("mouth_box")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise SourceError("bad_landmarks", f"{path}: unreadable ({e})") from e
+    return _check_box(box, frames, path)

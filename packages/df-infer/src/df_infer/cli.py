@@ -30,6 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", type=Path, required=True, help="inference bundle directory")
     p.add_argument("--ref", type=Path, required=True, help="reference face image (png, jpg, ...)")
+    p.add_argument(
+        "--no-face-crop",
+        action="store_true",
+        help="use the whole reference image (centre-cropped) instead of its face crop",
+    )
     p.add_argument("--audio", type=Path, required=True, help="speech (wav/flac/ogg, any rate)")
     p.add_argument("--out", type=Path, required=True, help="output .mp4")
     p.add_argument(
@@ -117,11 +122,30 @@ def _generate(args: argparse.Namespace) -> int:
     sampler = _sampler(read_bundle(args.checkpoint)[2], args)
     gen = StreamingGenerator.from_bundle(args.checkpoint, device=args.device)
     gen.compile(args.compile)
+    reference = args.ref if args.no_face_crop else _face_crop(args.ref)
     summary = generate_video(
-        gen, args.ref, args.audio, args.out, sampler, window=args.window, progress=not args.quiet
+        gen, reference, args.audio, args.out, sampler, window=args.window, progress=not args.quiet
     )
     print(summary.line())
     return 0
+
+
+def _face_crop(path: Path):
+    """The reference's face, cut as the training clips are (``df_data.prepare.reference``)."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    from df_data.prepare.reference import crop_reference
+
+    try:
+        with Image.open(path) as im:
+            image = np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"reference image {str(path)!r} is not a readable image ({e})") from e
+    try:
+        return crop_reference(image)[0]
+    except ValueError as e:
+        raise ValueError(f"--ref {str(path)!r}: {e}") from None
 
 
 def _sampler(meta, args: argparse.Namespace):

@@ -12,3 +12,6 @@ Modules (each network with its real loading code; weights are never downloaded):
 - ``evaluate``: ``evaluate_real(pred_dir, ref_dir, out_dir, weights_dir)``: per video,
   aggregate, windowed long-sequence curves, ``metrics.json`` + ``report.md`` + plots.
 """
+
+METRICS = ("fid", "fvd", "lpips", "sync", "csim")  # what ``dualforce eval --real`` computes
+WINDOWS = (32, 128, 256, 512)  # the proposal's long-sequence lengths, frames

@@ -33,7 +33,7 @@ from df_eval.real.weights import WeightsMismatchError
 FVD_CLIP_LEN = 16
 FVD_VARIANT = "fvd_16f: non-overlapping 16-frame clips (stride 16), I3D rescale+resize, 400-d"
 I3D_FEATURES = 400
-_I3D_ARGS = ("x", "rescale", "resize", "return_features")
+_I3D_KWARGS = ("rescale", "resize", "return_features")  # what StyleGAN-V passes by name
 
 
 class ClipTooShortError(ValueError):
@@ -52,9 +52,10 @@ def load_i3d(path: str | Path, device: str | torch.device = "cpu") -> torch.jit.
     except Exception as e:  # TorchScript raises RuntimeError or its own types
         raise WeightsMismatchError(f"{path}: not a TorchScript archive ({e})") from e
     names = tuple(a.name for a in detector.forward.schema.arguments[1:])
-    if names[: len(_I3D_ARGS)] != _I3D_ARGS:
+    if len(names) < 1 + len(_I3D_KWARGS) or not set(_I3D_KWARGS) <= set(names[1:]):
         raise WeightsMismatchError(
-            f"{path}: forward takes {names}, expected StyleGAN-V's I3D signature {_I3D_ARGS}"
+            f"{path}: forward takes {names}, expected StyleGAN-V's I3D signature "
+            f"(x, {', '.join(_I3D_KWARGS)})"
         )
     return detector.eval()
 

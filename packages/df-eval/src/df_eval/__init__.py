@@ -1,4 +1,4 @@
-"""DualForce evaluation: SynthTalk probe metrics, reports, and the end-to-end demo.
+"""DualForce evaluation: SynthTalk probe metrics, real-video metrics, reports, and the demo.
 
 Modules (imported on use, so ``dualforce`` starts fast):
 
@@ -11,5 +11,8 @@ Modules (imported on use, so ``dualforce`` starts fast):
   corpus_dir, out_dir)`` which also writes the report.
 - ``df_eval.report``: ``write_report(out_dir, {name: result}, probe=..., train_log=...)``:
   ``metrics.json``, ``report.md``, PNG plots.
-- ``df_eval.cli``: ``dualforce eval --pred DIR --data DIR``.
+- ``df_eval.real``: the field's metrics on real videos (FID, FVD, LPIPS, Sync-C/Sync-D, CSIM)
+  with the published networks, and ``evaluate_real`` behind ``dualforce eval --real``.
+- ``df_eval.cli``: ``dualforce eval --pred DIR --data DIR`` (SynthTalk, the default) or
+  ``dualforce eval --real --pred DIR --ref DIR --weights DIR``.
 """

@@ -16,7 +16,6 @@ K maximum offset in frames.
 from __future__ import annotations
 
 import numpy as np
-import scipy.linalg
 from skimage.metrics import structural_similarity
 
 PSNR_CAP_DB = 100.0  # identical frames have infinite PSNR; reported as this cap
@@ -160,14 +159,54 @@ def ssim(pred_THWC: np.ndarray, gt_THWC: np.ndarray, data_range: float = 255.0) 
     )
 
 
-def frechet_distance(a_NF: np.ndarray, b_MF: np.ndarray, eps: float = 1e-6) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets ``[N, F]`` and ``[M, F]``
-    (the FID formula): ``|mu_a - mu_b|² + tr(S_a + S_b - 2 (S_a S_b)^½)``.
+def gaussian_stats(x_NF: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean ``[F]`` and unbiased covariance ``[F, F]`` (float64) of a feature set ``[N, F]``:
+    what FID/FVD code caches per data set (pytorch-fid's ``mu``, ``sigma``)."""
+    x = np.asarray(x_NF, np.float64)
+    if x.ndim != 2 or len(x) < 2:
+        raise ValueError(f"gaussian_stats needs [N, F] with N >= 2, got {x.shape}")
+    return x.mean(0), np.atleast_2d(np.cov(x, rowvar=False))
 
-    Numerical care as in the reference FID code: when the product's square root is singular or
-    not finite, ``eps`` is added to both diagonals; a small imaginary part from rounding is
-    dropped (a large one is an error).
+
+def _psd_sqrt(s_FF: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a symmetric positive semi-definite matrix (eigenvalues below 0
+    from rounding are clipped)."""
+    w, v = np.linalg.eigh((s_FF + s_FF.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def frechet_distance_from_stats(
+    mu_a: np.ndarray, sigma_a: np.ndarray, mu_b: np.ndarray, sigma_b: np.ndarray
+) -> float:
+    """Fréchet distance between ``N(mu_a, sigma_a)`` and ``N(mu_b, sigma_b)``:
+    ``|mu_a - mu_b|² + tr(S_a) + tr(S_b) - 2 tr((S_a S_b)^½)``.
+
+    ``tr((S_a S_b)^½)`` is computed as ``Σ √λ(S_a^½ S_b S_a^½)``: the product ``S_a S_b`` is
+    similar to that symmetric PSD matrix, so the two traces are equal, and a symmetric
+    eigendecomposition needs no complex arithmetic, no ``eps`` retry and no
+    ``scipy.linalg.sqrtm`` (whose ``disp`` argument, which pytorch-fid and StyleGAN-V pass,
+    scipy 1.18 removed). Rank-deficient covariances (fewer samples than features) are fine.
     """
+    mu_a, mu_b = np.asarray(mu_a, np.float64), np.asarray(mu_b, np.float64)
+    s_a = np.atleast_2d(np.asarray(sigma_a, np.float64))
+    s_b = np.atleast_2d(np.asarray(sigma_b, np.float64))
+    F = mu_a.shape[0] if mu_a.ndim == 1 else -1
+    if mu_b.shape != (F,) or s_a.shape != (F, F) or s_b.shape != (F, F):
+        raise ValueError(
+            f"frechet_distance_from_stats needs mu [F] and sigma [F, F] twice, got "
+            f"{mu_a.shape}, {s_a.shape}, {mu_b.shape}, {s_b.shape}"
+        )
+    root_a = _psd_sqrt(s_a)
+    inner = root_a @ s_b @ root_a
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0.0, None)).sum()
+    diff = mu_a - mu_b
+    value = diff @ diff + np.trace(s_a) + np.trace(s_b) - 2 * tr_covmean
+    return float(max(value, 0.0))
+
+
+def frechet_distance(a_NF: np.ndarray, b_MF: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets ``[N, F]`` and ``[M, F]``
+    (the FID formula, ``frechet_distance_from_stats`` of their ``gaussian_stats``)."""
     a, b = np.asarray(a_NF, np.float64), np.asarray(b_MF, np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"frechet_distance needs [N, F] and [M, F], got {a.shape} and {b.shape}")
@@ -175,20 +214,4 @@ def frechet_distance(a_NF: np.ndarray, b_MF: np.ndarray, eps: float = 1e-6) -> f
         raise ValueError(
             f"frechet_distance needs at least 2 samples per set, got {len(a)} and {len(b)}"
         )
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    s_a, s_b = np.atleast_2d(s_a), np.atleast_2d(s_b)
-    covmean = scipy.linalg.sqrtm(s_a @ s_b)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(len(s_a)) * eps
-        covmean = scipy.linalg.sqrtm((s_a + offset) @ (s_b + offset))
-    if np.iscomplexobj(covmean):
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ValueError(
-                f"frechet_distance: matrix square root has a large imaginary part "
-                f"({np.abs(covmean.imag).max():.3g})"
-            )
-        covmean = covmean.real
-    diff = mu_a - mu_b
-    value = diff @ diff + np.trace(s_a) + np.trace(s_b) - 2 * np.trace(covmean)
-    return float(max(value, 0.0))
+    return frechet_distance_from_stats(*gaussian_stats(a), *gaussian_stats(b))

@@ -495,3 +495,28 @@ def test_mouth_boxes_group_as_the_union_per_latent_frame():
     )
     assert torch.equal(got, expected)
     assert torch.equal(group_mouth_boxes(box, 1), box)
+
+
+def test_read_ahead_threads_write_the_same_store(good_sources, bad_sources, codec_dir, tmp_path):
+    """Sources decoded ahead on several threads give the store (and failure records) a single
+    reading thread gives, clip for clip."""
+    stores = {}
+    for workers in (1, 3):
+        out = tmp_path / f"store{workers}"
+        for src in (good_sources, bad_sources):
+            extract_store(src, out, codec=codec_dir, progress=False, read_workers=workers)
+        stores[workers] = out
+    one, three = (read_manifest_ids(stores[w]) for w in (1, 3))
+    assert one == three and len(one) >= 3
+    for clip_id in one:
+        a, b = read_clip(stores[1], clip_id), read_clip(stores[3], clip_id)
+        assert torch.equal(a.latents, b.latents) and torch.equal(a.struct, b.struct)
+        assert torch.equal(a.audio_features, b.audio_features)
+    failures = [sorted(f["source"] for f in load_failures(stores[w])) for w in (1, 3)]
+    assert failures[0] == failures[1] and failures[0]
+    with pytest.raises(ValueError, match="read_workers"):
+        extract_store(good_sources, tmp_path / "x", codec=codec_dir, read_workers=0)
+
+
+def read_manifest_ids(store):
+    return sorted(finished_clip_ids(store))

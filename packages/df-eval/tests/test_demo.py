@@ -99,7 +99,7 @@ def test_smoke_demo_end_to_end(tmp_path):
     with Image.open(sheet) as im:  # 5 rows (reference, truth, 3 variants) of 8 frames, 2x
         size = PRESETS["smoke"].size * 2
         assert im.size == (150 + 8 * size, 5 * size)
-    for link in ("plots/sync.png", "plots/train_loss.png"):
+    for link in ("plots/sync.png", "plots/train_loss.png", f"plots/pose_{clip}.png"):
         assert link in report and (out / link).is_file()
     # A rerun finds every stage done and changes nothing.
     before = {s: stage_record(out, s) for s in STAGES}

@@ -199,3 +199,22 @@ def test_cli_real_mode(tmp_path, capsys):
     # The SynthTalk probe stays the default mode, which needs --data.
     assert main(["--pred", str(tmp_path / "pred")]) == 2
     assert "--data" in capsys.readouterr().err
+
+
+def test_faces_are_detected_where_no_faces_file_exists(tmp_path):
+    """Without a faces file, the prepare stage's RetinaFace finds the astronaut's face on every
+    frame, in insightface's point order; a faces file, where it exists, wins."""
+    from df_eval.real.evaluate import read_input_video, retinaface_detector
+
+    T = 4
+    path = write_video(tmp_path / "a.mp4", _frames(T, 0, noise=0))
+    video = read_input_video(path, detector=retinaface_detector())
+    assert video.faces is not None and video.faces.found().all()
+    for face in video.faces.faces:
+        x0, y0, x1, y1 = face.box
+        assert 0 <= x0 < x1 <= SIZE + 2 and 0 <= y0 < y1 <= SIZE + 2 and x1 - x0 > SIZE / 3
+        (lx, ly), (rx, ry), (nx, ny), (mlx, mly), (mrx, mry) = face.points
+        assert lx < nx < rx and mlx < mrx and max(ly, ry) < ny < min(mly, mry)
+    assert read_input_video(path).faces is None  # no file, no detector: no faces
+    _faces(T).to_json(tmp_path / "a.faces.json")
+    assert read_input_video(path, detector=retinaface_detector()).faces.faces[0].box == BOX

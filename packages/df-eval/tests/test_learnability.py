@@ -51,11 +51,11 @@ def _rel_err(z_TCHW: torch.Tensor, ref_CHW: torch.Tensor) -> float:
     return float(((z_TCHW - ref_CHW) ** 2).mean() / (ref_CHW**2).mean())
 
 
-@pytest.mark.slow
-def test_the_model_learns_to_copy_a_held_out_reference(tmp_path):
+def _tiny_config(tmp_path):
+    """synthtalk_tiny for 1,500 single-thread CPU steps on an in-memory dataset."""
     torch.set_num_threads(1)
     config = get_recipe("synthtalk_tiny")
-    config = replace(
+    return replace(
         config,
         steps=1500,
         out_dir=str(tmp_path),
@@ -65,6 +65,11 @@ def test_the_model_learns_to_copy_a_held_out_reference(tmp_path):
         optim=replace(config.optim, ema_decay=0.9),
         data=replace(config.data, normalize_struct=False),
     )
+
+
+@pytest.mark.slow
+def test_the_model_learns_to_copy_a_held_out_reference(tmp_path):
+    config = _tiny_config(tmp_path)
     trainer = Trainer(config, dataset=CopyWindows(config.model, config.data.frames, length=10**6))
     untrained = trainer.ema_model().eval()
     trainer.fit(progress=False)
@@ -131,18 +136,7 @@ class OneClip(SyntheticWindows):
 def test_the_model_overfits_one_clip_from_its_audio(tmp_path):
     """Trained on windows of one clip, the model streams the whole clip (longer than its
     training windows and its KV window) from the clip's reference and audio."""
-    torch.set_num_threads(1)
-    config = get_recipe("synthtalk_tiny")
-    config = replace(
-        config,
-        steps=1500,
-        out_dir=str(tmp_path),
-        mfu="off",
-        device="cpu",
-        ckpt_every=10**6,
-        optim=replace(config.optim, ema_decay=0.9),
-        data=replace(config.data, normalize_struct=False),
-    )
+    config = _tiny_config(tmp_path)
     clip = OneClip(config.model, config.data.frames, length=10**6)
     trainer = Trainer(config, dataset=clip)
     untrained = trainer.ema_model().eval()

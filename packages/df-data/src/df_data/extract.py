@@ -105,7 +105,8 @@ def extract_store(
         struct_extractor: the structure of sources without ``gt.safetensors`` (the real clips
             ``dualforce data prepare`` writes); without one they fail as ``no_structure``.
         read_workers: threads decoding the next sources while the current one is encoded
-            (one when ``struct_extractor`` is given). The store is the same for any number.
+            (one when ``struct_extractor`` is given). The store is the same for any number;
+            up to ``2 * read_workers + 1`` decoded sources are held in memory at once.
 
     Returns:
         A summary: ``sources``, ``written``, ``skipped_finished``, ``skipped_failed``,

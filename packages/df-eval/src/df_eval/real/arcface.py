@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from df_eval.real.batching import batched_features
 from df_eval.real.weights import load_state_dict_strict, load_torch_state_dict
 
 ALIGNED_SIZE = 112
@@ -158,12 +159,12 @@ def face_embeddings(
     faces = np.asarray(aligned_NHWC)
     if faces.ndim != 4 or faces.shape[1:] != (ALIGNED_SIZE, ALIGNED_SIZE, 3):
         raise ValueError(f"aligned faces must be [N, 112, 112, 3], got {faces.shape}")
-    out = []
-    for i in range(0, len(faces), batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(faces[i : i + batch_size])).to(device)
-        x = (x.permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.5
-        out.append(model(x).double().cpu().numpy())
-    return np.concatenate(out)
+
+    def embed(chunk: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(chunk).to(device)
+        return model((x.permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.5)
+
+    return batched_features(faces, batch_size, embed, name="face_embeddings")
 
 
 def cosine_similarity(a_ND: np.ndarray, b_D: np.ndarray) -> np.ndarray:

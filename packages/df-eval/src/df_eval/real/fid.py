@@ -24,6 +24,7 @@ from torch import nn
 from torchvision.models.inception import Inception3, InceptionA, InceptionC, InceptionE
 
 from df_eval.metrics import frechet_distance
+from df_eval.real.batching import batched_features
 from df_eval.real.weights import load_state_dict_strict, load_torch_state_dict
 
 FID_SIZE = 299  # pytorch-fid resizes every image to the 2015 graph's input size
@@ -138,13 +139,12 @@ def image_features(
     """Features ``[N, F]`` (float64) of uint8 RGB frames ``[N, H, W, 3]`` through any model
     taking ``[B, 3, H, W]`` in [0, 1] (``FIDInceptionFeatures``), in batches."""
     frames = np.asarray(frames_NHWC)
-    out = []
-    for i in range(0, len(frames), batch_size):
-        x = frames_to_unit(frames[i : i + batch_size]).to(device)
-        out.append(model(x).double().cpu().numpy())
-    if not out:
-        raise ValueError("image_features: no frames")
-    return np.concatenate(out)
+    return batched_features(
+        frames,
+        batch_size,
+        lambda chunk: model(frames_to_unit(chunk).to(device)),
+        name="image_features",
+    )
 
 
 def fid(features_a_NF: np.ndarray, features_b_MF: np.ndarray) -> float:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from df_eval.metrics import frechet_distance
+from df_eval.real.batching import batched_features
 from df_eval.real.weights import WeightsMismatchError
 
 FVD_CLIP_LEN = 16
@@ -88,19 +89,17 @@ def clip_features(
     clips = np.asarray(clips_NTHWC)
     if clips.ndim != 5 or clips.shape[-1] != 3 or clips.dtype != np.uint8:
         raise ValueError(f"clips must be uint8 [N, T, H, W, 3], got {clips.dtype} {clips.shape}")
-    out = []
-    for i in range(0, len(clips), batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(clips[i : i + batch_size])).to(device)
-        x = x.permute(0, 4, 1, 2, 3).float()
+
+    def features(chunk: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(chunk).to(device).permute(0, 4, 1, 2, 3).float()
         feats = detector(x, rescale=True, resize=True, return_features=True)
         if feats.ndim != 2 or feats.shape[0] != x.shape[0]:
             raise WeightsMismatchError(
                 f"the I3D detector returned {tuple(feats.shape)}, expected [{x.shape[0]}, F]"
             )
-        out.append(feats.double().cpu().numpy())
-    if not out:
-        raise ValueError("clip_features: no clips")
-    return np.concatenate(out)
+        return feats
+
+    return batched_features(clips, batch_size, features, name="clip_features")
 
 
 def fvd(features_a_NF: np.ndarray, features_b_MF: np.ndarray) -> float:

@@ -19,6 +19,7 @@ SAMPLER_FLAGS = {
     "clean_pass": ("clean_pass", "--clean-pass"),
     "fuse_clean": ("fuse_clean", "--fuse-clean"),
     "struct_finish_step": ("struct_finish_step", "--struct-finish-step"),
+    "noise_share": ("noise_share", "--noise-share"),
     "seed": ("seed", "--seed"),
 }
 
@@ -82,6 +83,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--struct-finish-step", type=int, default=None, help="structure clean after this step"
+    )
+    p.add_argument(
+        "--noise-share",
+        type=float,
+        default=None,
+        help="shared part of every frame's initial video noise in [0, 1]: more is steadier, "
+        "less varied (default: the bundle's)",
     )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")

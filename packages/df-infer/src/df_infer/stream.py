@@ -152,7 +152,7 @@ def sample_stream(
 
 def _start_chunk(mc, cfg, t0, n, B, prior_s, sig_s0, gen) -> _Chunk:
     """Frames ``t0 .. t0 + n - 1`` at their initial noise."""
-    noise = frames_noise(mc, B, t0, n, cfg.seed, prior_s.device, gen)
+    noise = frames_noise(mc, B, t0, n, cfg.seed, prior_s.device, gen, cfg.noise_share)
     xs = None
     if noise.s is not None:
         # Structure starts at sigma_s_start on the flow path from its prior (DESIGN.md,

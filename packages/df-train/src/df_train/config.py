@@ -43,12 +43,14 @@ class DataConfig:
     ref_other_prob: float = 0.2  # reference frame other than the first
     hflip_prob: float = 0.0  # horizontal flips in latent space
     num_workers: int = 0  # DataLoader workers
+    cache_clips: int = 64  # decoded clips each worker keeps in memory (LRU)
     normalize_struct: bool = True  # structure as (raw - mean) / std of the store's train split
     codec_dir: str = ""  # codec for the inference bundle (default: the store's store.json)
 
     def __post_init__(self) -> None:
         positive_int("DataConfig.frames", self.frames)
         non_negative_int("DataConfig.num_workers", self.num_workers)
+        positive_int("DataConfig.cache_clips", self.cache_clips)
         unit_float("DataConfig.ref_other_prob", self.ref_other_prob)
         unit_float("DataConfig.hflip_prob", self.hflip_prob)
         boolean("DataConfig.normalize_struct", self.normalize_struct)

@@ -95,15 +95,16 @@ def draw_noise(
         sigma_ctx=noise.sigma_ctx,
         prefix_B=prefix_G,
     )
-    valid_BT = torch.arange(T)[None, :] >= prefix_G[mine][:, None]  # context carries no loss
-    eps_v = torch.randn((G, *video_shape[1:]), generator=g)[mine]
-    drop_audio_B = (torch.rand(G, generator=g) < audio_drop_prob)[mine]
+    dev = g.device  # drawn where the generator lives: on the training GPU, no host copies
+    valid_BT = torch.arange(T, device=dev)[None, :] >= prefix_G[mine][:, None]  # context: no loss
+    eps_v = torch.randn((G, *video_shape[1:]), generator=g, device=dev)[mine]
+    drop_audio_B = (torch.rand(G, generator=g, device=dev) < audio_drop_prob)[mine]
     # Drawn whether or not the model has reference tokens, so that the random stream (and every
     # draw after this one) does not depend on the model.
-    drop_ref_B = (torch.rand(G, generator=g) < ref_drop_prob)[mine]
+    drop_ref_B = (torch.rand(G, generator=g, device=dev) < ref_drop_prob)[mine]
     eps_s = None
     if struct_shape is not None:
-        eps_s = torch.randn((G, *struct_shape[1:]), generator=g)[mine]
+        eps_s = torch.randn((G, *struct_shape[1:]), generator=g, device=dev)[mine]
     return NoiseDraw(
         sigma_v=sigma_v_GT[mine],
         sigma_s=sigma_s_GT[mine],

@@ -199,7 +199,9 @@ class Trainer:
             min_ratio=c.optim.min_lr_ratio,
         )
         # The same state on every rank: each draws the global batch's noise and keeps its rows.
-        self.noise_gen = torch.Generator().manual_seed(c.seed * 1000)
+        # It lives on the training device: drawn on the host, a 256-clip batch's noise took 30
+        # ms of a 133 ms H200 step plus a pageable copy (issue 14 profile; BENCHMARKS.md).
+        self.noise_gen = torch.Generator(device=self.device).manual_seed(c.seed * 1000)
         self.step = 0
         self.nan_skips = 0
 
@@ -213,6 +215,7 @@ class Trainer:
                 ref_other_prob=c.data.ref_other_prob,
                 hflip_prob=c.data.hflip_prob,
                 normalize_struct=c.data.normalize_struct and c.model.struct_enabled,
+                cache_clips=c.data.cache_clips,
             ),
             seed=c.seed,
         )
@@ -426,6 +429,7 @@ class Trainer:
             sampler=sampler,
             num_workers=c.data.num_workers,
             collate_fn=collate_windows,
+            pin_memory=self.device.type == "cuda",  # page-locked batches copy faster to the GPU
         )
 
     def fit(

@@ -25,6 +25,7 @@ from df_models.codecs import codec_identity, load_codec
 from df_train.collectives import barrier
 
 if TYPE_CHECKING:
+    from df_train.config import TrainConfig
     from df_train.trainer import Trainer
 
 
@@ -42,7 +43,12 @@ def store_clip_metadata(trainer: Trainer) -> dict[str, Any]:
 
 def find_codec_dir(trainer: Trainer, clip_meta: dict[str, Any]) -> Path:
     """The codec directory of the run's store, checked against the store's codec identity."""
-    c = trainer.config
+    return codec_dir_for(trainer.config, clip_meta)
+
+
+def codec_dir_for(c: TrainConfig, clip_meta: dict[str, Any]) -> Path:
+    """:func:`find_codec_dir` from the config alone (no model built): for checks before a
+    job is submitted."""
     store = Path(c.data.store)
     if c.data.codec_dir:
         path, origin = Path(c.data.codec_dir), "DataConfig.codec_dir"

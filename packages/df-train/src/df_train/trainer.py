@@ -206,19 +206,7 @@ class Trainer:
         self.nan_skips = 0
 
     def _window_dataset(self) -> WindowDataset:
-        c = self.config
-        return WindowDataset(
-            c.data.store,
-            WindowConfig(
-                frames=c.data.frames,
-                audio_context=c.model.audio_context,
-                ref_other_prob=c.data.ref_other_prob,
-                hflip_prob=c.data.hflip_prob,
-                normalize_struct=c.data.normalize_struct and c.model.struct_enabled,
-                cache_clips=c.data.cache_clips,
-            ),
-            seed=c.seed,
-        )
+        return window_dataset(self.config)
 
     @property
     def struct_stats(self) -> StructStats | None:
@@ -489,3 +477,19 @@ class Trainer:
                     self.save()
         run_log.close()
         return history
+
+
+def window_dataset(c: TrainConfig) -> WindowDataset:
+    """The training windows of ``c.data.store`` as ``c`` asks for them (no model needed)."""
+    return WindowDataset(
+        c.data.store,
+        WindowConfig(
+            frames=c.data.frames,
+            audio_context=c.model.audio_context,
+            ref_other_prob=c.data.ref_other_prob,
+            hflip_prob=c.data.hflip_prob,
+            normalize_struct=c.data.normalize_struct and c.model.struct_enabled,
+            cache_clips=c.data.cache_clips,
+        ),
+        seed=c.seed,
+    )

@@ -120,11 +120,6 @@ class Trainer:
         """``dataset`` replaces the store's windows (benchmarks use synthetic ones); it must
         return what :class:`df_data.dataset.WindowDataset` returns."""
         self.config = c = config
-        if c.model.ref_tokens_enabled:
-            raise ValueError(
-                "TrainConfig.model.ref_tokens_enabled is True, but clip stores hold no global "
-                "reference features to train them on; set ref_tokens_enabled=False"
-            )
         self.rank, self.world_size = rank, world_size
         if world_size > 1 and not distributed(world_size):
             raise ValueError(
@@ -213,6 +208,7 @@ class Trainer:
                 ref_other_prob=c.data.ref_other_prob,
                 hflip_prob=c.data.hflip_prob,
                 normalize_struct=c.data.normalize_struct and c.model.struct_enabled,
+                ref_tokens=c.model.ref_tokens_enabled,
             ),
             seed=c.seed,
         )
@@ -243,10 +239,18 @@ class Trainer:
                 f"store {store}: structure has {sample['struct'].shape[-1]} dims, "
                 f"model.struct_raw_dim is {m.struct_raw_dim}"
             )
-        if sample["audio"].shape[-1] != m.audio_dim or sample["audio"].shape[1] != m.audio_window:
+        layers = (m.audio_layers,) if m.audio_layers > 1 else ()
+        expected_audio = (m.audio_window, *layers, m.audio_dim)
+        if tuple(sample["audio"].shape[1:]) != expected_audio:
             raise ValueError(
                 f"store {store}: audio windows are {tuple(sample['audio'].shape[1:])}, the model "
-                f"expects ({m.audio_window}, {m.audio_dim}) (model.audio_dim, audio_context)"
+                f"expects {expected_audio} (model.audio_window from audio_context, "
+                "model.audio_layers: the encoder's stacked layers, model.audio_dim)"
+            )
+        if m.ref_tokens_enabled and sample["ref_tokens"].shape[-1] != m.ref_feature_dim:
+            raise ValueError(
+                f"store {store}: reference tokens have dim {sample['ref_tokens'].shape[-1]}, "
+                f"model.ref_feature_dim is {m.ref_feature_dim}"
             )
 
     # State -------------------------------------------------------------------------------------

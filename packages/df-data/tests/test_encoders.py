@@ -62,7 +62,9 @@ def test_speech_encoder_equals_the_transformers_model(folders, kind):
         ref_model = cls.from_pretrained(folders[kind]).eval()
         fe = transformers.Wav2Vec2FeatureExtractor.from_pretrained(folders[kind])
         # The feature extractor's per-input normalisation, one window at a time.
-        x = torch.stack([torch.from_numpy(fe(w.numpy(), sampling_rate=16000).input_values[0]) for w in windows])
+        x = torch.stack(
+            [torch.from_numpy(fe(w.numpy(), sampling_rate=16000).input_values[0]) for w in windows]
+        )
         expected = ref_model(x).last_hidden_state
     got = enc.encode_windows(windows)
     assert got.shape == (3, 2 * g.hop, 32)
@@ -92,7 +94,9 @@ def test_last_is_the_final_layer_norm_of_a_stable_layer_norm_model(folders):
     f_last, f_top, f_all = last.encode(audio), top.encode(audio), every.encode(audio)
     assert f_all.shape == (18, 3, 32)
     torch.testing.assert_close(f_all[:, 2], f_top)
-    torch.testing.assert_close(build_audio_encoder("hubert", model=d, layer=-1, **SMALL).encode(audio), f_top)
+    torch.testing.assert_close(
+        build_audio_encoder("hubert", model=d, layer=-1, **SMALL).encode(audio), f_top
+    )
     norm = last.model.encoder.layer_norm
     torch.testing.assert_close(norm(f_top), f_last, atol=1e-5, rtol=1e-5)
     assert (f_last - f_top).abs().max() > 0.1  # not the same tensor (transformers 4.x: equal)

@@ -238,7 +238,6 @@ class WindowDataset(Dataset):
             "index": index,
         }
 
-
     def _reference_with_tokens(
         self, record: ClipRecord, start: int, g: torch.Generator
     ) -> tuple[torch.Tensor, int, torch.Tensor]:

@@ -190,7 +190,7 @@ def build_record(
         "height": int(height),
         "width": int(width),
         "audio_rate": FEATURE_RATE,
-        "audio_feature_dim": int(features.shape[1]),
+        "audio_feature_dim": int(features.shape[-1]),
         "struct_names": list(source.metadata["struct_names"]),
         "struct_frame": STRUCT_FRAME_RULE,
         "mouth_box": MOUTH_BOX_RULE if mouth_box is not None else None,

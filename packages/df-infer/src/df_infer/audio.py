@@ -71,7 +71,8 @@ class StreamingFeatures:
         context: video frames of audio context on each side of a frame (the model's
             ``audio_context``).
 
-    ``windows(t0, n)`` gives ``[n, La, Da]`` with ``La = (1 + 2 context) * 2``.
+    ``windows(t0, n)`` gives ``[n, La, Da]`` with ``La = (1 + 2 context) * 2`` (``[n, La, K, Da]``
+    for an encoder of ``K = layers > 1`` stacked layers).
     """
 
     def __init__(
@@ -84,6 +85,7 @@ class StreamingFeatures:
         if isinstance(context, bool) or not isinstance(context, int) or context < 0:
             raise ValueError(f"context must be a non-negative integer, got {context!r}")
         self.encoder, self.context = encoder, context
+        self.layers = encoder.layers  # K: windows are [n, La, K, Da] when K > 1
         self.windowed = _is_windowed(encoder)
         self.local = _is_local(encoder) or self.windowed  # features as the audio arrives
         self._next_window = 0  # windowed encoders: the next window to compute

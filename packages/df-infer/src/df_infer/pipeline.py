@@ -137,7 +137,9 @@ class StreamingGenerator:
         self.encoder = (
             encoder
             if encoder is not None
-            else audio_encoder_from_identity(meta.audio_encoder, model=audio_model, device=self.device)
+            else audio_encoder_from_identity(
+                meta.audio_encoder, model=audio_model, device=self.device
+            )
         )
         c = model.config
         if self.encoder.dim != c.audio_dim or self.encoder.layers != c.audio_layers:

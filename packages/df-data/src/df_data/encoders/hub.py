@@ -39,7 +39,9 @@ class Source:
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
-            raise ValueError(f"the encoder's model must be a hub id or a folder, got {self.model!r}")
+            raise ValueError(
+                f"the encoder's model must be a hub id or a folder, got {self.model!r}"
+            )
         if self.revision is not None and (not isinstance(self.revision, str) or not self.revision):
             raise ValueError(f"revision must be a non-empty string or None, got {self.revision!r}")
         if self.is_folder and self.revision is not None:

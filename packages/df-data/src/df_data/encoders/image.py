@@ -76,7 +76,11 @@ class RefEncoder:
                     f"registers=True, but {hub.CONFIG_NAME} of {self.source.describe()} has "
                     f"model_type {config.model_type!r}: only dinov2_with_registers has them"
                 )
-            cls = transformers.Dinov2WithRegistersModel if with_registers else transformers.Dinov2Model
+            cls = (
+                transformers.Dinov2WithRegistersModel
+                if with_registers
+                else transformers.Dinov2Model
+            )
             self.num_registers = int(getattr(config, "num_register_tokens", 0))
         else:
             cls, self.num_registers = transformers.CLIPVisionModel, 0

@@ -32,7 +32,9 @@ def parse_layer_spec(spec: str | int) -> str:
     if isinstance(spec, int) and not isinstance(spec, bool):
         return str(spec)
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"audio layer must be 'last', 'all', an index or 'k1,k2,...', got {spec!r}")
+        raise ValueError(
+            f"audio layer must be 'last', 'all', an index or 'k1,k2,...', got {spec!r}"
+        )
     spec = spec.strip().lower()
     if spec in ("last", "all"):
         return spec

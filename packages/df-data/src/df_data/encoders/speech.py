@@ -90,7 +90,11 @@ class HFSpeechEncoder(AudioEncoder):
         self.geometry = WindowGeometry(
             context=context, hop=hop, lookahead=lookahead, pad=0 if kind == "whisper" else 40
         )
-        if isinstance(batch_windows, bool) or not isinstance(batch_windows, int) or batch_windows < 1:
+        if (
+            isinstance(batch_windows, bool)
+            or not isinstance(batch_windows, int)
+            or batch_windows < 1
+        ):
             raise ValueError(f"batch_windows must be a positive integer, got {batch_windows!r}")
         self.batch_windows = batch_windows
         self.device = torch.device(device)
@@ -229,5 +233,3 @@ class HFSpeechEncoder(AudioEncoder):
             feats = self.encode_windows(windows)
             parts.append(feats.reshape(-1, *feats.shape[2:]))
         return torch.cat(parts)[: 2 * frames]
-
-

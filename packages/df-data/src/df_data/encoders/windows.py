@@ -77,7 +77,12 @@ class WindowGeometry:
         return slice(R * self.context, R * (self.context + self.hop))
 
     def to_dict(self) -> dict[str, int]:
-        return {"context": self.context, "hop": self.hop, "lookahead": self.lookahead, "pad": self.pad}
+        return {
+            "context": self.context,
+            "hop": self.hop,
+            "lookahead": self.lookahead,
+            "pad": self.pad,
+        }
 
 
 def cut_windows(

@@ -157,7 +157,11 @@ def validate_record(record: ClipRecord) -> None:
     _check_tensor(cid, "struct", record.struct, torch.float32, 2, finite=True)
     feats = record.audio_features
     _check_tensor(cid, "audio features", feats, torch.float16, max(feats.ndim, 2), finite=True)
-    expect(cid, feats.ndim in (2, 3), f"audio features must be [L, Da] or [L, K, Da], got {tuple(feats.shape)}")
+    expect(
+        cid,
+        feats.ndim in (2, 3),
+        f"audio features must be [L, Da] or [L, K, Da], got {tuple(feats.shape)}",
+    )
     _check_tensor(cid, "ref image", record.ref_image, torch.uint8, 3, finite=False)
     _check_tensor(cid, "ref latent", record.ref_latent, torch.float16, 3, finite=True)
 

@@ -76,7 +76,7 @@ def _stream(encoder, audio, chunk, context):
 def test_streaming_features_equal_the_whole_clips(encoders, samples, chunk, context, kind):
     enc = encoders[kind]
     audio = np.random.default_rng(samples).normal(0, 0.1, samples).astype(np.float32)
-    got, stream, held = _stream(enc, audio, chunk, context)
+    got, stream, _ = _stream(enc, audio, chunk, context)
     ref = _offline(enc, audio, context)
     assert stream.ended and got.shape == ref.shape
     torch.testing.assert_close(got, ref, **TOL)
@@ -112,9 +112,7 @@ def files(tmp_path):
         ref
     )
     wav = tmp_path / "speech.wav"
-    sf.write(
-        wav, (0.1 * np.random.default_rng(1).standard_normal(9600)).astype(np.float32), 16000
-    )
+    sf.write(wav, (0.1 * np.random.default_rng(1).standard_normal(9600)).astype(np.float32), 16000)
     return ref, wav
 
 

@@ -208,7 +208,7 @@ def test_aux_loss_and_uncertainty_weighting_train(tiny_store, tmp_path):
 def test_reference_tokens_without_features_are_refused(tiny_store, tmp_path):
     config = tiny_config(tiny_store, tmp_path)
     config = dataclasses.replace(config, model=config.model.replace(ref_tokens_enabled=True))
-    with pytest.raises(ValueError, match="has no reference tokens.*--ref-encoder"):
+    with pytest.raises(ValueError, match=r"has no reference tokens.*--ref-encoder"):
         Trainer(config)
 
 

@@ -56,7 +56,9 @@ class SyntheticWindows(Dataset):
             **(extra if c.ref_tokens_enabled else {}),
             "latents": torch.randn(T, *shape, generator=g),  # [T, C, H, W]
             "struct": torch.randn(T, c.struct_raw_dim, generator=g),  # [T, Ds]
-            "audio": torch.randn(T, c.audio_window, *layers, c.audio_dim, generator=g),  # [T, La, (K,) Da]
+            "audio": torch.randn(
+                T, c.audio_window, *layers, c.audio_dim, generator=g
+            ),  # [T, La, (K,) Da]
             "ref_latent": torch.randn(*shape, generator=g),  # [C, H, W]
             "mouth_box": torch.zeros(T, 4),
             "has_mouth_box": False,

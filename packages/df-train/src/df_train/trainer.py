@@ -46,7 +46,7 @@ from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader, Dataset
 
 from df_data.dataset import ResumableSampler, WindowConfig, WindowDataset, collate_windows
-from df_data.store import STRUCT_STATS_NAME, StructStats
+from df_data.store import STRUCT_STATS_NAME, StructStats, read_metadata
 from df_models import DualForceDiT
 from df_models.io import write_json_atomic
 from df_train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -247,11 +247,37 @@ class Trainer:
                 f"expects {expected_audio} (model.audio_window from audio_context, "
                 "model.audio_layers: the encoder's stacked layers, model.audio_dim)"
             )
+        self._check_store_encoders()
         if m.ref_tokens_enabled and sample["ref_tokens"].shape[-1] != m.ref_feature_dim:
             raise ValueError(
                 f"store {store}: reference tokens have dim {sample['ref_tokens'].shape[-1]}, "
                 f"model.ref_feature_dim is {m.ref_feature_dim}"
             )
+
+    def _check_store_encoders(self) -> None:
+        """The store's encoders are the kinds (and audio layer) ``data.encoders`` names; the
+        weights may come from anywhere (a hub id or a folder holding a copy), the model's
+        widths are checked against the features themselves. Stores of other data
+        (benchmarks) are not checked."""
+        entries = getattr(self.dataset, "entries", None)
+        if not entries:
+            return
+        spec, store = self.config.data.encoders, self.config.data.store
+        meta = read_metadata(self.dataset.store_dir, entries[0]["clip_id"])
+        audio, ref = meta.get("audio_encoder") or {}, meta.get("ref_encoder") or {}
+        found = {
+            "audio_encoder": audio.get("name"),
+            "audio_layer": audio.get("layer", "last"),
+            "ref_encoder": ref.get("name", "none"),
+        }
+        for key, value in found.items():
+            wanted = getattr(spec, key)
+            if value != wanted:
+                raise ValueError(
+                    f"store {store} was extracted with {key}={value!r}, but "
+                    f"data.encoders.{key} is {wanted!r}: extract with `dualforce data extract "
+                    f"{' '.join(spec.cli_args())}` or set data.encoders to the store's encoders"
+                )
 
     # State -------------------------------------------------------------------------------------
 

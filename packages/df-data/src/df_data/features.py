@@ -4,9 +4,11 @@ Legend: ``N`` audio samples at 16 kHz, ``L`` feature frames, ``Da`` feature dime
 ``T`` video frames.
 
 An encoder is an ``AudioEncoder``: ``name``, ``dim``, ``rate`` (50), ``sample_rate`` (16 kHz),
-``config()`` and its stable ``config_hash``, and ``encode(audio_N) -> [L, Da]``. Encoders are
-built by name from ``AUDIO_ENCODERS`` (the plug point: a pretrained HuBERT / Whisper wrapper
-registers a factory there with ``register_audio_encoder`` and extraction picks it up by name).
+``config()`` and its stable ``config_hash``, ``layers`` (``K``, 1 by default), and
+``encode(audio_N) -> [L, Da]`` (``[L, K, Da]`` for ``K > 1`` stacked layers). Encoders are
+built by name from ``AUDIO_ENCODERS`` (``register_audio_encoder`` adds one): ``logmel`` here,
+and the pretrained ``hubert``, ``wav2vec2`` and ``whisper`` of :mod:`df_data.encoders.speech`
+(imported, with transformers, only when one is built).
 ``features_for_frames`` fixes the length to exactly ``2 * T`` whatever the encoder's own frame
 convention is.
 

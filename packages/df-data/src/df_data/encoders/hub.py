@@ -142,8 +142,3 @@ def weights_sha256(module: torch.nn.Module) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
-
-
-def check_choice(field: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ValueError(f"{field} must be one of {allowed}, got {value!r}")

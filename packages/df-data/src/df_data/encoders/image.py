@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from df_core.checks import boolean, non_negative_int
+from df_core.checks import boolean, non_negative_int, one_of
 from df_data.encoders import hub
 from df_models.io import config_hash
 
@@ -62,7 +62,7 @@ class RefEncoder:
     ) -> None:
         import transformers
 
-        hub.check_choice("reference encoder kind", kind, tuple(DEFAULT_MODELS))
+        one_of("reference encoder kind", kind, tuple(DEFAULT_MODELS))
         non_negative_int("RefEncoder.pool", pool)
         boolean("RefEncoder.registers", registers)
         self.kind, self.name, self.pool, self.registers = kind, kind, pool, registers

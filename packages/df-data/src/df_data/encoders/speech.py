@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from df_core.checks import one_of, positive_int
 from df_data.encoders import hub
 from df_data.encoders.layers import HIDDEN_STATES_SEMANTICS, num_kept, parse_layer_spec, select
 from df_data.encoders.windows import WindowGeometry, cut_windows
@@ -83,20 +84,14 @@ class HFSpeechEncoder(AudioEncoder):
         device: str | torch.device = "cpu",
         batch_windows: int = 32,
     ) -> None:
-        hub.check_choice("audio encoder kind", kind, tuple(DEFAULT_MODELS))
+        one_of("audio encoder kind", kind, tuple(DEFAULT_MODELS))
         self.kind, self.name = kind, kind
         self.source = hub.Source(model or DEFAULT_MODELS[kind], revision)
         self.layer = parse_layer_spec(layer)
         self.geometry = WindowGeometry(
             context=context, hop=hop, lookahead=lookahead, pad=0 if kind == "whisper" else 40
         )
-        if (
-            isinstance(batch_windows, bool)
-            or not isinstance(batch_windows, int)
-            or batch_windows < 1
-        ):
-            raise ValueError(f"batch_windows must be a positive integer, got {batch_windows!r}")
-        self.batch_windows = batch_windows
+        self.batch_windows = positive_int("batch_windows", batch_windows)
         self.device = torch.device(device)
         self._load()
 

@@ -170,3 +170,18 @@ def test_a_bundle_whose_encoder_folder_is_gone_names_it(bundle, files, tmp_path,
     (copy / "inference.json").write_text(json.dumps(meta))
     assert main(_argv(copy, ref, wav, tmp_path / "v.mp4")) == 2
     assert "gone' does not exist" in capsys.readouterr().err
+
+
+def test_one_long_chunk_is_encoded_in_bounded_batches(encoders, monkeypatch):
+    enc = encoders["hubert"]
+    monkeypatch.setattr(enc, "batch_windows", 4)
+    calls = []
+    encode = enc.encode_windows
+    monkeypatch.setattr(enc, "encode_windows", lambda w: calls.append(w.shape[0]) or encode(w))
+    audio = np.random.default_rng(2).normal(0, 0.1, 640 * 40 + 5).astype(np.float32)
+    sf_ = StreamingFeatures(enc, context=2)
+    sf_.push(audio)
+    sf_.end()
+    assert max(calls) <= 4
+    got = sf_.windows(0, sf_.num_frames)
+    torch.testing.assert_close(got, _offline(enc, audio, 2), **TOL)

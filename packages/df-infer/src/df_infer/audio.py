@@ -177,9 +177,13 @@ class StreamingFeatures:
                 w1 += 1
         if w1 == w0:
             return
-        windows = cut_windows(self._audio, self._a0, g, w0, w1 - w0)
-        feats = self.encoder.encode_windows(windows)  # a model's forward: all threads
-        self._feats = torch.cat([self._feats, feats.reshape(-1, *feats.shape[2:])])
+        step = getattr(self.encoder, "batch_windows", 32)  # a long chunk: bounded batches
+        parts = [self._feats]
+        for first in range(w0, w1, step):
+            windows = cut_windows(self._audio, self._a0, g, first, min(step, w1 - first))
+            feats = self.encoder.encode_windows(windows)  # a model's forward: all threads
+            parts.append(feats.reshape(-1, *feats.shape[2:]))
+        self._feats = torch.cat(parts)
         self._next_window = w1
         cut = min(max(g.start_sample(w1) - self._a0, 0), self._audio.numel())
         self._audio, self._a0 = self._audio[cut:], self._a0 + cut

@@ -185,3 +185,15 @@ def test_one_long_chunk_is_encoded_in_bounded_batches(encoders, monkeypatch):
     assert max(calls) <= 4
     got = sf_.windows(0, sf_.num_frames)
     torch.testing.assert_close(got, _offline(enc, audio, 2), **TOL)
+
+
+def test_a_bundle_without_a_reference_encoder_needs_given_tokens(tmp_path, files):
+    ref, _ = files
+    path = tiny_bundle(tmp_path / "b", ref_tokens_enabled=True, ref_feature_dim=8)
+    gen = StreamingGenerator.from_bundle(path, device="cpu")
+    audio = np.zeros(640 * 3, np.float32)
+    with pytest.raises(ValueError, match="records no ref_encoder"):
+        next(gen.frames(ref, audio, gen.default_sampler(steps=1)))
+    tokens = torch.randn(1, 3, 8)
+    frames = list(gen.frames(ref, audio, gen.default_sampler(steps=1), ref_feats_BRD=tokens))
+    assert len(frames) == 3

@@ -237,8 +237,14 @@ class StreamingGenerator:
     def reference_tokens(self, image) -> torch.Tensor | None:
         """The global reference tokens ``[1, R, ref_feature_dim]`` of the image (at the
         training frames' size, as extraction computed them), or None for a model without."""
-        if self.ref_encoder is None:
+        if not self.model.config.ref_tokens_enabled:
             return None
+        if self.ref_encoder is None:
+            raise ValueError(
+                "the model has reference tokens (ref_tokens_enabled), but inference.json records "
+                "no ref_encoder to compute them with: pass ref_feats_BRD, or re-export the "
+                "bundle from a store extracted with --ref-encoder"
+            )
         img = load_image(image, self.meta.image_size)
         return self.ref_encoder.encode(img[None]).to(self.device, self.dtype)
 
@@ -375,17 +381,13 @@ class _Decoded:
 
 
 def _ref_encoder(meta: InferenceMeta, c, given, model: str | None, device: torch.device):
-    """The reference encoder of a model with reference tokens (None without), checked
-    against the model's ``ref_feature_dim``."""
+    """The reference encoder of a model with reference tokens, checked against the model's
+    ``ref_feature_dim``; None for a model without them or a bundle that records none."""
     if not c.ref_tokens_enabled:
         return None
     if given is None:
         if meta.ref_encoder is None:
-            raise ValueError(
-                "the model has reference tokens (ref_tokens_enabled), but inference.json records "
-                "no ref_encoder to compute them with (re-export the bundle from a store "
-                "extracted with --ref-encoder)"
-            )
+            return None  # the caller must pass ref_feats_BRD (reference_tokens says so)
         from df_data.encoders.image import ref_encoder_from_identity
 
         given = ref_encoder_from_identity(meta.ref_encoder, model=model, device=device)

@@ -44,6 +44,8 @@ def test_the_check_finds_the_store_clips_and_codec(tiny_store, tmp_path):
     )
     found = check_run(config)
     assert found["clips"] > 0
+    with pytest.raises(ValueError, match=r"model\.struct_raw_dim"):
+        check_run(apply_overrides(config, ["model.struct_raw_dim=3"]))
     wrong = apply_overrides(config, [f"data.codec_dir={tmp_path}/nowhere"])
     with pytest.raises(ValueError, match="does not exist"):
         check_run(wrong)

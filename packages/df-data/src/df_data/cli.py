@@ -36,7 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     extract.add_argument("--out", type=Path, required=True, help="clip store directory")
     extract.add_argument("--codec", type=Path, required=True, help="codec checkpoint directory")
-    extract.add_argument("--device", default="cpu")
+    extract.add_argument("--device", default="cpu", help="codec and encoders: cpu, cuda, ...")
+    from df_data.encoders.spec import add_encoder_arguments
+
+    add_encoder_arguments(extract)
 
     prepare = sub.add_parser(
         "prepare", help="real videos -> cropped 25 fps source clips that extract reads"
@@ -102,9 +105,19 @@ def main(argv: list[str]) -> int:
             )
             print(f"{len(dirs)} clips in {args.out}")
         elif args.command == "extract":
+            from df_data.encoders.spec import spec_from_args
             from df_data.extract import extract_store
 
-            summary = extract_store(args.src, args.out, codec=args.codec, device=args.device)
+            spec = spec_from_args(args)
+            summary = extract_store(
+                args.src,
+                args.out,
+                codec=args.codec,
+                device=args.device,
+                encoder=spec.build_audio(args.device),
+                ref_encoder=spec.build_ref(args.device),
+                ref_frames=spec.ref_frames,
+            )
             print(json.dumps(summary, indent=2, default=str))
         elif args.command == "prepare":
             return _prepare(args)

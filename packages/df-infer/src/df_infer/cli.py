@@ -94,6 +94,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument(
+        "--audio-model",
+        default=None,
+        help="where the bundle's speech encoder is (hub id or folder; default: as recorded); "
+        "its weights must be the ones the model was trained with",
+    )
+    p.add_argument(
+        "--ref-model",
+        default=None,
+        help="where the bundle's reference image encoder is (default: as recorded)",
+    )
+    p.add_argument(
         "--compile",
         choices=("none", "blocks", "stream", "stream-graphs"),
         default="none",
@@ -128,7 +139,9 @@ def _generate(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name} {str(path)!r} does not exist")
     check_output(args.out)  # before the model loads, not after the video is generated
     sampler = _sampler(read_bundle(args.checkpoint)[2], args)
-    gen = StreamingGenerator.from_bundle(args.checkpoint, device=args.device)
+    gen = StreamingGenerator.from_bundle(
+        args.checkpoint, device=args.device, audio_model=args.audio_model, ref_model=args.ref_model
+    )
     gen.compile(args.compile)
     reference = args.ref if args.no_face_crop else _face_crop(args.ref)
     summary = generate_video(

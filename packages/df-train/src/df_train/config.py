@@ -23,6 +23,7 @@ from df_core.checks import (
     positive_int,
     unit_float,
 )
+from df_data.encoders.spec import EncoderSpec
 from df_models.config import DualForceConfig
 from df_train.lipsync import LipSyncConfig
 from df_train.parallel import ParallelConfig
@@ -46,6 +47,9 @@ class DataConfig:
     cache_clips: int = 64  # decoded clips each worker keeps in memory (LRU)
     normalize_struct: bool = True  # structure as (raw - mean) / std of the store's train split
     codec_dir: str = ""  # codec for the inference bundle (default: the store's store.json)
+    # The encoders the store must have been extracted with (`dualforce data extract` flags:
+    # EncoderSpec.cli_args()); the trainer checks the store's records against them.
+    encoders: EncoderSpec = field(default_factory=EncoderSpec)
 
     def __post_init__(self) -> None:
         positive_int("DataConfig.frames", self.frames)

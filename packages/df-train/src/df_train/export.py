@@ -1,7 +1,8 @@
 """Export of a trained run as an inference bundle (``df_models.bundle``).
 
 The bundle holds the EMA model, the codec the store's latents were made with, and
-``inference.json``: the store's audio encoder identity, the frame size, the struct names and
+``inference.json``: the store's audio encoder identity (and reference encoder's, for a model
+with reference tokens), the frame size, the struct names and
 normalisation statistics, the training noise settings the sampler starts from, the sampler
 settings the bundle recommends (``export_bundle(..., sampler=...)``), and provenance (recipe,
 step, store, codec identity, the training config) in ``extra``.
@@ -100,6 +101,7 @@ def inference_meta(
         sigma_s_max=c.noise.sigma_s_max,
         sigma_ctx=c.noise.sigma_ctx,
         sampler=_sampler_fields(sampler),
+        ref_encoder=_ref_encoder(trainer, clip_meta),
         extra={
             "recipe": c.name,
             "step": trainer.step,
@@ -109,6 +111,14 @@ def inference_meta(
             "train_config": c.to_dict(),
         },
     )
+
+
+def _ref_encoder(trainer: Trainer, clip_meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The store's reference encoder for a model with reference tokens (the trainer checked
+    the store has them)."""
+    if not trainer.config.model.ref_tokens_enabled:
+        return None
+    return clip_meta.get("ref_encoder")
 
 
 def _sampler_fields(sampler) -> dict[str, Any]:

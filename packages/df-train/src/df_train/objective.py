@@ -202,6 +202,7 @@ class Objective:
                 ref_latent_BCHW=batch["ref_latent"].to(dev),
                 drop_audio_B=drop_audio,
                 drop_ref_B=draw.drop_ref.to(dev) if c.model.ref_tokens_enabled else None,
+                ref_feats_BRD=batch["ref_tokens"].to(dev) if c.model.ref_tokens_enabled else None,
                 s_BTDs=s_noisy,
                 sigma_s_BT=sigma_s if c.model.struct_enabled else None,
             )
@@ -254,6 +255,8 @@ class Objective:
         dev = self.device
         box = mouth_boxes(batch, tuple(x_v.shape[-2:]), dev)
         audio = batch["audio"].to(dev)
+        if audio.dim() == 5:  # [B, T, La, K, Da] stacked encoder layers: the heads read their mean
+            audio = audio.mean(dim=3)
         has_box_BT = batch["has_mouth_box"].to(dev)[:, None].expand(valid_BT.shape)
         heads, _ = self.lip(batch["latents"].to(dev), box, audio, has_box_BT)
         gen_valid_BT = (

@@ -2,7 +2,7 @@
 
 A SLURM job may wait hours in the queue; a missing store or codec found only when it starts
 wastes that wait. :func:`check_run` opens the store as the trainer would (manifest, windows,
-structure statistics), locates the codec the bundle will need and checks that the run
+structure statistics; latents, audio, encoders and reference tokens against the model), locates the codec the bundle will need and checks that the run
 directory can be written, all without building the model. :func:`require_slurm` says in one
 line when the machine has no SLURM to submit to.
 """
@@ -17,7 +17,7 @@ from typing import Any
 from df_data.store import read_metadata
 from df_train.config import TrainConfig
 from df_train.export import codec_dir_for
-from df_train.trainer import window_dataset
+from df_train.trainer import check_store_matches_model, window_dataset
 
 
 def check_run(config: TrainConfig) -> dict[str, Any]:
@@ -32,6 +32,7 @@ def check_run(config: TrainConfig) -> dict[str, Any]:
             "`dualforce data extract`"
         )
     dataset = window_dataset(config)
+    check_store_matches_model(config, dataset)
     codec = codec_dir_for(config, read_metadata(store, dataset.entries[0]["clip_id"]))
     out = Path(config.out_dir).resolve()
     existing = next(p for p in (out, *out.parents) if p.exists())

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
+from df_data.encoders.spec import EncoderSpec
 from df_models.codecs import TinyAutoencoderConfig
 from df_models.config import synthtalk_small as small_model
 from df_models.config import tiny as tiny_model
@@ -60,21 +61,34 @@ def synthtalk_small() -> TrainConfig:
 
 
 def hdtf_base() -> TrainConfig:
-    """Real data at the proposal's scale (``base`` model), for 8 GPUs per node."""
+    """Real data at the proposal's scale (``base`` model), for 8 GPUs per node.
+
+    The store: ``dualforce data extract ... --audio-encoder hubert --audio-model
+    facebook/hubert-large-ls960-ft --audio-layer all --ref-encoder dinov2 --ref-model
+    facebook/dinov2-base --ref-frames 8`` (``data.encoders.cli_args()``): all 25 hidden states
+    of HuBERT-Large (embeddings + 24 layers, 1024 wide) into the model's learned layer sum, and
+    DINOv2-base global tokens (CLS + 2x2 pooled patches, 768 wide) of 8 frames per clip, a
+    random one of which is the reference (``data.ref_other_prob``)."""
     from df_models.config import base
 
+    encoders = EncoderSpec(
+        audio_encoder="hubert",
+        audio_model="facebook/hubert-large-ls960-ft",
+        audio_layer="all",
+        ref_encoder="dinov2",
+        ref_model="facebook/dinov2-base",
+        ref_frames=8,
+    )
     return TrainConfig(
         name="hdtf_base",
-        # No reference tokens: clip stores hold no DINOv2 features yet (no weights offline);
-        # the reference enters as the clean sink frame.
-        model=base(ref_tokens_enabled=False),
-        data=DataConfig(frames=16, num_workers=8),
+        model=base(audio_dim=1024, audio_layers=25, ref_tokens_enabled=True, ref_feature_dim=768),
+        data=DataConfig(frames=16, num_workers=8, encoders=encoders),
         steps=200_000,
         batch_size=2,
         precision="bf16",
         device="cuda",
         noise=NoiseConfig(shift=3.0),
-        loss=LossConfig(lambda_aux=0.1, lambda_lip=0.05),
+        loss=LossConfig(lambda_aux=0.1, lambda_lip=0.05, ref_drop_prob=0.1),
         optim=OptimConfig(lr=1e-4, warmup_steps=2000, ema_decay=0.9999),
         log_every=50,
         ckpt_every=2000,

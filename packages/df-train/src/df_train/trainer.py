@@ -46,7 +46,7 @@ from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader, Dataset
 
 from df_data.dataset import ResumableSampler, WindowConfig, WindowDataset, collate_windows
-from df_data.store import STRUCT_STATS_NAME, StructStats
+from df_data.store import STRUCT_STATS_NAME, StructStats, read_metadata
 from df_models import DualForceDiT
 from df_models.io import write_json_atomic
 from df_train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -120,11 +120,6 @@ class Trainer:
         """``dataset`` replaces the store's windows (benchmarks use synthetic ones); it must
         return what :class:`df_data.dataset.WindowDataset` returns."""
         self.config = c = config
-        if c.model.ref_tokens_enabled:
-            raise ValueError(
-                "TrainConfig.model.ref_tokens_enabled is True, but clip stores hold no global "
-                "reference features to train them on; set ref_tokens_enabled=False"
-            )
         self.rank, self.world_size = rank, world_size
         if world_size > 1 and not distributed(world_size):
             raise ValueError(
@@ -219,26 +214,7 @@ class Trainer:
     # Checks ------------------------------------------------------------------------------------
 
     def _check_store_matches_model(self) -> None:
-        sample = self.dataset[0]
-        m = self.config.model
-        expected = (m.latent_channels, m.latent_height, m.latent_width)
-        got = tuple(sample["latents"].shape[1:])
-        store = self.config.data.store
-        if got != expected:
-            raise ValueError(
-                f"store {store}: latents are {got} per frame but the model expects {expected} "
-                "(model.latent_channels/latent_height/latent_width)"
-            )
-        if m.struct_enabled and sample["struct"].shape[-1] != m.struct_raw_dim:
-            raise ValueError(
-                f"store {store}: structure has {sample['struct'].shape[-1]} dims, "
-                f"model.struct_raw_dim is {m.struct_raw_dim}"
-            )
-        if sample["audio"].shape[-1] != m.audio_dim or sample["audio"].shape[1] != m.audio_window:
-            raise ValueError(
-                f"store {store}: audio windows are {tuple(sample['audio'].shape[1:])}, the model "
-                f"expects ({m.audio_window}, {m.audio_dim}) (model.audio_dim, audio_context)"
-            )
+        check_store_matches_model(self.config, self.dataset)
 
     # State -------------------------------------------------------------------------------------
 
@@ -489,7 +465,68 @@ def window_dataset(c: TrainConfig) -> WindowDataset:
             ref_other_prob=c.data.ref_other_prob,
             hflip_prob=c.data.hflip_prob,
             normalize_struct=c.data.normalize_struct and c.model.struct_enabled,
+            ref_tokens=c.model.ref_tokens_enabled,
             cache_clips=c.data.cache_clips,
         ),
         seed=c.seed,
     )
+
+
+def check_store_matches_model(config: TrainConfig, dataset) -> None:
+    """The store's latents, structure, audio windows, encoders and reference tokens are what
+    ``config.model`` and ``config.data.encoders`` expect (``ValueError`` naming the field)."""
+    sample = dataset[0]
+    m = config.model
+    expected = (m.latent_channels, m.latent_height, m.latent_width)
+    got = tuple(sample["latents"].shape[1:])
+    store = config.data.store
+    if got != expected:
+        raise ValueError(
+            f"store {store}: latents are {got} per frame but the model expects {expected} "
+            "(model.latent_channels/latent_height/latent_width)"
+        )
+    if m.struct_enabled and sample["struct"].shape[-1] != m.struct_raw_dim:
+        raise ValueError(
+            f"store {store}: structure has {sample['struct'].shape[-1]} dims, "
+            f"model.struct_raw_dim is {m.struct_raw_dim}"
+        )
+    layers = (m.audio_layers,) if m.audio_layers > 1 else ()
+    expected_audio = (m.audio_window, *layers, m.audio_dim)
+    if tuple(sample["audio"].shape[1:]) != expected_audio:
+        raise ValueError(
+            f"store {store}: audio windows are {tuple(sample['audio'].shape[1:])}, the model "
+            f"expects {expected_audio} (model.audio_window from audio_context, "
+            "model.audio_layers: the encoder's stacked layers, model.audio_dim)"
+        )
+    check_store_encoders(config, dataset)
+    if m.ref_tokens_enabled and sample["ref_tokens"].shape[-1] != m.ref_feature_dim:
+        raise ValueError(
+            f"store {store}: reference tokens have dim {sample['ref_tokens'].shape[-1]}, "
+            f"model.ref_feature_dim is {m.ref_feature_dim}"
+        )
+
+
+def check_store_encoders(config: TrainConfig, dataset) -> None:
+    """The store's encoders are the kinds (and audio layer) ``data.encoders`` names; the
+    weights may come from anywhere (a hub id or a folder holding a copy), the model's
+    widths are checked against the features themselves. Stores of other data
+    (benchmarks) are not checked."""
+    entries = getattr(dataset, "entries", None)
+    if not entries:
+        return
+    spec, store = config.data.encoders, config.data.store
+    meta = read_metadata(dataset.store_dir, entries[0]["clip_id"])
+    audio, ref = meta.get("audio_encoder") or {}, meta.get("ref_encoder") or {}
+    found = {
+        "audio_encoder": audio.get("name"),
+        "audio_layer": audio.get("layer", "last"),
+        "ref_encoder": ref.get("name", "none"),
+    }
+    for key, value in found.items():
+        wanted = getattr(spec, key)
+        if value != wanted:
+            raise ValueError(
+                f"store {store} was extracted with {key}={value!r}, but "
+                f"data.encoders.{key} is {wanted!r}: extract with `dualforce data extract "
+                f"{' '.join(spec.cli_args())}` or set data.encoders to the store's encoders"
+            )

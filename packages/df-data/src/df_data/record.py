@@ -49,6 +49,15 @@ logger = logging.getLogger(__name__)
 STRUCT_FRAME_RULE = "last video frame of each latent frame's group: struct[j * frames_per_latent]"
 MOUTH_BOX_RULE = "pixels of the stored frames; union of the boxes of each latent frame's group"
 
+# Copied from the source metadata (df_data.sources: the extractor's or the ground truth's).
+STRUCTURE_KEYS = (
+    "struct_mirror",
+    "struct_extractor",
+    "struct_extractor_identity",
+    "struct_per_clip",
+    "mouth_box_source",
+)
+
 FrameTransform = Callable[[torch.Tensor], torch.Tensor]
 Vad = Callable[[np.ndarray, int], np.ndarray]
 
@@ -196,6 +205,9 @@ def build_record(
     }
     if "identity_seed" in source.metadata:
         meta["identity_seed"] = source.metadata["identity_seed"]
+    for key in STRUCTURE_KEYS:  # what the structure is and how a flip acts on it
+        if key in source.metadata:
+            meta[key] = source.metadata[key]
     return ClipRecord(
         source.clip_id, latents, struct, features, ref_image, ref_latent, meta, mouth_box
     )

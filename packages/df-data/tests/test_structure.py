@@ -231,5 +231,5 @@ def test_dataset_applies_the_stores_mirror_rule(tmp_path):
 def test_dataset_refuses_flips_without_a_known_mirror(tmp_path):
     store = _store_with(tmp_path, mirror_to_json(None))
     WindowDataset(store, WindowConfig(frames=3))  # no flips: fine
-    with pytest.raises(ValueError, match="no known mirror.*hflip_prob=0"):
+    with pytest.raises(ValueError, match=r"no known mirror.*hflip_prob=0"):
         WindowDataset(store, WindowConfig(frames=3, hflip_prob=0.5))

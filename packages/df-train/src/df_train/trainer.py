@@ -46,7 +46,7 @@ from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader, Dataset
 
 from df_data.dataset import ResumableSampler, WindowConfig, WindowDataset, collate_windows
-from df_data.store import STRUCT_STATS_NAME, StructStats
+from df_data.store import STRUCT_STATS_NAME, StructStats, read_metadata
 from df_models import DualForceDiT
 from df_models.io import write_json_atomic
 from df_train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -237,6 +237,13 @@ class Trainer:
             raise ValueError(
                 f"store {store}: latents are {got} per frame but the model expects {expected} "
                 "(model.latent_channels/latent_height/latent_width)"
+            )
+        fpl = int(read_metadata(store, sample["clip_id"]).get("frames_per_latent", 1))
+        if fpl != m.frames_per_latent:
+            raise ValueError(
+                f"store {store}: its codec puts {fpl} video frames in a latent frame "
+                f"(frames_per_latent={fpl}; 4 for the Wan VAE) but the model has "
+                f"model.frames_per_latent={m.frames_per_latent}: set it to {fpl}"
             )
         if m.struct_enabled and sample["struct"].shape[-1] != m.struct_raw_dim:
             raise ValueError(

@@ -98,7 +98,12 @@ def test_hub_id_with_revision_from_the_local_cache(tmp_path, kl_dir, monkeypatch
         hub = load_codec("someorg/tiny-kl", subfolder="vae", revision=revision)
         assert isinstance(hub, DiffusersVAECodec) and hub.kind == "AutoencoderKL"
         assert codec_identity(hub) == codec_identity(local)
-        assert hub.source == {"hub_id": "someorg/tiny-kl", "revision": revision, "subfolder": "vae"}
+        assert hub.source == {
+            "hub_id": "someorg/tiny-kl",
+            "revision": revision,
+            "subfolder": "vae",
+            "dir": str(cache / "models--someorg--tiny-kl" / "snapshots" / COMMIT / "vae"),
+        }
     assert not any(p.requires_grad for p in hub.parameters())
     with pytest.raises(
         ValueError, match=r"'someorg/tiny-kl' \(revision v9\).*local huggingface_hub cache"

@@ -44,10 +44,12 @@ from df_data.store import (
     load_failures,
     load_manifest,
     read_metadata,
+    read_store_info,
     repair_store,
     update_store_info,
     write_clip_record,
 )
+from df_data.structure import extractor_identity
 from df_models.codecs import LatentCodec, codec_identity, load_codec
 
 logger = logging.getLogger(__name__)
@@ -88,6 +90,7 @@ def extract_store(
     retry_failed: bool = False,
     struct_extractor: StructExtractor | None = None,
     read_workers: int = 4,
+    shard: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Extracts every source under ``src_dir`` into the store ``out_dir``; resumable.
 
@@ -107,6 +110,8 @@ def extract_store(
         read_workers: threads decoding the next sources while the current one is encoded
             (one when ``struct_extractor`` is given). The store is the same for any number;
             up to ``2 * read_workers + 1`` decoded sources are held in memory at once.
+        shard: ``(index, count)``: only sources ``index, index + count, ...`` (a job array's
+            task, ``df_data.extract_run``); shards write disjoint clips into one store.
 
     Returns:
         A summary: ``sources``, ``written``, ``skipped_finished``, ``skipped_failed``,
@@ -119,14 +124,19 @@ def extract_store(
     start = time.monotonic()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sources = discover_sources(src_dir)
+    sources = _shard(discover_sources(src_dir), shard)
+    check_same_structure(out, struct_extractor)
     codec_arg = codec
     codec = load_codec(codec, device)
     encoder = encoder if encoder is not None else LogMelEncoder()
     codec_id = codec_identity(codec)
     _check_same_encoders(out, codec_id, encoder.identity())
     info = {"codec": codec_id, "audio_encoder": encoder.identity()}
-    if isinstance(codec_arg, str | Path):
+    source = getattr(codec, "source", None)  # a diffusers VAE's: folder or hub snapshot
+    if isinstance(source, dict) and source.get("hub_id"):
+        info["codec_dir"] = source["dir"]  # the snapshot, so training can ship the codec
+        info["codec_hub"] = {k: source[k] for k in ("hub_id", "revision", "subfolder")}
+    elif isinstance(codec_arg, str | Path):
         info["codec_dir"] = str(Path(codec_arg).resolve())
     update_store_info(out, **info)
 
@@ -226,6 +236,30 @@ def _extract_one(
     else:
         summary["written"] += 1
         summary["latent_frames_written"] += record.latents.shape[0]
+
+
+def _shard(sources: list[Path], shard: tuple[int, int] | None) -> list[Path]:
+    if shard is None:
+        return sources
+    index, count = shard
+    positive_int("shard count", count)
+    if not 0 <= index < count:
+        raise ValueError(f"shard index must be in [0, {count}), got {index}")
+    return sources[index::count]
+
+
+def check_same_structure(out_dir: Path, extractor: StructExtractor | None) -> None:
+    """A store holds one structure: ``store.json``'s ``struct_extractor`` (recorded by the
+    first run) must be this run's; records it when absent. Ground truth is ``{"name": "gt"}``."""
+    identity = extractor_identity(extractor) if extractor is not None else {"name": "gt"}
+    recorded = read_store_info(out_dir).get("struct_extractor")
+    if recorded is not None and recorded != identity:
+        raise ValueError(
+            f"{out_dir} was written with structure {recorded}; this run has {identity}: "
+            "use a new output directory"
+        )
+    if recorded is None:
+        update_store_info(out_dir, struct_extractor=identity)
 
 
 def _source_ids(sources: list[Path]) -> dict[Path, str | SourceError]:

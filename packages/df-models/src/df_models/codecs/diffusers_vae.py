@@ -360,7 +360,12 @@ def resolve_model_dir(
                 "(unset HF_HUB_OFFLINE)"
             ) from e
         model_dir = root / subfolder if subfolder else root
-        source = {"hub_id": str(path), "revision": revision, "subfolder": subfolder}
+        source = {
+            "hub_id": str(path),
+            "revision": revision,
+            "subfolder": subfolder,
+            "dir": str(model_dir),  # the snapshot in the local cache
+        }
     else:
         if revision is not None:
             raise ValueError(f"revision={revision!r} applies to hub ids, {str(path)!r} is a path")

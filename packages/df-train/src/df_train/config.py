@@ -36,6 +36,9 @@ MOVED_FIELDS = {
 }
 
 
+STRUCTURES = ("gt", "mesh", "liveportrait")  # df_data.structure.STRUCT_EXTRACTORS
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DataConfig:
     store: str = ""  # clip store directory (dualforce data extract)
@@ -45,8 +48,11 @@ class DataConfig:
     num_workers: int = 0  # DataLoader workers
     normalize_struct: bool = True  # structure as (raw - mean) / std of the store's train split
     codec_dir: str = ""  # codec for the inference bundle (default: the store's store.json)
+    struct: str = ""  # structure the store must hold: gt | mesh | liveportrait; "" any
 
     def __post_init__(self) -> None:
+        if self.struct:
+            one_of("DataConfig.struct", self.struct, STRUCTURES)
         positive_int("DataConfig.frames", self.frames)
         non_negative_int("DataConfig.num_workers", self.num_workers)
         unit_float("DataConfig.ref_other_prob", self.ref_other_prob)

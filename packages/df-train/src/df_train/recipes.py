@@ -1,7 +1,7 @@
 """Experiment recipes: functions returning a :class:`TrainConfig`.
 
 ``synthtalk_tiny`` is for tests and CI, ``synthtalk_small`` for the CPU demo, ``hdtf_base`` for
-real data at the proposal's scale. The ablations of DESIGN.md are variants of
+real data at the proposal's scale (its store made as ``hdtf_base_extract`` says). The ablations of DESIGN.md are variants of
 ``synthtalk_small`` named ``synthtalk_small__<ablation>``.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
+from df_data.extract_run import ExtractConfig
 from df_models.codecs import TinyAutoencoderConfig
 from df_models.config import synthtalk_small as small_model
 from df_models.config import tiny as tiny_model
@@ -59,16 +60,38 @@ def synthtalk_small() -> TrainConfig:
     )
 
 
+# The pretrained encoders ``hdtf_base``'s store is extracted with (``hdtf_base_extract``).
+WAN_VAE_HUB_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"  # its vae/ subfolder: AutoencoderKLWan
+LIVEPORTRAIT_WEIGHTS = "pretrained_weights/liveportrait/base_models/motion_extractor.pth"
+
+
+def hdtf_base_extract(struct_weights: str = LIVEPORTRAIT_WEIGHTS) -> ExtractConfig:
+    """How ``hdtf_base``'s clip store is made (``dualforce data extract --codec
+    Wan-AI/Wan2.1-T2V-1.3B-Diffusers --codec-subfolder vae --struct liveportrait
+    --struct-weights ... --device cuda``): the Wan 2.1 VAE (16 channels, 8x, 4 frames per
+    latent frame) and LivePortrait's 70-number structure, on the GPU."""
+    return ExtractConfig(
+        codec=WAN_VAE_HUB_ID,
+        codec_subfolder="vae",
+        struct="liveportrait",
+        struct_weights=struct_weights,
+        batch_frames=33,  # 1 + 8 groups of 4 frames per GPU transfer
+        device="cuda",
+    )
+
+
 def hdtf_base() -> TrainConfig:
-    """Real data at the proposal's scale (``base`` model), for 8 GPUs per node."""
+    """Real data at the proposal's scale (``base`` model), for 8 GPUs per node, on a store made
+    with ``hdtf_base_extract`` (the trainer checks its structure and frames per latent)."""
     from df_models.config import base
 
     return TrainConfig(
         name="hdtf_base",
         # No reference tokens: clip stores hold no DINOv2 features yet (no weights offline);
         # the reference enters as the clean sink frame.
-        model=base(ref_tokens_enabled=False),
-        data=DataConfig(frames=16, num_workers=8),
+        model=base(ref_tokens_enabled=False, struct_raw_dim=70, frames_per_latent=4),
+        # No flips: LivePortrait's structure has no known mirror (the dataset refuses them).
+        data=DataConfig(frames=16, num_workers=8, struct="liveportrait"),
         steps=200_000,
         batch_size=2,
         precision="bf16",

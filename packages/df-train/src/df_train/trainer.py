@@ -238,7 +238,15 @@ class Trainer:
                 f"store {store}: latents are {got} per frame but the model expects {expected} "
                 "(model.latent_channels/latent_height/latent_width)"
             )
-        fpl = int(read_metadata(store, sample["clip_id"]).get("frames_per_latent", 1))
+        meta = read_metadata(store, sample["clip_id"])
+        struct = meta.get("struct_extractor", "gt")
+        if self.config.data.struct and struct != self.config.data.struct:
+            raise ValueError(
+                f"store {store}: its structure is {struct!r} ({len(meta['struct_names'])} dims), "
+                f"data.struct asks for {self.config.data.struct!r}: extract the store with "
+                f"'dualforce data extract --struct {self.config.data.struct}'"
+            )
+        fpl = int(meta.get("frames_per_latent", 1))
         if fpl != m.frames_per_latent:
             raise ValueError(
                 f"store {store}: its codec puts {fpl} video frames in a latent frame "

@@ -125,7 +125,7 @@ class FaceMeshExtractor:
         threads: interpreter threads.
     """
 
-    name = "face-mesh"
+    name = "mesh"
     names = MESH_STRUCT_NAMES
     mirror = MESH_MIRROR
 

@@ -24,10 +24,24 @@ def _video(t: int, seed: int = 0) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def wan_codec(tmp_path_factory) -> DiffusersVAECodec:
+def wan_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("wan") / "vae"
     tiny_wan_vae(WAN_MEAN, WAN_STD).save_pretrained(path)
-    return DiffusersVAECodec.from_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def wan_codec(wan_dir) -> DiffusersVAECodec:
+    return DiffusersVAECodec.from_pretrained(wan_dir)
+
+
+def test_wan_chunked_on_a_fresh_vae(wan_dir):
+    """Chunked before any whole-clip call (diffusers creates the cache on first use)."""
+    fresh = DiffusersVAECodec.from_pretrained(wan_dir)
+    x = _video(9)
+    chunked = fresh.encode_chunked(x, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(chunked, fresh.encode(x), atol=1e-5, rtol=1e-5)
 
 
 @pytest.fixture(scope="module")

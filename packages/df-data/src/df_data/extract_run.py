@@ -40,7 +40,8 @@ class ExtractConfig:
         one_of("ExtractConfig.struct", self.struct, STRUCT_EXTRACTORS)
         if (self.struct == "liveportrait") != bool(self.struct_weights):
             raise ValueError(
-                "ExtractConfig.struct_weights is required for struct='liveportrait' "
+                "ExtractConfig.struct_weights (--struct-weights) is required for "
+                "struct='liveportrait' "
                 f"(LivePortrait's motion_extractor.pth) and only then; got struct={self.struct!r}, "
                 f"struct_weights={self.struct_weights!r}"
             )

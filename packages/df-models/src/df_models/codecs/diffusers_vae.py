@@ -222,6 +222,8 @@ class DiffusersVAECodec(LatentCodec):
             raise ValueError(f"chunk_frames must be a positive integer, got {chunk_frames!r}")
         self.check_video(video_BTCHW)
         vae = self.vae
+        if callable(getattr(vae, "clear_cache", None)):
+            vae.clear_cache()  # creates the cache attributes (a fresh VAE has none yet)
         missing = [a for a in WAN_CACHE_ATTRS if not hasattr(vae, a)]
         if missing:
             raise ValueError(
@@ -234,7 +236,6 @@ class DiffusersVAECodec(LatentCodec):
         bounds = [(0, 1)] + [(a, a + k) for a in range(1, t, k)]  # the encoder's frame groups
         device, patch = self.latent_mean.device, self.vae.config.patch_size
         out: list[torch.Tensor] = []
-        vae.clear_cache()
         try:
             # Step 1: frame 0 and the first groups form the first chunk, then ``groups`` groups.
             firsts = [bounds[: 1 + groups]] + [

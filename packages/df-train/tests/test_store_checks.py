@@ -20,7 +20,7 @@ def test_store_structure_must_be_the_recipes(tiny_store, tmp_path):
     Trainer(_config(tiny_store, tmp_path, "data.struct=gt"))  # SynthTalk: ground truth
     with pytest.raises(ValueError, match=r"structure is 'gt'.*--struct liveportrait"):
         Trainer(_config(tiny_store, tmp_path, "data.struct=liveportrait"))
-    with pytest.raises(ValueError, match="DataConfig.struct"):
+    with pytest.raises(ValueError, match=r"DataConfig\.struct"):
         DataConfig(struct="flame")
 
 

@@ -44,7 +44,6 @@ from df_data.store import (
     load_failures,
     load_manifest,
     read_metadata,
-    read_store_info,
     repair_store,
     update_store_info,
     write_clip_record,
@@ -249,17 +248,23 @@ def _shard(sources: list[Path], shard: tuple[int, int] | None) -> list[Path]:
 
 
 def check_same_structure(out_dir: Path, extractor: StructExtractor | None) -> None:
-    """A store holds one structure: ``store.json``'s ``struct_extractor`` (recorded by the
-    first run) must be this run's; records it when absent. Ground truth is ``{"name": "gt"}``."""
+    """A store holds one structure: the first finished clip's ``struct_extractor_identity``
+    (ground truth: ``{"name": "gt"}``) must be this run's (a store with no clip yet takes
+    any); ``store.json`` records it."""
     identity = extractor_identity(extractor) if extractor is not None else {"name": "gt"}
-    recorded = read_store_info(out_dir).get("struct_extractor")
-    if recorded is not None and recorded != identity:
-        raise ValueError(
-            f"{out_dir} was written with structure {recorded}; this run has {identity}: "
-            "use a new output directory"
-        )
-    if recorded is None:
-        update_store_info(out_dir, struct_extractor=identity)
+    for entry in load_manifest(out_dir):
+        try:
+            meta = read_metadata(out_dir, entry["clip_id"])
+        except StoreError:
+            continue
+        recorded = meta.get("struct_extractor_identity", {"name": "gt"})
+        if recorded != identity:
+            raise ValueError(
+                f"{out_dir} was written with structure {recorded}; this run has {identity}: "
+                "use a new output directory"
+            )
+        break
+    update_store_info(out_dir, struct_extractor=identity)
 
 
 def _source_ids(sources: list[Path]) -> dict[Path, str | SourceError]:

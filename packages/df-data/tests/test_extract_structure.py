@@ -192,3 +192,28 @@ def test_cli_argument_errors(sources, codec_dir, tmp_path, capsys, flags, messag
     argv = ["data", "extract", "--src", str(sources), "--out", str(tmp_path / "s")]
     assert dualforce([*argv, "--codec", str(codec_dir), *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_an_extractor_is_used_for_sources_with_ground_truth_too(sources, codec_dir, tmp_path):
+    """One structure per store: ground truth is replaced, its mouth boxes kept when the
+    extractor has none."""
+    from safetensors.torch import save_file
+
+    src = tmp_path / "gt"
+    d = real_source(src, "g")
+    box = torch.tensor([[1.0, 2.0, 3.0, 4.0]]).expand(9, 4).contiguous()
+    save_file({"struct": torch.zeros(9, 2), "mouth_box": box}, str(d / "gt.safetensors"))
+    meta = json.loads((d / "metadata.json").read_text())
+    (d / "metadata.json").write_text(json.dumps({**meta, "struct_names": ["a", "b"]}))
+
+    class NoBoxes(Boxes):
+        def __call__(self, frames_THWC):
+            return super().__call__(frames_THWC).struct
+
+    extract_store(src, tmp_path / "s", codec=codec_dir, progress=False, struct_extractor=NoBoxes())
+    record = read_clip(tmp_path / "s", "train-g")
+    assert record.metadata["struct_names"] == ["yaw", "eye_l", "eye_r"]
+    assert record.struct[1].tolist() == [3.0, 4.0, 5.0] and record.mouth_box[0, 0] == 1.0
+    assert record.metadata["mouth_box_source"].startswith("the source's own")
+    extract_store(src, tmp_path / "t", codec=codec_dir, progress=False)  # ground truth
+    assert read_clip(tmp_path / "t", "train-g").struct.shape == (9, 2)

@@ -6,12 +6,14 @@ A source is any directory under ``src_dir`` holding ``video.mp4`` (H.264, 25 fps
 ``audio.wav`` (16 kHz mono), ``metadata.json`` (``fps``, ``frames``, ``split``,
 ``struct_names``, ...) and the structure: either ground truth, ``gt.safetensors`` (``struct``
 float32 ``[T, Ds]``, ``identity`` float32 ``[Di]``, optionally ``mouth_box`` float32 ``[T, 4]``
-pixel boxes ``(x0, y0, x1, y1)``), as SynthTalk writes, or, for real clips that
-``dualforce data prepare`` writes (``landmarks.safetensors``, whose ``mouth_box`` is used unless the extractor gives its own), a
-``StructExtractor`` that computes it from the frames (``df_data.structure``). The structure's
-mirror rule (``struct_mirror``, ``df_data.structure.mirror``) goes into the metadata: the
-extractor's, the source metadata's own for ground truth, or SynthTalk's rule. Without either, the source fails with
-kind ``no_structure``.
+pixel boxes ``(x0, y0, x1, y1)``), as SynthTalk writes, or a ``StructExtractor``
+(``df_data.structure``) that computes it from the frames, as the real clips that ``dualforce
+data prepare`` writes need (their ``landmarks.safetensors`` ``mouth_box`` is used unless the
+extractor gives its own). An extractor, when given, is used for every source, ground truth or
+not, so that a store holds one structure. Without either, the source fails with kind
+``no_structure``. The structure's mirror rule (``struct_mirror``, ``df_data.structure.mirror``)
+goes into the metadata: the extractor's, or for ground truth the source metadata's own, else
+SynthTalk's rule.
 Its clip id is ``"<split>-<directory name>"``. Directories whose path below ``src_dir`` has a
 component starting with a dot (a generator's temporary output) are ignored.
 
@@ -230,15 +232,17 @@ def _structure_metadata(
     if result.mouth_box is not None:
         meta["mouth_box_source"] = f"structure extractor {extractor.name}"
     elif has_box:
-        meta["mouth_box_source"] = f"{LANDMARKS_FILE} (the prepared clip's detector points)"
+        meta["mouth_box_source"] = f"the source's own ({GT_FILE} or {LANDMARKS_FILE})"
     return meta
 
 
 def read_source(directory: Path, struct_extractor: StructExtractor | None = None) -> SourceClip:
     """Reads and validates a source clip; SourceError (with a ``kind``) says what is wrong.
 
-    The structure is the source's ground truth (``gt.safetensors``) when it has one, else
-    ``struct_extractor``'s output on the decoded frames (module doc).
+    The structure is ``struct_extractor``'s output on the decoded frames when one is given (a
+    store holds one structure: with an extractor, even sources with ground truth get the
+    extractor's, and keep only their ground-truth mouth boxes when it gives none), else the
+    source's ground truth (``gt.safetensors``) (module doc).
     """
     # Step 1: files present, metadata usable, a structure source.
     missing = [name for name in SOURCE_FILES if not (directory / name).is_file()]
@@ -258,6 +262,9 @@ def read_source(directory: Path, struct_extractor: StructExtractor | None = None
     struct = box = None
     if has_gt:
         struct, box = _read_gt(directory, meta)
+    gt_frames = None if struct is None else struct.shape[0]
+    if struct_extractor is not None:
+        struct = None  # the extractor's structure, below
 
     # Step 3: the video decodes at 25 fps with the metadata's frame count.
     try:
@@ -269,17 +276,17 @@ def read_source(directory: Path, struct_extractor: StructExtractor | None = None
             "bad_fps", f"{directory / VIDEO_FILE}: decodes at {fps:g} fps, need {FPS:g}"
         )
     frames = frames_THWC.shape[0]
-    if frames != meta["frames"] or (struct is not None and struct.shape[0] != frames):
+    if frames != meta["frames"] or (gt_frames is not None and gt_frames != frames):
         raise SourceError(
             "frame_count",
             f"{directory}: metadata says {meta['frames']} frames, the video decodes "
-            f"{frames}, gt struct has {None if struct is None else struct.shape[0]}",
+            f"{frames}, gt struct has {gt_frames}",
         )
     if struct is None:  # Step 3b: structure (and mouth boxes) from the extractor
         result = _extract_struct(directory, frames_THWC, struct_extractor)
-        struct, box = result.struct, result.mouth_box
-        if box is None:  # else the prepared clip's own boxes
-            box = _read_landmark_box(directory, frames)
+        struct, gt_box, box = result.struct, box, result.mouth_box
+        if box is None:  # else the source's own boxes: ground truth, or the prepared clip's
+            box = gt_box if gt_box is not None else _read_landmark_box(directory, frames)
         meta = _structure_metadata(meta, struct_extractor, result, box is not None)
     elif MIRROR_KEY not in meta:  # ground truth without a rule: SynthTalk's (mirror.LEGACY_MIRROR)
         names = meta["struct_names"]

@@ -162,6 +162,10 @@ class WindowDataset(Dataset):
             self._cache.popitem(last=False)
         return record
 
+    def clip_metadata(self, clip_id: str) -> dict:
+        """The ``metadata.json`` of one of the dataset's clips."""
+        return self._clip(clip_id).metadata
+
     def _mirror(self, record: ClipRecord) -> StructMirror:
         """The clip's mirror rule; ValueError when its structure has no known mirror."""
         meta = record.metadata

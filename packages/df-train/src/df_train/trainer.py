@@ -46,7 +46,7 @@ from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader, Dataset
 
 from df_data.dataset import ResumableSampler, WindowConfig, WindowDataset, collate_windows
-from df_data.store import STRUCT_STATS_NAME, StructStats, read_metadata
+from df_data.store import STRUCT_STATS_NAME, StructStats
 from df_models import DualForceDiT
 from df_models.io import write_json_atomic
 from df_train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -238,7 +238,25 @@ class Trainer:
                 f"store {store}: latents are {got} per frame but the model expects {expected} "
                 "(model.latent_channels/latent_height/latent_width)"
             )
-        meta = read_metadata(store, sample["clip_id"])
+        self._check_store_metadata(sample["clip_id"])  # before the shapes that follow from it
+        if m.struct_enabled and sample["struct"].shape[-1] != m.struct_raw_dim:
+            raise ValueError(
+                f"store {store}: structure has {sample['struct'].shape[-1]} dims, "
+                f"model.struct_raw_dim is {m.struct_raw_dim}"
+            )
+        if sample["audio"].shape[-1] != m.audio_dim or sample["audio"].shape[1] != m.audio_window:
+            raise ValueError(
+                f"store {store}: audio windows are {tuple(sample['audio'].shape[1:])}, the model "
+                f"expects ({m.audio_window}, {m.audio_dim}) (model.audio_dim, audio_context)"
+            )
+
+    def _check_store_metadata(self, clip_id: str) -> None:
+        """The store's structure and frames per latent are the recipe's and the model's."""
+        m, store = self.config.model, self.config.data.store
+        clip_metadata = getattr(self.dataset, "clip_metadata", None)  # synthetic data: none
+        if clip_metadata is None:
+            return
+        meta = clip_metadata(clip_id)
         struct = meta.get("struct_extractor", "gt")
         if self.config.data.struct and struct != self.config.data.struct:
             raise ValueError(
@@ -252,16 +270,6 @@ class Trainer:
                 f"store {store}: its codec puts {fpl} video frames in a latent frame "
                 f"(frames_per_latent={fpl}; 4 for the Wan VAE) but the model has "
                 f"model.frames_per_latent={m.frames_per_latent}: set it to {fpl}"
-            )
-        if m.struct_enabled and sample["struct"].shape[-1] != m.struct_raw_dim:
-            raise ValueError(
-                f"store {store}: structure has {sample['struct'].shape[-1]} dims, "
-                f"model.struct_raw_dim is {m.struct_raw_dim}"
-            )
-        if sample["audio"].shape[-1] != m.audio_dim or sample["audio"].shape[1] != m.audio_window:
-            raise ValueError(
-                f"store {store}: audio windows are {tuple(sample['audio'].shape[1:])}, the model "
-                f"expects ({m.audio_window}, {m.audio_dim}) (model.audio_dim, audio_context)"
             )
 
     # State -------------------------------------------------------------------------------------

@@ -1,7 +1,10 @@
-"""Shared pytest setup: hypothesis profiles (``ci`` runs the invariants at full strength) and
-skipping of ``gpu`` tests where no CUDA device exists."""
+"""Shared pytest setup: hypothesis profiles (``ci`` runs the invariants at full strength),
+skipping of ``gpu`` tests where no CUDA device exists, and no model hub: transformers and
+huggingface_hub load local files only (tests build tiny models in folders)."""
 
 import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
 from hypothesis import HealthCheck, settings

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from df_core import SIGMA_S_MAX
+from df_infer.frame_noise import frames_noise, noise_generator
 from df_infer.sampler import SamplerConfig, sample_full, sample_stream
 from df_models import tiny
 from df_models.testing import random_inputs, random_model
@@ -73,6 +74,7 @@ def _stream(model, x, cfg, **kw):
     batch=st.integers(1, 2),
     fuse=st.booleans(),
     ref_concat=st.booleans(),
+    noise_share=st.sampled_from([0.0, 0.7]),
     seed=st.integers(0, 1000),
 )
 def test_stream_equals_full(
@@ -91,6 +93,7 @@ def test_stream_equals_full(
     batch,
     fuse,
     ref_concat,
+    noise_share,
     seed,
 ):
     config = tiny(
@@ -111,6 +114,7 @@ def test_stream_equals_full(
         cfg_audio=cfg_audio,
         cfg_struct=cfg_struct,
         fuse_clean=fuse,
+        noise_share=noise_share,
         seed=seed,
         shift=2.0,
     )
@@ -196,6 +200,7 @@ def test_memory_flat_over_300_frames():
         ("shift", 0.0, 1e-3),
         ("cfg_struct", -1.0, 0.0),
         ("cfg_audio", float("nan"), 0.0),
+        ("noise_share", 1.5, 1.0),
         ("seed", -1, 0),
     ],
 )
@@ -309,3 +314,24 @@ def test_samplers_refuse_training_values_left_to_the_bundle():
             _stream(model, x, cfg)
         with pytest.raises(ValueError, match=f"SamplerConfig.{field} is None"):
             sample_full(model, x["ref_latent_BCHW"], x["audio_BTLDa"], cfg)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.3, 0.8, 1.0])
+def test_shared_noise_is_standard_normal_with_the_stated_frame_correlation(share):
+    """Each frame's video noise stays N(0, I) and two frames correlate by ``share``; the
+    structure and context noise stay independent, and share 0 is the independent noise."""
+    config = tiny(struct_enabled=True)
+    gen = noise_generator("cpu")
+    n = frames_noise(config, 64, 0, 3, 7, "cpu", gen, share)
+    v = n.v.flatten(2)  # [B, n, D]
+    assert abs(v.mean().item()) < 0.03 and abs(v.std().item() - 1.0) < 0.03
+    corr = torch.corrcoef(torch.stack([v[:, 0].flatten(), v[:, 2].flatten()]))[0, 1].item()
+    assert abs(corr - share) < 0.03
+    ctx = torch.corrcoef(torch.stack([n.ctx_v[:, 0].flatten(), n.ctx_v[:, 2].flatten()]))
+    assert abs(ctx[0, 1].item()) < 0.03
+    independent = frames_noise(config, 64, 0, 3, 7, "cpu", gen)
+    assert torch.equal(n.s, independent.s)
+    if share == 0.0:
+        assert torch.equal(n.v, independent.v)
+    # A frame's noise depends on (seed, frame, share) only, not on where its chunk starts.
+    assert torch.equal(frames_noise(config, 64, 2, 1, 7, "cpu", gen, share).v[:, 0], n.v[:, 2])

@@ -205,14 +205,10 @@ def test_aux_loss_and_uncertainty_weighting_train(tiny_store, tmp_path):
     assert not torch.equal(before, trainer.weighting.log_vars.detach())
 
 
-def test_reference_tokens_without_features_are_refused():
-    from dataclasses import replace
-
-    from df_train.recipes import get_recipe
-
-    config = get_recipe("synthtalk_tiny")
-    config = replace(config, model=config.model.replace(ref_tokens_enabled=True))
-    with pytest.raises(ValueError, match="ref_tokens_enabled"):
+def test_reference_tokens_without_features_are_refused(tiny_store, tmp_path):
+    config = tiny_config(tiny_store, tmp_path)
+    config = dataclasses.replace(config, model=config.model.replace(ref_tokens_enabled=True))
+    with pytest.raises(ValueError, match=r"has no reference tokens.*--ref-encoder"):
         Trainer(config)
 
 
@@ -236,3 +232,28 @@ def test_cuda_training_uses_the_fused_optimizer(tiny_store, tmp_path):
     assert trainer.optimizer.defaults["fused"] is True
     history = trainer.fit(progress=False)
     assert all(torch.isfinite(torch.tensor(m.loss)) for m in history)
+
+
+@pytest.mark.gpu
+def test_cuda_training_draws_its_noise_on_the_gpu_and_resumes_it(tiny_store, tmp_path):
+    trainer = Trainer(tiny_config(tiny_store, tmp_path, steps=4, device="cuda"))
+    assert trainer.noise_gen.device.type == "cuda"
+    batch = next(iter(trainer._loader(0)))
+    state = trainer.noise_gen.get_state()
+    draw = trainer.objective.draw(batch, trainer.noise_gen)
+    assert draw.eps_v.device.type == "cuda" and draw.sigma_v.device.type == "cuda"
+    trainer.noise_gen.set_state(state)
+    again = trainer.objective.draw(batch, trainer.noise_gen)
+    assert torch.equal(draw.eps_v, again.eps_v) and torch.equal(draw.sigma_v, again.sigma_v)
+
+
+def test_the_data_config_sets_how_many_clips_a_worker_keeps(tiny_store, tmp_path):
+    config = tiny_config(tiny_store, tmp_path, steps=2)
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, cache_clips=1))
+    trainer = Trainer(config)
+    assert trainer.dataset.config.cache_clips == 1
+    for i in range(3):
+        trainer.dataset[i]
+    assert len(trainer.dataset._cache) == 1
+    with pytest.raises(ValueError, match=r"DataConfig\.cache_clips"):
+        dataclasses.replace(config.data, cache_clips=0)

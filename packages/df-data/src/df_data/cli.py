@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     extract.add_argument("--struct-batch", type=int, default=64, help="frames per struct call")
     extract.add_argument("--retry-failed", action="store_true", help="retry failed sources")
     extract.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from df_data.encoders.spec import add_encoder_arguments
+
+    add_encoder_arguments(extract)
     _slurm_args(extract, gpus=1)
 
     prepare = sub.add_parser(
@@ -184,6 +187,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _extract(args: argparse.Namespace) -> int:
+    from df_data.encoders.spec import spec_from_args
     from df_data.extract_run import ExtractConfig, run_extract
 
     cfg = ExtractConfig(
@@ -195,6 +199,7 @@ def _extract(args: argparse.Namespace) -> int:
         batch_frames=args.batch_frames,
         struct_batch=args.struct_batch,
         device=args.device,
+        encoders=spec_from_args(args),
     )
     if args.slurm:
         from df_data.extract_run import submit_extract_shards

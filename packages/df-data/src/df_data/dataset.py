@@ -67,6 +67,7 @@ class WindowConfig:
     splits: tuple[str, ...] = ("train",)  # which splits of the store to use
     cache_clips: int = 64  # clips kept in memory per worker
     normalize_struct: bool = False  # (raw - mean) / std with the train split's statistics
+    ref_tokens: bool = False  # return the reference frame's global tokens (the store has them)
 
     def __post_init__(self) -> None:
         positive_int("WindowConfig.frames", self.frames)
@@ -79,6 +80,12 @@ class WindowConfig:
             )
         positive_int("WindowConfig.cache_clips", self.cache_clips)
         boolean("WindowConfig.normalize_struct", self.normalize_struct)
+        boolean("WindowConfig.ref_tokens", self.ref_tokens)
+        if self.ref_tokens and self.hflip_prob > 0:
+            raise ValueError(
+                "WindowConfig.hflip_prob > 0 with ref_tokens: the stored reference tokens are of "
+                "unflipped frames; set hflip_prob=0"
+            )
 
 
 def _generator(*keys: int) -> torch.Generator:
@@ -162,10 +169,6 @@ class WindowDataset(Dataset):
             self._cache.popitem(last=False)
         return record
 
-    def clip_metadata(self, clip_id: str) -> dict:
-        """The ``metadata.json`` of one of the dataset's clips."""
-        return self._clip(clip_id).metadata
-
     def _mirror(self, record: ClipRecord) -> StructMirror:
         """The clip's mirror rule; ValueError when its structure has no known mirror."""
         meta = record.metadata
@@ -210,12 +213,15 @@ class WindowDataset(Dataset):
         # Step 2: the reference: the first frame, or another frame outside the window (a frame
         # inside it would let the model copy its target). Only image codecs give a frame's
         # latent on its own, so temporal codecs always use the stored first-frame latent.
-        ref = record.ref_latent.float()
-        ref_index = 0
-        outside = [j for j in range(total) if not start <= j < start + c.frames]
-        if fpl == 1 and outside and float(torch.rand((), generator=g)) < c.ref_other_prob:
-            ref_index = outside[int(torch.randint(0, len(outside), (1,), generator=g))]
-            ref = record.latents[ref_index].float()
+        if c.ref_tokens:
+            ref, ref_index, tokens = self._reference_with_tokens(record, start, g)
+        else:
+            ref = record.ref_latent.float()
+            ref_index = 0
+            outside = [j for j in range(total) if not start <= j < start + c.frames]
+            if fpl == 1 and outside and float(torch.rand((), generator=g)) < c.ref_other_prob:
+                ref_index = outside[int(torch.randint(0, len(outside), (1,), generator=g))]
+                ref = record.latents[ref_index].float()
 
         # Step 3: the horizontal flip, applied to everything that has a left and a right.
         has_box = record.mouth_box is not None
@@ -232,7 +238,9 @@ class WindowDataset(Dataset):
         if c.normalize_struct:
             struct = self.struct_stats.normalize(struct)
 
+        extra = {"ref_tokens": tokens} if c.ref_tokens else {}  # [R, Dr] of the reference frame
         return {
+            **extra,
             "latents": latents,  # [T, C, h, w]
             "struct": struct,  # [T, Ds]
             "audio": audio,  # [T, La, Da]
@@ -246,6 +254,33 @@ class WindowDataset(Dataset):
             "flipped": flipped,
             "index": index,
         }
+
+    def _reference_with_tokens(
+        self, record: ClipRecord, start: int, g: torch.Generator
+    ) -> tuple[torch.Tensor, int, torch.Tensor]:
+        """``(ref latent [C, h, w], its video frame, its tokens [R, Dr])``.
+
+        The reference is frame 0 or, with ``ref_other_prob``, a random one of the frames with
+        stored tokens that lies outside the window's video frames. Its latent is that frame's
+        for image codecs; a temporal codec has the first frame's latent only, so there the
+        tokens come from the other frame and the latent stays frame 0's."""
+        c = self.config
+        if record.ref_tokens is None:
+            raise StoreError(
+                f"clip {record.clip_id!r} has no reference tokens ({self.store_dir} was "
+                "extracted without --ref-encoder) but WindowConfig.ref_tokens is True"
+            )
+        fpl = int(record.metadata.get("frames_per_latent", 1))
+        first = 0 if start == 0 else (start - 1) * fpl + 1  # window's video frames
+        stop = (start + c.frames - 1) * fpl + 1
+        at = record.ref_token_frames.tolist()
+        outside = [k for k, f in enumerate(at) if not first <= f < stop]
+        k = 0
+        if outside and float(torch.rand((), generator=g)) < c.ref_other_prob:
+            k = outside[int(torch.randint(0, len(outside), (1,), generator=g))]
+        frame = at[k]
+        ref = record.latents[frame].float() if fpl == 1 and k else record.ref_latent.float()
+        return ref, frame, record.ref_tokens[k].float()
 
 
 class ResumableSampler(Sampler[int]):

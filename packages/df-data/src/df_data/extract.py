@@ -26,7 +26,9 @@ import torch
 from tqdm import tqdm
 
 from df_core.checks import positive_int
-from df_data.features import AudioEncoder, LogMelEncoder, build_audio_encoder
+from df_data.encoders import same_encoder
+from df_data.encoders.spec import add_encoder_arguments, spec_from_args
+from df_data.features import AudioEncoder, LogMelEncoder
 from df_data.media import MediaError
 from df_data.record import FrameTransform, Vad, build_record
 from df_data.sources import (
@@ -57,19 +59,27 @@ RETRYABLE_KINDS = frozenset({"error"})  # other failure kinds are properties of 
 
 
 def _check_same_encoders(
-    out_dir: Path, codec_id: dict[str, str], encoder_id: dict[str, str]
+    out_dir: Path,
+    codec_id: dict[str, str],
+    encoder_id: dict[str, Any],
+    ref_id: dict[str, Any] | None = None,
 ) -> None:
-    """A store holds latents of one codec and features of one encoder: compare with a clip."""
+    """A store holds latents of one codec and features of one audio (and reference) encoder:
+    compare with a clip (encoders by name and config hash: their files may have moved)."""
     for entry in load_manifest(out_dir):
         try:
             meta = read_metadata(out_dir, entry["clip_id"])
         except StoreError:
             continue
-        if meta.get("codec") != codec_id or meta.get("audio_encoder") != encoder_id:
+        if (
+            meta.get("codec") != codec_id
+            or not same_encoder(meta.get("audio_encoder"), encoder_id)
+            or not same_encoder(meta.get("ref_encoder"), ref_id)
+        ):
             raise ValueError(
-                f"{out_dir} was written with codec {meta.get('codec')} and audio encoder "
-                f"{meta.get('audio_encoder')}; this run has {codec_id} and {encoder_id}: "
-                "use a new output directory"
+                f"{out_dir} was written with codec {meta.get('codec')}, audio encoder "
+                f"{meta.get('audio_encoder')} and reference encoder {meta.get('ref_encoder')}; "
+                f"this run has {codec_id}, {encoder_id} and {ref_id}: use a new output directory"
             )
         return
 
@@ -89,6 +99,8 @@ def extract_store(
     retry_failed: bool = False,
     struct_extractor: StructExtractor | None = None,
     read_workers: int = 4,
+    ref_encoder: Any = None,
+    ref_frames: int = 8,
     shard: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Extracts every source under ``src_dir`` into the store ``out_dir``; resumable.
@@ -98,7 +110,11 @@ def extract_store(
         out_dir: the clip store (created if needed).
         codec: a ``LatentCodec`` or a directory to load one from (``load_codec``); used in
             eval mode (its previous mode is restored at the end).
-        encoder: the audio encoder; ``LogMelEncoder()`` by default.
+        encoder: the audio encoder; ``LogMelEncoder()`` by default. A pretrained one runs on
+            the device it was built on (``EncoderSpec.build_audio(device)``), a batch of
+            windows per call.
+        ref_encoder, ref_frames: a ``df_data.encoders.image.RefEncoder`` storing the global
+            reference tokens of ``ref_frames`` frames per clip (optional).
         batch_frames: frames per codec call for image codecs.
         progress: show a tqdm bar.
         frame_transform, vad, min_speech_ratio: hooks (module doc).
@@ -129,8 +145,9 @@ def extract_store(
     codec = load_codec(codec, device)
     encoder = encoder if encoder is not None else LogMelEncoder()
     codec_id = codec_identity(codec)
-    _check_same_encoders(out, codec_id, encoder.identity())
-    info = {"codec": codec_id, "audio_encoder": encoder.identity()}
+    ref_id = ref_encoder.identity() if ref_encoder is not None else None
+    _check_same_encoders(out, codec_id, encoder.identity(), ref_id)
+    info = {"codec": codec_id, "audio_encoder": encoder.identity(), "ref_encoder": ref_id}
     source = getattr(codec, "source", None)  # a diffusers VAE's: folder or hub snapshot
     if isinstance(source, dict) and source.get("hub_id"):
         info["codec_dir"] = source["dir"]  # the snapshot, so training can ship the codec
@@ -164,6 +181,8 @@ def extract_store(
         "vad": vad,
         "min_speech_ratio": min_speech_ratio,
         "codec_id": codec_id,
+        "ref_encoder": ref_encoder,
+        "ref_frames": ref_frames,
     }
     todo = []
     for directory in sources:
@@ -306,18 +325,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--src", required=True, help="directory searched for source clips")
     parser.add_argument("--out", required=True, help="the clip store")
     parser.add_argument("--codec", required=True, help="codec directory (config.json + weights)")
-    parser.add_argument("--audio-encoder", default="logmel", help="name in AUDIO_ENCODERS")
+    add_encoder_arguments(parser)
     parser.add_argument("--batch-frames", type=int, default=16, help="frames per codec call")
     parser.add_argument("--device", default=None, help="e.g. cuda; default: CPU")
     parser.add_argument("--retry-failed", action="store_true", help="retry failed sources")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    spec = spec_from_args(args)
     summary = extract_store(
         args.src,
         args.out,
         codec=args.codec,
-        encoder=build_audio_encoder(args.audio_encoder),
+        encoder=spec.build_audio(args.device or "cpu"),
+        ref_encoder=spec.build_ref(args.device or "cpu"),
+        ref_frames=spec.ref_frames,
         batch_frames=args.batch_frames,
         progress=not args.no_progress,
         device=args.device,

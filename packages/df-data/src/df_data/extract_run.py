@@ -1,5 +1,5 @@
-"""Extraction as named settings: ``ExtractConfig`` (the codec, structure and audio encoder by
-name or path) built into objects and run, locally or as a submitit SLURM job array.
+"""Extraction as named settings: ``ExtractConfig`` (the codec, structure and the speech and
+reference encoders by name or path) built into objects and run, locally or as a submitit SLURM job array.
 
 The objects (a GPU codec, a structure model) are built inside each process from the
 configuration, never pickled: task ``i`` of an ``N``-task array runs
@@ -10,14 +10,14 @@ A re-run (or a requeued task) skips finished clips.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from df_core.checks import one_of, positive_int
-from df_data.features import build_audio_encoder
+from df_data.encoders.spec import EncoderSpec
 from df_data.structure import STRUCT_EXTRACTORS, build_struct_extractor
 from df_models.codecs import load_codec
 
@@ -29,7 +29,7 @@ class ExtractConfig:
     codec_subfolder: str | None = None  # the VAE's folder in a pipeline repo ("vae")
     struct: str = "gt"  # gt | mesh | liveportrait (df_data.structure)
     struct_weights: str | None = None  # liveportrait: motion_extractor.pth / .safetensors
-    audio_encoder: str = "logmel"  # name in df_data.features.AUDIO_ENCODERS
+    encoders: EncoderSpec = field(default_factory=EncoderSpec)  # speech and reference encoders
     batch_frames: int = 16  # video frames moved to the codec's device per call (chunk size)
     struct_batch: int = 64  # frames per structure-model forward (liveportrait)
     device: str = "cpu"  # where the codec and the structure model run (e.g. cuda)
@@ -62,8 +62,8 @@ def run_extract(
     progress: bool = True,
     retry_failed: bool = False,
 ) -> dict[str, Any]:
-    """Builds the configuration's codec, structure extractor and audio encoder and runs
-    ``extract_store`` (its summary)."""
+    """Builds the configuration's codec, structure extractor, speech and reference encoders
+    and runs ``extract_store`` (its summary)."""
     from df_data.extract import extract_store
 
     codec: Any = config.codec
@@ -81,7 +81,9 @@ def run_extract(
         src,
         out,
         codec=codec,
-        encoder=build_audio_encoder(config.audio_encoder),
+        encoder=config.encoders.build_audio(config.device),
+        ref_encoder=config.encoders.build_ref(config.device),
+        ref_frames=config.encoders.ref_frames,
         batch_frames=config.batch_frames,
         device=config.device,
         struct_extractor=extractor,
@@ -91,8 +93,8 @@ def run_extract(
     )
 
 
-def _task(src: str, out: str, config: dict[str, Any], index: int, count: int) -> dict[str, Any]:
-    return run_extract(src, out, ExtractConfig(**config), shard=(index, count), progress=False)
+def _task(src: str, out: str, config: ExtractConfig, index: int, count: int) -> dict[str, Any]:
+    return run_extract(src, out, config, shard=(index, count), progress=False)
 
 
 def submit_extract_shards(
@@ -102,8 +104,7 @@ def submit_extract_shards(
     (``df_data.prepare.shards.slurm_executor``); returns their jobs."""
     positive_int("array", array)
     Path(out).mkdir(parents=True, exist_ok=True)
-    cfg = asdict(config)
     return executor.map_array(
-        _task, [str(src)] * array, [str(out)] * array, [cfg] * array, list(range(array)),
+        _task, [str(src)] * array, [str(out)] * array, [config] * array, list(range(array)),
         [array] * array,
     )  # fmt: skip

@@ -4,9 +4,11 @@ Legend: ``N`` audio samples at 16 kHz, ``L`` feature frames, ``Da`` feature dime
 ``T`` video frames.
 
 An encoder is an ``AudioEncoder``: ``name``, ``dim``, ``rate`` (50), ``sample_rate`` (16 kHz),
-``config()`` and its stable ``config_hash``, and ``encode(audio_N) -> [L, Da]``. Encoders are
-built by name from ``AUDIO_ENCODERS`` (the plug point: a pretrained HuBERT / Whisper wrapper
-registers a factory there with ``register_audio_encoder`` and extraction picks it up by name).
+``config()`` and its stable ``config_hash``, ``layers`` (``K``, 1 by default), and
+``encode(audio_N) -> [L, Da]`` (``[L, K, Da]`` for ``K > 1`` stacked layers). Encoders are
+built by name from ``AUDIO_ENCODERS`` (``register_audio_encoder`` adds one): ``logmel`` here,
+and the pretrained ``hubert``, ``wav2vec2`` and ``whisper`` of :mod:`df_data.encoders.speech`
+(imported, with transformers, only when one is built).
 ``features_for_frames`` fixes the length to exactly ``2 * T`` whatever the encoder's own frame
 convention is.
 
@@ -68,6 +70,7 @@ class AudioEncoder(abc.ABC):
     name: str = "audio"
     rate: int = FEATURE_RATE
     sample_rate: int = AUDIO_SAMPLE_RATE
+    layers: int = 1  # K: 1 gives features [L, Da]; more, stacked layers [L, K, Da]
 
     @property
     @abc.abstractmethod
@@ -80,14 +83,16 @@ class AudioEncoder(abc.ABC):
 
     @abc.abstractmethod
     def encode(self, audio_N: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Mono float32 audio ``[N]`` at ``sample_rate`` -> float32 features ``[L, Da]``."""
+        """Mono float32 audio ``[N]`` at ``sample_rate`` -> float32 features ``[L, Da]``
+        (``[L, K, Da]`` when ``layers > 1``)."""
 
     @property
     def config_hash(self) -> str:
         return config_hash({"name": self.name, **self.config()})
 
-    def identity(self) -> dict[str, str]:
-        """``{name, config_hash}``: what the clip store records about the encoder."""
+    def identity(self) -> dict[str, Any]:
+        """``{name, config_hash}`` (pretrained encoders add their source, layer, dim and build
+        kwargs): what the clip store and the bundle record about the encoder."""
         return {"name": self.name, "config_hash": self.config_hash}
 
 
@@ -180,18 +185,35 @@ def features_for_frames(
         else torch.nn.functional.pad(audio, (0, n - audio.shape[0]))
     )
     feats_LD = encoder.encode(audio).float()
-    if feats_LD.ndim != 2 or feats_LD.shape[0] == 0 or feats_LD.shape[1] != encoder.dim:
+    expected = (encoder.layers, encoder.dim) if encoder.layers > 1 else (encoder.dim,)
+    if feats_LD.shape[0] == 0 or tuple(feats_LD.shape[1:]) != expected:
+        shape = "[L, " + ", ".join(map(str, expected)) + "]"
         raise ValueError(
-            f"encoder {encoder.name!r} must return [L, {encoder.dim}], got {tuple(feats_LD.shape)}"
+            f"encoder {encoder.name!r} must return {shape}, got {tuple(feats_LD.shape)}"
         )
     length = AUDIO_FEATURES_PER_VIDEO_FRAME * frames
     if feats_LD.shape[0] < length:
-        tail = feats_LD[-1:].expand(length - feats_LD.shape[0], -1)
+        tail = feats_LD[-1:].expand(length - feats_LD.shape[0], *feats_LD.shape[1:])
         feats_LD = torch.cat([feats_LD, tail])
     return feats_LD[:length]
 
 
-AUDIO_ENCODERS: dict[str, Callable[..., AudioEncoder]] = {"logmel": LogMelEncoder}
+def _pretrained(kind: str) -> Callable[..., AudioEncoder]:
+    """A factory importing transformers only when a pretrained encoder is built."""
+
+    def build(**kwargs: Any) -> AudioEncoder:
+        from df_data.encoders.speech import HFSpeechEncoder
+
+        return HFSpeechEncoder(kind, **kwargs)
+
+    build.__name__ = f"build_{kind}"
+    return build
+
+
+AUDIO_ENCODERS: dict[str, Callable[..., AudioEncoder]] = {
+    "logmel": LogMelEncoder,
+    **{kind: _pretrained(kind) for kind in ("hubert", "wav2vec2", "whisper")},
+}
 
 
 def register_audio_encoder(name: str, factory: Callable[..., AudioEncoder]) -> None:

@@ -21,6 +21,8 @@ Hooks, so face cropping, VAD and pretrained encoders plug in without a rewrite:
 - ``vad(audio_N, frames) -> bool [frames]``: speech per video frame; the metadata records the
   speech ratio and the speech segments, and clips below ``min_speech_ratio`` are failures.
 - ``encoder``: any ``features.AudioEncoder`` (registry ``features.AUDIO_ENCODERS``).
+- ``ref_encoder``: a ``df_data.encoders.image.RefEncoder`` (optional): global reference tokens
+  of ``ref_frames`` evenly spaced frames (frame 0 first) of the stored (transformed) frames.
 """
 
 from __future__ import annotations
@@ -111,6 +113,8 @@ def build_record(
     vad: Vad | None = None,
     min_speech_ratio: float = 0.0,
     codec_id: dict[str, str] | None = None,
+    ref_encoder: Any = None,
+    ref_frames: int = 8,
 ) -> ClipRecord:
     """The store record of a validated source clip (module doc: the steps)."""
     # Step 1: uint8 [T, H, W, 3] -> float [1, T, 3, H, W] in [-1, 1]; the optional transform.
@@ -169,6 +173,10 @@ def build_record(
             mouth_box.clamp(min=0.0), torch.tensor([width, height, width, height]).float()
         )
 
+    ref_tokens = ref_at = None
+    if ref_encoder is not None:
+        ref_at, ref_tokens = reference_tokens(ref_encoder, video_BTCHW[0], ref_frames)
+
     meta = {
         "clip_id": source.clip_id,
         "split": source.metadata["split"],
@@ -180,12 +188,13 @@ def build_record(
         "height": int(height),
         "width": int(width),
         "audio_rate": FEATURE_RATE,
-        "audio_feature_dim": int(features.shape[1]),
+        "audio_feature_dim": int(features.shape[-1]),
         "struct_names": list(source.metadata["struct_names"]),
         "struct_frame": STRUCT_FRAME_RULE,
         "mouth_box": MOUTH_BOX_RULE if mouth_box is not None else None,
         "codec": codec_id or codec_identity(codec),
         "audio_encoder": encoder.identity(),
+        "ref_encoder": ref_encoder.identity() if ref_encoder is not None else None,
         "frame_transform": _hook_name(frame_transform),
         "vad": vad_meta,
         "source": {"dir": str(source.directory.resolve()), "files": source.files},
@@ -198,8 +207,35 @@ def build_record(
         if key in source.metadata:
             meta[key] = source.metadata[key]
     return ClipRecord(
-        source.clip_id, latents, struct, features, ref_image, ref_latent, meta, mouth_box
+        source.clip_id,
+        latents,
+        struct,
+        features,
+        ref_image,
+        ref_latent,
+        meta,
+        mouth_box,
+        ref_tokens,
+        ref_at,
     )
+
+
+def ref_token_frames(frames: int, count: int) -> torch.Tensor:
+    """``count`` evenly spaced video frames of a clip (int64, increasing, from 0; fewer when
+    the clip is shorter)."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"ref_frames must be a positive integer, got {count!r}")
+    return torch.linspace(0, frames - 1, min(count, frames)).round().long().unique()
+
+
+def reference_tokens(
+    ref_encoder: Any, video_TCHW: torch.Tensor, count: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(frames [F], tokens float16 [F, R, Dr])`` of ``count`` frames of a clip in [-1, 1]."""
+    at = ref_token_frames(video_TCHW.shape[0], count)
+    images = ((video_TCHW[at] + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    tokens = ref_encoder.encode(images.permute(0, 2, 3, 1).numpy())
+    return at, _to_float16("reference tokens", tokens)
 
 
 def group_mouth_boxes(box_T4: torch.Tensor, frames_per_latent: int) -> torch.Tensor:

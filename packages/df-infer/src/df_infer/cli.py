@@ -19,6 +19,7 @@ SAMPLER_FLAGS = {
     "clean_pass": ("clean_pass", "--clean-pass"),
     "fuse_clean": ("fuse_clean", "--fuse-clean"),
     "struct_finish_step": ("struct_finish_step", "--struct-finish-step"),
+    "noise_share": ("noise_share", "--noise-share"),
     "seed": ("seed", "--seed"),
 }
 
@@ -83,8 +84,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--struct-finish-step", type=int, default=None, help="structure clean after this step"
     )
+    p.add_argument(
+        "--noise-share",
+        type=float,
+        default=None,
+        help="shared part of every frame's initial video noise in [0, 1]: more is steadier, "
+        "less varied (default: the bundle's)",
+    )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument(
+        "--audio-model",
+        default=None,
+        help="where the bundle's speech encoder is (hub id or folder; default: as recorded); "
+        "its weights must be the ones the model was trained with",
+    )
+    p.add_argument(
+        "--ref-model",
+        default=None,
+        help="where the bundle's reference image encoder is (default: as recorded)",
+    )
     p.add_argument(
         "--compile",
         choices=("none", "blocks", "stream", "stream-graphs"),
@@ -120,7 +139,9 @@ def _generate(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name} {str(path)!r} does not exist")
     check_output(args.out)  # before the model loads, not after the video is generated
     sampler = _sampler(read_bundle(args.checkpoint)[2], args)
-    gen = StreamingGenerator.from_bundle(args.checkpoint, device=args.device)
+    gen = StreamingGenerator.from_bundle(
+        args.checkpoint, device=args.device, audio_model=args.audio_model, ref_model=args.ref_model
+    )
     gen.compile(args.compile)
     reference = args.ref if args.no_face_crop else _face_crop(args.ref)
     summary = generate_video(

@@ -45,7 +45,7 @@ def sample_full(
         cfg,
         ref_feats_BRD=ref_feats_BRD,
     )
-    noise = frames_noise(mc, B, 0, T, cfg.seed, device, noise_generator(device))
+    noise = frames_noise(mc, B, 0, T, cfg.seed, device, noise_generator(device), cfg.noise_share)
     xv, xs = noise.v, None
     if mc.struct_enabled:
         xs = noise.s.clone()  # replaced when a frame starts

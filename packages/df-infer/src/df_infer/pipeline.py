@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from df_data.features import AudioEncoder, build_audio_encoder
+from df_data.encoders import audio_encoder_from_identity
+from df_data.features import AudioEncoder
 from df_data.media import read_wav
 from df_infer.audio import StreamingFeatures, iter_chunks
 from df_infer.sampler_config import SamplerConfig, bundle_sampler, resolve_sampler
@@ -111,9 +112,15 @@ class StreamingGenerator:
         meta: InferenceMeta,
         *,
         encoder: AudioEncoder | None = None,
+        ref_encoder=None,
         device: str | torch.device = "auto",
         dtype: torch.dtype | None = None,
+        audio_model: str | None = None,
+        ref_model: str | None = None,
     ) -> None:
+        """``encoder`` / ``ref_encoder``: default, the ones ``meta`` records, rebuilt (from
+        ``audio_model`` / ``ref_model`` when given: where their files are now) and refused
+        when their weights or settings differ from the record."""
         self.device = resolve_device(device)
         if dtype is None:
             dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
@@ -127,13 +134,21 @@ class StreamingGenerator:
         self.model = model.to(self.device, dtype).eval()
         self.codec = codec.to(self.device).eval()
         self.meta = meta
-        self.encoder = encoder if encoder is not None else _encoder_for(meta)
-        c = model.config
-        if self.encoder.dim != c.audio_dim:
-            raise ValueError(
-                f"audio encoder {self.encoder.name!r} gives {self.encoder.dim} features, the model "
-                f"expects audio_dim={c.audio_dim}"
+        self.encoder = (
+            encoder
+            if encoder is not None
+            else audio_encoder_from_identity(
+                meta.audio_encoder, model=audio_model, device=self.device
             )
+        )
+        c = model.config
+        if self.encoder.dim != c.audio_dim or self.encoder.layers != c.audio_layers:
+            raise ValueError(
+                f"audio encoder {self.encoder.name!r} gives {self.encoder.layers} layer(s) of "
+                f"{self.encoder.dim} features, the model expects audio_layers={c.audio_layers} "
+                f"of audio_dim={c.audio_dim}"
+            )
+        self.ref_encoder = _ref_encoder(meta, c, ref_encoder, ref_model, self.device)
         if meta.struct_mean is not None and len(meta.struct_mean) != c.struct_raw_dim:
             raise ValueError(
                 f"inference.json struct_mean has {len(meta.struct_mean)} values, the model's "
@@ -157,12 +172,28 @@ class StreamingGenerator:
 
     @classmethod
     def from_bundle(
-        cls, directory: str | Path, *, device: str | torch.device = "auto", dtype=None
+        cls,
+        directory: str | Path,
+        *,
+        device: str | torch.device = "auto",
+        dtype=None,
+        audio_model: str | None = None,
+        ref_model: str | None = None,
     ) -> StreamingGenerator:
+        """The bundle's model, codec and encoders (``audio_model`` / ``ref_model``: where the
+        recorded encoders' files are, when not where extraction found them)."""
         model_dir, codec_dir, meta = read_bundle(directory)
         model = DualForceDiT.from_pretrained(model_dir)
         codec = load_codec(codec_dir)
-        return cls(model, codec, meta, device=device, dtype=dtype)
+        return cls(
+            model,
+            codec,
+            meta,
+            device=device,
+            dtype=dtype,
+            audio_model=audio_model,
+            ref_model=ref_model,
+        )
 
     def compile(self, mode: str = "stream") -> StreamingGenerator:
         """Compiles the hot loop with ``torch.compile`` (returns ``self``).
@@ -202,6 +233,21 @@ class StreamingGenerator:
         z = self.codec.encode(video[None, None].to(self.device), check_range=False)
         return z[:, 0]
 
+    @torch.no_grad()
+    def reference_tokens(self, image) -> torch.Tensor | None:
+        """The global reference tokens ``[1, R, ref_feature_dim]`` of the image (at the
+        training frames' size, as extraction computed them), or None for a model without."""
+        if not self.model.config.ref_tokens_enabled:
+            return None
+        if self.ref_encoder is None:
+            raise ValueError(
+                "the model has reference tokens (ref_tokens_enabled), but inference.json records "
+                "no ref_encoder to compute them with: pass ref_feats_BRD, or re-export the "
+                "bundle from a store extracted with --ref-encoder"
+            )
+        img = load_image(image, self.meta.image_size)
+        return self.ref_encoder.encode(img[None]).to(self.device, self.dtype)
+
     def _struct_raw(self, s_BnDs: torch.Tensor) -> torch.Tensor:
         if self._struct_stats is None:
             return s_BnDs
@@ -225,10 +271,13 @@ class StreamingGenerator:
         is taken as it is, except the noise settings it leaves None (shift, sigma_s_start,
         sigma_ctx), which come from the bundle's training. ``ref_feats_BRD`` are the global
         reference features ``[1, R, ref_feature_dim]`` of a model with reference tokens (from
-        the image encoder it was trained with)."""
+        the image encoder it was trained with); None computes them from ``reference`` with the
+        bundle's reference encoder."""
         start = time.perf_counter()
         cfg = self.default_sampler() if sampler is None else resolve_sampler(sampler, self.meta)
         ref = self.encode_reference(reference).to(self.dtype)
+        if ref_feats_BRD is None:
+            ref_feats_BRD = self.reference_tokens(reference)
         feats = StreamingFeatures(
             self.encoder, audio_source(audio), context=self.model.config.audio_context
         )
@@ -331,16 +380,20 @@ class _Decoded:
     done: torch.cuda.Event | None
 
 
-def _encoder_for(meta: InferenceMeta) -> AudioEncoder:
-    spec = dict(meta.audio_encoder)
-    name = spec.pop("name")
-    expected_hash = spec.pop("config_hash", None)
-    kwargs = spec.pop("kwargs", {})
-    encoder = build_audio_encoder(name, **kwargs)
-    if expected_hash is not None and encoder.config_hash != expected_hash:
+def _ref_encoder(meta: InferenceMeta, c, given, model: str | None, device: torch.device):
+    """The reference encoder of a model with reference tokens, checked against the model's
+    ``ref_feature_dim``; None for a model without them or a bundle that records none."""
+    if not c.ref_tokens_enabled:
+        return None
+    if given is None:
+        if meta.ref_encoder is None:
+            return None  # the caller must pass ref_feats_BRD (reference_tokens says so)
+        from df_data.encoders.image import ref_encoder_from_identity
+
+        given = ref_encoder_from_identity(meta.ref_encoder, model=model, device=device)
+    if given.dim != c.ref_feature_dim:
         raise ValueError(
-            f"inference.json audio_encoder {name!r} has config_hash {expected_hash[:12]}..., but "
-            f"building it with kwargs {kwargs} gives {encoder.config_hash[:12]}...: record the "
-            "encoder's kwargs under audio_encoder.kwargs"
+            f"reference encoder {given.name!r} gives {given.dim} features, the model expects "
+            f"ref_feature_dim={c.ref_feature_dim}"
         )
-    return encoder
+    return given

@@ -48,6 +48,8 @@ class SamplerConfig:
     # streams may want different scales.
     cfg_struct: float | None = None
     struct_prior: str = "previous"  # structure starts from the last clean frame's | zero
+    # shared part of every frame's initial video noise (df_infer.frame_noise); 0 = independent
+    noise_share: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -86,6 +88,7 @@ class SamplerConfig:
         if self.cfg_struct is not None:
             non_negative_float("SamplerConfig.cfg_struct", self.cfg_struct)
         one_of("SamplerConfig.struct_prior", self.struct_prior, ("previous", "zero"))
+        unit_float("SamplerConfig.noise_share", self.noise_share)
         non_negative_int("SamplerConfig.seed", self.seed)
 
     @property

@@ -62,8 +62,9 @@ def sample_stream(
         model: a :class:`~df_models.DualForceDiT` (eval mode).
         ref_latent_BCHW: the reference image's normalised codec latent (the sink frame).
         audio: an audio-window source: ``ensure(t_end) -> frames ready`` (pulls audio, blocks
-            for live input), ``windows(t0, n) -> [n, La, Da]`` or ``[B, n, La, Da]``, and
-            optionally ``release(t0)``; see :class:`df_infer.audio.StreamingFeatures`.
+            for live input), ``windows(t0, n) -> [n, La, Da]`` or ``[B, n, La, Da]`` (with
+            ``K`` stacked encoder layers, ``[.., La, K, Da]`` and a ``layers = K`` attribute),
+            and optionally ``release(t0)``; see :class:`df_infer.audio.StreamingFeatures`.
         config: the sampler settings, resolved (:func:`~df_infer.resolve_sampler`).
         max_frames: stop after this many frames (default: when the audio ends).
         cache: a cache from ``model.new_cache`` to reuse (it is reset); built when None.
@@ -152,7 +153,7 @@ def sample_stream(
 
 def _start_chunk(mc, cfg, t0, n, B, prior_s, sig_s0, gen) -> _Chunk:
     """Frames ``t0 .. t0 + n - 1`` at their initial noise."""
-    noise = frames_noise(mc, B, t0, n, cfg.seed, prior_s.device, gen)
+    noise = frames_noise(mc, B, t0, n, cfg.seed, prior_s.device, gen, cfg.noise_share)
     xs = None
     if noise.s is not None:
         # Structure starts at sigma_s_start on the flow path from its prior (DESIGN.md,
@@ -187,7 +188,9 @@ def _pass_inputs(clean: list[_Chunk], stepping: list[tuple[_Chunk, int]], levels
         if device.type == "cuda" and a.device.type == "cpu":
             a = a.pin_memory()  # a pageable copy could wait for the queued passes
         a = a.to(device=device, dtype=dtype, non_blocking=True)
-        aud.append(a.expand(B, *a.shape) if a.dim() == 3 else a)
+        # Unbatched windows are [n, La, Da], or [n, La, K, Da] from a source of K > 1 layers.
+        unbatched = 3 + (getattr(audio, "layers", 1) > 1)
+        aud.append(a.expand(B, *a.shape) if a.dim() == unbatched else a)
     cat = torch.cat
     return (
         cat(zv, 1),

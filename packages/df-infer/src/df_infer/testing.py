@@ -17,17 +17,31 @@ def tiny_bundle(
     seed: int = 0,
     window: int | None = 8,
     sampler: dict | None = None,
+    audio_encoder=None,
+    ref_encoder=None,
     **model,
 ) -> Path:
     """A random tiny model (4x4x4 latents, 80-bin log-mel audio, 11 structure dims) with the
     debug TinyAutoencoder (16x16 frames) and a matching ``inference.json`` (``sampler``: the
-    recommended sampler settings it records)."""
-    config = tiny(audio_dim=80, struct_raw_dim=11, window=window, **model)
+    recommended sampler settings it records). ``audio_encoder`` (an ``AudioEncoder``) replaces
+    log-mel, ``ref_encoder`` (a ``RefEncoder``) adds reference tokens: the model's audio and
+    reference widths follow them and ``inference.json`` records them."""
+    audio = audio_encoder if audio_encoder is not None else LogMelEncoder()
+    if ref_encoder is not None:
+        model = {**model, "ref_tokens_enabled": True, "ref_feature_dim": ref_encoder.dim}
+    config = tiny(
+        audio_dim=audio.dim,
+        audio_layers=audio.layers,
+        struct_raw_dim=11,
+        window=window,
+        **model,
+    )
     codec = TinyAutoencoder(tiny_autoencoder_debug())
     codec.init_weights()
     f = codec.spatial_factor
     meta = InferenceMeta(
-        audio_encoder=LogMelEncoder().identity(),
+        audio_encoder=audio.identity(),
+        ref_encoder=ref_encoder.identity() if ref_encoder is not None else None,
         image_size=(config.latent_height * f, config.latent_width * f),
         struct_names=tuple(f"s{i}" for i in range(11)),
         struct_mean=tuple(float(i) for i in range(11)),

@@ -32,7 +32,9 @@ BUNDLE_VERSION = 1
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class InferenceMeta:
-    audio_encoder: dict[str, Any]  # {"name", "config_hash"} as the clip store records it
+    # {"name", "config_hash"} as the clip store records it; pretrained encoders add "model"
+    # (hub id or folder), "revision", "weights_sha256", "layer", "layers", "dim" and "kwargs"
+    audio_encoder: dict[str, Any]
     image_size: tuple[int, int]  # (H, W) of the frames the codec decodes
     fps: int = FPS  # video frames per second
     struct_names: tuple[str, ...] = ()  # names of the Ds structure dimensions
@@ -45,12 +47,21 @@ class InferenceMeta:
     # name, e.g. {"steps": 4, "cfg_audio": 2.0}; df-infer checks the names and values.
     sampler: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form provenance (recipe, step)
+    # The global reference tokens' encoder as the clip store records it (None: the model has
+    # no reference tokens): "name", "config_hash", "model", "weights_sha256", "tokens", "dim".
+    ref_encoder: dict[str, Any] | None = None
     version: int = BUNDLE_VERSION
 
     def __post_init__(self) -> None:
         if not isinstance(self.audio_encoder, dict) or "name" not in self.audio_encoder:
             raise ValueError(
                 f"InferenceMeta.audio_encoder must be a dict with a 'name', got {self.audio_encoder!r}"
+            )
+        if self.ref_encoder is not None and (
+            not isinstance(self.ref_encoder, dict) or "name" not in self.ref_encoder
+        ):
+            raise ValueError(
+                f"InferenceMeta.ref_encoder must be None or a dict with a 'name', got {self.ref_encoder!r}"
             )
         size = tuple(self.image_size)
         if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):

@@ -50,10 +50,15 @@ class SyntheticWindows(Dataset):
         c, T = self.config, self.frames
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         shape = (c.latent_channels, c.latent_height, c.latent_width)
+        layers = (c.audio_layers,) if c.audio_layers > 1 else ()
+        extra = {"ref_tokens": torch.randn(5, c.ref_feature_dim, generator=g)}  # [R, Dr]
         return {
+            **(extra if c.ref_tokens_enabled else {}),
             "latents": torch.randn(T, *shape, generator=g),  # [T, C, H, W]
             "struct": torch.randn(T, c.struct_raw_dim, generator=g),  # [T, Ds]
-            "audio": torch.randn(T, c.audio_window, c.audio_dim, generator=g),  # [T, La, Da]
+            "audio": torch.randn(
+                T, c.audio_window, *layers, c.audio_dim, generator=g
+            ),  # [T, La, (K,) Da]
             "ref_latent": torch.randn(*shape, generator=g),  # [C, H, W]
             "mouth_box": torch.zeros(T, 4),
             "has_mouth_box": False,

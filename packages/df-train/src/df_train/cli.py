@@ -65,7 +65,17 @@ def main(argv: list[str]) -> int:
         if args.slurm or args.local:
             if not isinstance(config, TrainConfig):
                 raise ValueError("--slurm/--local launch DualForce recipes; train codecs directly")
+            if args.slurm and args.local:
+                raise ValueError("--slurm and --local: choose one executor")
             from df_train.launch import make_executor, submit
+            from df_train.preflight import check_run, require_slurm
+
+            found = check_run(config)  # before the queue, not after it
+            if args.slurm:
+                require_slurm()
+            logging.getLogger(__name__).info(
+                "checked: %d training clips, codec %s", found["clips"], found["codec_dir"]
+            )
 
             executor = make_executor(
                 out / "submitit",

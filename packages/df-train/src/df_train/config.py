@@ -23,6 +23,7 @@ from df_core.checks import (
     positive_int,
     unit_float,
 )
+from df_data.encoders.spec import EncoderSpec
 from df_models.config import DualForceConfig
 from df_train.lipsync import LipSyncConfig
 from df_train.parallel import ParallelConfig
@@ -46,15 +47,20 @@ class DataConfig:
     ref_other_prob: float = 0.2  # reference frame other than the first
     hflip_prob: float = 0.0  # horizontal flips in latent space
     num_workers: int = 0  # DataLoader workers
+    cache_clips: int = 64  # decoded clips each worker keeps in memory (LRU)
     normalize_struct: bool = True  # structure as (raw - mean) / std of the store's train split
     codec_dir: str = ""  # codec for the inference bundle (default: the store's store.json)
     struct: str = ""  # structure the store must hold: gt | mesh | liveportrait; "" any
+    # The encoders the store must have been extracted with (`dualforce data extract` flags:
+    # EncoderSpec.cli_args()); the trainer checks the store's records against them.
+    encoders: EncoderSpec = field(default_factory=EncoderSpec)
 
     def __post_init__(self) -> None:
         if self.struct:
             one_of("DataConfig.struct", self.struct, STRUCTURES)
         positive_int("DataConfig.frames", self.frames)
         non_negative_int("DataConfig.num_workers", self.num_workers)
+        positive_int("DataConfig.cache_clips", self.cache_clips)
         unit_float("DataConfig.ref_other_prob", self.ref_other_prob)
         unit_float("DataConfig.hflip_prob", self.hflip_prob)
         boolean("DataConfig.normalize_struct", self.normalize_struct)

@@ -1,7 +1,8 @@
 """Export of a trained run as an inference bundle (``df_models.bundle``).
 
 The bundle holds the EMA model, the codec the store's latents were made with, and
-``inference.json``: the store's audio encoder identity, the frame size, the struct names and
+``inference.json``: the store's audio encoder identity (and reference encoder's, for a model
+with reference tokens), the frame size, the struct names and
 normalisation statistics, the training noise settings the sampler starts from, the sampler
 settings the bundle recommends (``export_bundle(..., sampler=...)``), and provenance (recipe,
 step, store, codec identity, the training config) in ``extra``.
@@ -25,6 +26,7 @@ from df_models.codecs import codec_identity, load_codec
 from df_train.collectives import barrier
 
 if TYPE_CHECKING:
+    from df_train.config import TrainConfig
     from df_train.trainer import Trainer
 
 
@@ -42,7 +44,12 @@ def store_clip_metadata(trainer: Trainer) -> dict[str, Any]:
 
 def find_codec_dir(trainer: Trainer, clip_meta: dict[str, Any]) -> Path:
     """The codec directory of the run's store, checked against the store's codec identity."""
-    c = trainer.config
+    return codec_dir_for(trainer.config, clip_meta)
+
+
+def codec_dir_for(c: TrainConfig, clip_meta: dict[str, Any]) -> Path:
+    """:func:`find_codec_dir` from the config alone (no model built): for checks before a
+    job is submitted."""
     store = Path(c.data.store)
     if c.data.codec_dir:
         path, origin = Path(c.data.codec_dir), "DataConfig.codec_dir"
@@ -94,6 +101,7 @@ def inference_meta(
         sigma_s_max=c.noise.sigma_s_max,
         sigma_ctx=c.noise.sigma_ctx,
         sampler=_sampler_fields(sampler),
+        ref_encoder=_ref_encoder(trainer, clip_meta),
         extra={
             "recipe": c.name,
             "step": trainer.step,
@@ -103,6 +111,14 @@ def inference_meta(
             "train_config": c.to_dict(),
         },
     )
+
+
+def _ref_encoder(trainer: Trainer, clip_meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The store's reference encoder for a model with reference tokens (the trainer checked
+    the store has them)."""
+    if not trainer.config.model.ref_tokens_enabled:
+        return None
+    return clip_meta.get("ref_encoder")
 
 
 def _sampler_fields(sampler) -> dict[str, Any]:

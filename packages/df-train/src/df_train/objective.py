@@ -95,15 +95,16 @@ def draw_noise(
         sigma_ctx=noise.sigma_ctx,
         prefix_B=prefix_G,
     )
-    valid_BT = torch.arange(T)[None, :] >= prefix_G[mine][:, None]  # context carries no loss
-    eps_v = torch.randn((G, *video_shape[1:]), generator=g)[mine]
-    drop_audio_B = (torch.rand(G, generator=g) < audio_drop_prob)[mine]
+    dev = g.device  # drawn where the generator lives: on the training GPU, no host copies
+    valid_BT = torch.arange(T, device=dev)[None, :] >= prefix_G[mine][:, None]  # context: no loss
+    eps_v = torch.randn((G, *video_shape[1:]), generator=g, device=dev)[mine]
+    drop_audio_B = (torch.rand(G, generator=g, device=dev) < audio_drop_prob)[mine]
     # Drawn whether or not the model has reference tokens, so that the random stream (and every
     # draw after this one) does not depend on the model.
-    drop_ref_B = (torch.rand(G, generator=g) < ref_drop_prob)[mine]
+    drop_ref_B = (torch.rand(G, generator=g, device=dev) < ref_drop_prob)[mine]
     eps_s = None
     if struct_shape is not None:
-        eps_s = torch.randn((G, *struct_shape[1:]), generator=g)[mine]
+        eps_s = torch.randn((G, *struct_shape[1:]), generator=g, device=dev)[mine]
     return NoiseDraw(
         sigma_v=sigma_v_GT[mine],
         sigma_s=sigma_s_GT[mine],
@@ -201,6 +202,7 @@ class Objective:
                 ref_latent_BCHW=batch["ref_latent"].to(dev),
                 drop_audio_B=drop_audio,
                 drop_ref_B=draw.drop_ref.to(dev) if c.model.ref_tokens_enabled else None,
+                ref_feats_BRD=batch["ref_tokens"].to(dev) if c.model.ref_tokens_enabled else None,
                 s_BTDs=s_noisy,
                 sigma_s_BT=sigma_s if c.model.struct_enabled else None,
             )
@@ -253,6 +255,8 @@ class Objective:
         dev = self.device
         box = mouth_boxes(batch, tuple(x_v.shape[-2:]), dev)
         audio = batch["audio"].to(dev)
+        if audio.dim() == 5:  # [B, T, La, K, Da] stacked encoder layers: the heads read their mean
+            audio = audio.mean(dim=3)
         has_box_BT = batch["has_mouth_box"].to(dev)[:, None].expand(valid_BT.shape)
         heads, _ = self.lip(batch["latents"].to(dev), box, audio, has_box_BT)
         gen_valid_BT = (

@@ -142,6 +142,8 @@ def train_step_flops(
         "s_BTDs": batch["struct"].to(device) if struct_enabled else None,
         "sigma_s_BT": torch.full((B, T), 0.5, device=device) if struct_enabled else None,
     }
+    if "ref_tokens" in batch:
+        inputs["ref_feats_BRD"] = batch["ref_tokens"].to(device)
     return grad_accum * count_model_step_flops(model, inputs, precision=precision)
 
 

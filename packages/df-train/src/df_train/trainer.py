@@ -46,7 +46,7 @@ from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader, Dataset
 
 from df_data.dataset import ResumableSampler, WindowConfig, WindowDataset, collate_windows
-from df_data.store import STRUCT_STATS_NAME, StructStats
+from df_data.store import STRUCT_STATS_NAME, StructStats, read_metadata
 from df_models import DualForceDiT
 from df_models.io import write_json_atomic
 from df_train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -120,11 +120,6 @@ class Trainer:
         """``dataset`` replaces the store's windows (benchmarks use synthetic ones); it must
         return what :class:`df_data.dataset.WindowDataset` returns."""
         self.config = c = config
-        if c.model.ref_tokens_enabled:
-            raise ValueError(
-                "TrainConfig.model.ref_tokens_enabled is True, but clip stores hold no global "
-                "reference features to train them on; set ref_tokens_enabled=False"
-            )
         self.rank, self.world_size = rank, world_size
         if world_size > 1 and not distributed(world_size):
             raise ValueError(
@@ -199,23 +194,14 @@ class Trainer:
             min_ratio=c.optim.min_lr_ratio,
         )
         # The same state on every rank: each draws the global batch's noise and keeps its rows.
-        self.noise_gen = torch.Generator().manual_seed(c.seed * 1000)
+        # It lives on the training device: drawn on the host, a 256-clip batch's noise took 30
+        # ms of a 133 ms H200 step plus a pageable copy (issue 14 profile; BENCHMARKS.md).
+        self.noise_gen = torch.Generator(device=self.device).manual_seed(c.seed * 1000)
         self.step = 0
         self.nan_skips = 0
 
     def _window_dataset(self) -> WindowDataset:
-        c = self.config
-        return WindowDataset(
-            c.data.store,
-            WindowConfig(
-                frames=c.data.frames,
-                audio_context=c.model.audio_context,
-                ref_other_prob=c.data.ref_other_prob,
-                hflip_prob=c.data.hflip_prob,
-                normalize_struct=c.data.normalize_struct and c.model.struct_enabled,
-            ),
-            seed=c.seed,
-        )
+        return window_dataset(self.config)
 
     @property
     def struct_stats(self) -> StructStats | None:
@@ -228,49 +214,7 @@ class Trainer:
     # Checks ------------------------------------------------------------------------------------
 
     def _check_store_matches_model(self) -> None:
-        sample = self.dataset[0]
-        m = self.config.model
-        expected = (m.latent_channels, m.latent_height, m.latent_width)
-        got = tuple(sample["latents"].shape[1:])
-        store = self.config.data.store
-        if got != expected:
-            raise ValueError(
-                f"store {store}: latents are {got} per frame but the model expects {expected} "
-                "(model.latent_channels/latent_height/latent_width)"
-            )
-        self._check_store_metadata(sample["clip_id"])  # before the shapes that follow from it
-        if m.struct_enabled and sample["struct"].shape[-1] != m.struct_raw_dim:
-            raise ValueError(
-                f"store {store}: structure has {sample['struct'].shape[-1]} dims, "
-                f"model.struct_raw_dim is {m.struct_raw_dim}"
-            )
-        if sample["audio"].shape[-1] != m.audio_dim or sample["audio"].shape[1] != m.audio_window:
-            raise ValueError(
-                f"store {store}: audio windows are {tuple(sample['audio'].shape[1:])}, the model "
-                f"expects ({m.audio_window}, {m.audio_dim}) (model.audio_dim, audio_context)"
-            )
-
-    def _check_store_metadata(self, clip_id: str) -> None:
-        """The store's structure and frames per latent are the recipe's and the model's."""
-        m, store = self.config.model, self.config.data.store
-        clip_metadata = getattr(self.dataset, "clip_metadata", None)  # synthetic data: none
-        if clip_metadata is None:
-            return
-        meta = clip_metadata(clip_id)
-        struct = meta.get("struct_extractor", "gt")
-        if self.config.data.struct and struct != self.config.data.struct:
-            raise ValueError(
-                f"store {store}: its structure is {struct!r} ({len(meta['struct_names'])} dims), "
-                f"data.struct asks for {self.config.data.struct!r}: extract the store with "
-                f"'dualforce data extract --struct {self.config.data.struct}'"
-            )
-        fpl = int(meta.get("frames_per_latent", 1))
-        if fpl != m.frames_per_latent:
-            raise ValueError(
-                f"store {store}: its codec puts {fpl} video frames in a latent frame "
-                f"(frames_per_latent={fpl}; 4 for the Wan VAE) but the model has "
-                f"model.frames_per_latent={m.frames_per_latent}: set it to {fpl}"
-            )
+        check_store_matches_model(self.config, self.dataset)
 
     # State -------------------------------------------------------------------------------------
 
@@ -449,6 +393,7 @@ class Trainer:
             sampler=sampler,
             num_workers=c.data.num_workers,
             collate_fn=collate_windows,
+            pin_memory=self.device.type == "cuda",  # page-locked batches copy faster to the GPU
         )
 
     def fit(
@@ -508,3 +453,105 @@ class Trainer:
                     self.save()
         run_log.close()
         return history
+
+
+def window_dataset(c: TrainConfig) -> WindowDataset:
+    """The training windows of ``c.data.store`` as ``c`` asks for them (no model needed)."""
+    return WindowDataset(
+        c.data.store,
+        WindowConfig(
+            frames=c.data.frames,
+            audio_context=c.model.audio_context,
+            ref_other_prob=c.data.ref_other_prob,
+            hflip_prob=c.data.hflip_prob,
+            normalize_struct=c.data.normalize_struct and c.model.struct_enabled,
+            ref_tokens=c.model.ref_tokens_enabled,
+            cache_clips=c.data.cache_clips,
+        ),
+        seed=c.seed,
+    )
+
+
+def check_store_matches_model(config: TrainConfig, dataset) -> None:
+    """The store's latents, structure, audio windows, encoders and reference tokens are what
+    ``config.model`` and ``config.data.encoders`` expect (``ValueError`` naming the field)."""
+    sample = dataset[0]
+    m = config.model
+    expected = (m.latent_channels, m.latent_height, m.latent_width)
+    got = tuple(sample["latents"].shape[1:])
+    store = config.data.store
+    if got != expected:
+        raise ValueError(
+            f"store {store}: latents are {got} per frame but the model expects {expected} "
+            "(model.latent_channels/latent_height/latent_width)"
+        )
+    check_store_structure(config, dataset)  # before the shapes that follow from it
+    if m.struct_enabled and sample["struct"].shape[-1] != m.struct_raw_dim:
+        raise ValueError(
+            f"store {store}: structure has {sample['struct'].shape[-1]} dims, "
+            f"model.struct_raw_dim is {m.struct_raw_dim}"
+        )
+    layers = (m.audio_layers,) if m.audio_layers > 1 else ()
+    expected_audio = (m.audio_window, *layers, m.audio_dim)
+    if tuple(sample["audio"].shape[1:]) != expected_audio:
+        raise ValueError(
+            f"store {store}: audio windows are {tuple(sample['audio'].shape[1:])}, the model "
+            f"expects {expected_audio} (model.audio_window from audio_context, "
+            "model.audio_layers: the encoder's stacked layers, model.audio_dim)"
+        )
+    check_store_encoders(config, dataset)
+    if m.ref_tokens_enabled and sample["ref_tokens"].shape[-1] != m.ref_feature_dim:
+        raise ValueError(
+            f"store {store}: reference tokens have dim {sample['ref_tokens'].shape[-1]}, "
+            f"model.ref_feature_dim is {m.ref_feature_dim}"
+        )
+
+
+def check_store_structure(config: TrainConfig, dataset) -> None:
+    """The store's structure is ``data.struct`` (when set) and its frames per latent frame
+    ``model.frames_per_latent``. Stores of other data (benchmarks) are not checked."""
+    entries = getattr(dataset, "entries", None)
+    if not entries:
+        return
+    m, store = config.model, config.data.store
+    meta = read_metadata(dataset.store_dir, entries[0]["clip_id"])
+    struct = meta.get("struct_extractor", "gt")
+    if config.data.struct and struct != config.data.struct:
+        raise ValueError(
+            f"store {store}: its structure is {struct!r} ({len(meta['struct_names'])} dims), "
+            f"data.struct asks for {config.data.struct!r}: extract the store with "
+            f"'dualforce data extract --struct {config.data.struct}'"
+        )
+    fpl = int(meta.get("frames_per_latent", 1))
+    if fpl != m.frames_per_latent:
+        raise ValueError(
+            f"store {store}: its codec puts {fpl} video frames in a latent frame "
+            f"(frames_per_latent={fpl}; 4 for the Wan VAE) but the model has "
+            f"model.frames_per_latent={m.frames_per_latent}: set it to {fpl}"
+        )
+
+
+def check_store_encoders(config: TrainConfig, dataset) -> None:
+    """The store's encoders are the kinds (and audio layer) ``data.encoders`` names; the
+    weights may come from anywhere (a hub id or a folder holding a copy), the model's
+    widths are checked against the features themselves. Stores of other data
+    (benchmarks) are not checked."""
+    entries = getattr(dataset, "entries", None)
+    if not entries:
+        return
+    spec, store = config.data.encoders, config.data.store
+    meta = read_metadata(dataset.store_dir, entries[0]["clip_id"])
+    audio, ref = meta.get("audio_encoder") or {}, meta.get("ref_encoder") or {}
+    found = {
+        "audio_encoder": audio.get("name"),
+        "audio_layer": audio.get("layer", "last"),
+        "ref_encoder": ref.get("name", "none"),
+    }
+    for key, value in found.items():
+        wanted = getattr(spec, key)
+        if value != wanted:
+            raise ValueError(
+                f"store {store} was extracted with {key}={value!r}, but "
+                f"data.encoders.{key} is {wanted!r}: extract with `dualforce data extract "
+                f"{' '.join(spec.cli_args())}` or set data.encoders to the store's encoders"
+            )

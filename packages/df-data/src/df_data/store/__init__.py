@@ -12,21 +12,32 @@ Layout (binding; df-train's loader reads exactly this)::
 
     <store>/clips/<clip_id>/video_latents.safetensors  {"latents": float16 [T_lat, C, h, w]}
                             struct.safetensors         {"struct": float32 [T_lat, Ds]}
-                            audio_features.safetensors {"features": float16 [L, Da]}, L == 2 * T
+                            audio_features.safetensors {"features": float16 [L, Da] or
+                                                        [L, K, Da] (K layers)}, L == 2 * T
                             ref.safetensors            {"image": uint8 [3, H, W],
                                                         "latent": float16 [C, h, w]}
                             mouth_box.safetensors      optional {"mouth_box": float32 [T_lat, 4]}
+                            ref_tokens.safetensors     optional {"tokens": float16 [F, R, Dr],
+                                                        "frames": int64 [F]}
                             metadata.json
     <store>/manifest.jsonl   one object per finished clip: clip_id, path, split, latent_frames, frames
     <store>/failures.jsonl   one object per failed source: source, clip_id, kind, reason, time
     <store>/store.json       optional: what extraction knows of the store as a whole (the codec
-                             directory it was loaded from, the codec and audio encoder identity)
+                             directory it was loaded from, the codec, audio and reference encoder identity)
     <store>/struct_stats.json  per-dimension mean/std of the train split's structure
                              (``struct_stats``: computed on first use, rewritten when stale)
 
 Mouth boxes (optional: real data may have none) are pixel boxes ``(x0, y0, x1, y1)`` in the
 stored frames (``metadata["height"]``, ``metadata["width"]``), one per latent frame: the union of
 the boxes of the video frames that latent frame covers.
+
+Reference tokens (optional: extraction with a reference encoder) are the global tokens of
+``F`` frames of the clip, evenly spaced from frame 0 (``ref_token_frames``), so that training
+can take a random frame of the clip as the reference (the proposal's augmentation) at a few
+tens of KB per clip instead of tokens for every frame; ``metadata["ref_encoder"]`` records
+the encoder. The audio encoder identity (``metadata["audio_encoder"]``) of a pretrained encoder
+holds its source (hub id or folder, revision), the sha256 of its weights, the layer choice, the
+number of stacked layers ``K`` and the dimension.
 
 Atomicity: a clip directory is built under ``clips/.tmp-<clip_id>@<host>@<pid>``, fsynced and
 renamed to ``clips/<clip_id>``; its manifest line is appended (under an exclusive ``flock``,
@@ -48,6 +59,7 @@ from df_data.store.format import (
     METADATA_FILE,
     MOUTH_BOX_FILE,
     REF_FILE,
+    REF_TOKENS_FILE,
     REQUIRED_METADATA,
     STORE_INFO_NAME,
     STORE_VERSION,
@@ -86,6 +98,7 @@ __all__ = [
     "METADATA_FILE",
     "MOUTH_BOX_FILE",
     "REF_FILE",
+    "REF_TOKENS_FILE",
     "REQUIRED_METADATA",
     "STORE_INFO_NAME",
     "STORE_VERSION",

@@ -30,6 +30,7 @@ AUDIO_FILE = "audio_features.safetensors"
 REF_FILE = "ref.safetensors"
 METADATA_FILE = "metadata.json"
 MOUTH_BOX_FILE = "mouth_box.safetensors"
+REF_TOKENS_FILE = "ref_tokens.safetensors"
 STORE_INFO_NAME = "store.json"
 STRUCT_STATS_NAME = "struct_stats.json"
 CLIP_FILES = (LATENTS_FILE, STRUCT_FILE, AUDIO_FILE, REF_FILE, METADATA_FILE)
@@ -68,12 +69,16 @@ class ClipRecord:
         clip_id: ``"<split>-<source dir name>"``.
         latents: float16 ``[T_lat, C, h, w]``, normalised codec latents.
         struct: float32 ``[T_lat, Ds]``, structure per latent frame.
-        audio_features: float16 ``[L, Da]`` with ``L == 2 * metadata["frames"]``.
+        audio_features: float16 ``[L, Da]`` with ``L == 2 * metadata["frames"]``, or
+            ``[L, K, Da]``: ``K`` stacked encoder layers (``metadata["audio_encoder"]["layers"]``).
         ref_image: uint8 ``[3, H, W]``, the first video frame.
         ref_latent: float16 ``[C, h, w]``, its latent (encoded as a 1-frame clip).
         metadata: the contents of ``metadata.json`` (``REQUIRED_METADATA`` at least).
         mouth_box: optional float32 ``[T_lat, 4]`` pixel boxes ``(x0, y0, x1, y1)`` of the mouth
             in the stored frames (module doc).
+        ref_tokens: optional float16 ``[F, R, Dr]``, the global reference tokens (DINOv2 /
+            CLIP, ``metadata["ref_encoder"]``) of ``F`` frames of the clip.
+        ref_token_frames: int64 ``[F]``, the video frames they are of (increasing, first 0).
     """
 
     clip_id: str
@@ -84,6 +89,8 @@ class ClipRecord:
     ref_latent: torch.Tensor
     metadata: dict[str, Any] = field(default_factory=dict)
     mouth_box: torch.Tensor | None = None
+    ref_tokens: torch.Tensor | None = None
+    ref_token_frames: torch.Tensor | None = None
 
 
 def clip_dir(store_dir: str | Path, clip_id: str) -> Path:
@@ -148,7 +155,13 @@ def validate_record(record: ClipRecord) -> None:
     )
     _check_tensor(cid, "latents", record.latents, torch.float16, 4, finite=True)
     _check_tensor(cid, "struct", record.struct, torch.float32, 2, finite=True)
-    _check_tensor(cid, "audio features", record.audio_features, torch.float16, 2, finite=True)
+    feats = record.audio_features
+    _check_tensor(cid, "audio features", feats, torch.float16, max(feats.ndim, 2), finite=True)
+    expect(
+        cid,
+        feats.ndim in (2, 3),
+        f"audio features must be [L, Da] or [L, K, Da], got {tuple(feats.shape)}",
+    )
     _check_tensor(cid, "ref image", record.ref_image, torch.uint8, 3, finite=False)
     _check_tensor(cid, "ref latent", record.ref_latent, torch.float16, 3, finite=True)
 
@@ -183,7 +196,7 @@ def validate_record(record: ClipRecord) -> None:
         len(names) == record.struct.shape[1],
         f"struct has dim {record.struct.shape[1]} but metadata has {len(names)} struct_names",
     )
-    length, dim = record.audio_features.shape
+    length, dim = record.audio_features.shape[0], record.audio_features.shape[-1]
     expect(
         cid,
         length == AUDIO_FEATURES_PER_VIDEO_FRAME * frames,
@@ -211,6 +224,32 @@ def validate_record(record: ClipRecord) -> None:
     )
     if record.mouth_box is not None:
         _validate_mouth_box(record, t_lat)
+    if (record.ref_tokens is None) != (record.ref_token_frames is None):
+        raise StoreError(f"clip {cid!r}: ref_tokens and ref_token_frames go together")
+    if record.ref_tokens is not None:
+        _validate_ref_tokens(record, frames)
+
+
+def _validate_ref_tokens(record: ClipRecord, frames: int) -> None:
+    cid, tokens, at = record.clip_id, record.ref_tokens, record.ref_token_frames
+    _check_tensor(cid, "ref_tokens", tokens, torch.float16, 3, finite=True)
+    _check_tensor(cid, "ref_token_frames", at, torch.int64, 1, finite=False)
+    expect(
+        cid,
+        at.shape[0] == tokens.shape[0],
+        f"ref_tokens has {tokens.shape[0]} frames, ref_token_frames {at.shape[0]}",
+    )
+    expect(
+        cid,
+        int(at[0]) == 0 and bool((at[1:] > at[:-1]).all()) and int(at[-1]) < frames,
+        f"ref_token_frames must increase from 0 and stay below {frames} frames, got {at.tolist()}",
+    )
+    info = record.metadata.get("ref_encoder")
+    expect(
+        cid,
+        isinstance(info, dict) and info.get("dim") == tokens.shape[2],
+        f"ref_tokens have dim {tokens.shape[2]}, metadata ref_encoder is {info}",
+    )
 
 
 def _validate_mouth_box(record: ClipRecord, t_lat: int) -> None:
@@ -288,7 +327,10 @@ def read_clip(store_dir: str | Path, clip_id: str, *, validate: bool = True) -> 
     box = None
     if (directory / MOUTH_BOX_FILE).is_file():
         (box,) = load_tensors(directory, clip_id, MOUTH_BOX_FILE, ("mouth_box",))
-    record = ClipRecord(clip_id, latents, struct, features, image, latent, meta, box)
+    tokens = at = None
+    if (directory / REF_TOKENS_FILE).is_file():
+        tokens, at = load_tensors(directory, clip_id, REF_TOKENS_FILE, ("tokens", "frames"))
+    record = ClipRecord(clip_id, latents, struct, features, image, latent, meta, box, tokens, at)
     if validate:
         validate_record(record)
     return record

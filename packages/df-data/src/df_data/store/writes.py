@@ -22,6 +22,7 @@ from df_data.store.format import (
     METADATA_FILE,
     MOUTH_BOX_FILE,
     REF_FILE,
+    REF_TOKENS_FILE,
     STORE_INFO_NAME,
     STORE_VERSION,
     STRUCT_FILE,
@@ -59,8 +60,8 @@ def write_clip_record(
     meta = dict(record.metadata)
     meta.setdefault("clip_id", record.clip_id)
     meta.setdefault("latent_frames", int(record.latents.shape[0]) if record.latents.ndim else 0)
-    if record.audio_features.ndim == 2:
-        meta.setdefault("audio_feature_dim", int(record.audio_features.shape[1]))
+    if record.audio_features.ndim in (2, 3):
+        meta.setdefault("audio_feature_dim", int(record.audio_features.shape[-1]))
     meta.setdefault("store_version", STORE_VERSION)
     record = dataclasses.replace(record, metadata=meta)
     validate_record(record)
@@ -80,6 +81,9 @@ def write_clip_record(
         _tensor_file(tmp / REF_FILE, {"image": record.ref_image, "latent": record.ref_latent})
         if record.mouth_box is not None:
             _tensor_file(tmp / MOUTH_BOX_FILE, {"mouth_box": record.mouth_box})
+        if record.ref_tokens is not None:
+            tokens = {"tokens": record.ref_tokens, "frames": record.ref_token_frames}
+            _tensor_file(tmp / REF_TOKENS_FILE, tokens)
         with open(tmp / METADATA_FILE, "w") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
             f.flush()

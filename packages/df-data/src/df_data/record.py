@@ -51,30 +51,28 @@ logger = logging.getLogger(__name__)
 STRUCT_FRAME_RULE = "last video frame of each latent frame's group: struct[j * frames_per_latent]"
 MOUTH_BOX_RULE = "pixels of the stored frames; union of the boxes of each latent frame's group"
 
+# Copied from the source metadata (df_data.sources: the extractor's or the ground truth's).
+STRUCTURE_KEYS = (
+    "struct_mirror",
+    "struct_extractor",
+    "struct_extractor_identity",
+    "struct_per_clip",
+    "mouth_box_source",
+)
+
 FrameTransform = Callable[[torch.Tensor], torch.Tensor]
 Vad = Callable[[np.ndarray, int], np.ndarray]
-
-
-def _codec_device(codec: LatentCodec) -> torch.device:
-    return codec.latent_mean.device
 
 
 @torch.no_grad()
 def encode_latents(
     codec: LatentCodec, video_BTCHW: torch.Tensor, batch_frames: int
 ) -> torch.Tensor:
-    """Normalised latents ``[T_lat, C, h, w]`` float32 on the CPU of a ``[1, T, 3, H, W]`` clip.
-
-    An image codec (``frames_per_latent == 1``) encodes ``batch_frames`` frames at a time; a
-    causal video codec carries state across the clip, so it encodes the clip in one call.
-    """
-    device = _codec_device(codec)
-    if codec.frames_per_latent == 1:
-        chunks = video_BTCHW.split(batch_frames, dim=1)
-    else:
-        chunks = (video_BTCHW,)
-    z = [codec.encode(chunk.to(device)).float().cpu() for chunk in chunks]
-    return torch.cat(z, dim=1)[0]
+    """Normalised latents ``[T_lat, C, h, w]`` float32 on the CPU of a ``[1, T, 3, H, W]`` clip,
+    moved to the codec's device ``batch_frames`` video frames at a time
+    (``LatentCodec.encode_chunked``: image codecs encode chunks independently, the Wan VAE
+    carries its causal cache across them, so the chunk size never changes the latents)."""
+    return codec.encode_chunked(video_BTCHW, batch_frames)[0]
 
 
 def _to_float16(name: str, x: torch.Tensor) -> torch.Tensor:
@@ -205,6 +203,9 @@ def build_record(
     }
     if "identity_seed" in source.metadata:
         meta["identity_seed"] = source.metadata["identity_seed"]
+    for key in STRUCTURE_KEYS:  # what the structure is and how a flip acts on it
+        if key in source.metadata:
+            meta[key] = source.metadata[key]
     return ClipRecord(
         source.clip_id,
         latents,

@@ -6,10 +6,14 @@ A source is any directory under ``src_dir`` holding ``video.mp4`` (H.264, 25 fps
 ``audio.wav`` (16 kHz mono), ``metadata.json`` (``fps``, ``frames``, ``split``,
 ``struct_names``, ...) and the structure: either ground truth, ``gt.safetensors`` (``struct``
 float32 ``[T, Ds]``, ``identity`` float32 ``[Di]``, optionally ``mouth_box`` float32 ``[T, 4]``
-pixel boxes ``(x0, y0, x1, y1)``), as SynthTalk writes, or, for real clips that
-``dualforce data prepare`` writes (``landmarks.safetensors``, whose ``mouth_box`` is used), a
-``StructExtractor`` that computes it from the frames. Without either, the source fails with
-kind ``no_structure``.
+pixel boxes ``(x0, y0, x1, y1)``), as SynthTalk writes, or a ``StructExtractor``
+(``df_data.structure``) that computes it from the frames, as the real clips that ``dualforce
+data prepare`` writes need (their ``landmarks.safetensors`` ``mouth_box`` is used unless the
+extractor gives its own). An extractor, when given, is used for every source, ground truth or
+not, so that a store holds one structure. Without either, the source fails with kind
+``no_structure``. The structure's mirror rule (``struct_mirror``, ``df_data.structure.mirror``)
+goes into the metadata: the extractor's, or for ground truth the source metadata's own, else
+SynthTalk's rule.
 Its clip id is ``"<split>-<directory name>"``. Directories whose path below ``src_dir`` has a
 component starting with a dot (a generator's temporary output) are ignored.
 
@@ -35,6 +39,8 @@ from safetensors.torch import load_file
 from df_core.conventions import AUDIO_SAMPLE_RATE, FPS
 from df_data.media import MediaError, read_video, read_wav
 from df_data.store import StoreError, check_clip_id
+from df_data.structure.base import StructResult, extractor_identity
+from df_data.structure.mirror import LEGACY_MIRROR, MIRROR_KEY, StructMirror, mirror_to_json
 
 VIDEO_FILE = "video.mp4"
 AUDIO_FILE = "audio.wav"
@@ -136,13 +142,20 @@ def read_source_metadata(directory: Path) -> tuple[dict[str, Any], str]:
 
 
 class StructExtractor(Protocol):
-    """Structure from frames, for sources without ground truth: ``names`` (one per dimension),
-    ``name`` (recorded in the metadata) and ``extractor(frames_THWC uint8) -> float [T, Ds]``."""
+    """Structure from frames, for sources without ground truth (``df_data.structure`` has the
+    real ones).
+
+    ``name`` (recorded in the metadata), ``names`` (one per dimension), ``mirror`` (a
+    ``StructMirror``: how a horizontal flip acts on the structure; None or absent: no known
+    mirror, flip augmentation is refused), optionally ``identity()`` (what the store records),
+    and ``extractor(frames_THWC uint8) -> float [T, Ds]`` or a ``StructResult`` (structure,
+    optional mouth boxes, per-clip quantities).
+    """
 
     name: str
     names: Sequence[str]
 
-    def __call__(self, frames_THWC: np.ndarray) -> torch.Tensor: ...
+    def __call__(self, frames_THWC: np.ndarray) -> torch.Tensor | StructResult: ...
 
 
 def _read_gt(directory: Path, meta: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -183,24 +196,53 @@ def _check_box(box: torch.Tensor | None, frames: int, path: Path) -> torch.Tenso
 
 def _extract_struct(
     directory: Path, frames_THWC: np.ndarray, extractor: StructExtractor
-) -> torch.Tensor:
-    struct = torch.as_tensor(extractor(frames_THWC))
-    if struct.ndim != 2 or struct.shape != (frames_THWC.shape[0], len(extractor.names)):
+) -> StructResult:
+    result = extractor(frames_THWC)
+    if not isinstance(result, StructResult):
+        result = StructResult(torch.as_tensor(result))
+    struct, frames = result.struct, frames_THWC.shape[0]
+    if struct.ndim != 2 or struct.shape != (frames, len(extractor.names)):
         raise SourceError(
             "bad_struct",
             f"{directory}: the structure extractor {extractor.name!r} must return "
-            f"[T={frames_THWC.shape[0]}, Ds={len(extractor.names)}], got {tuple(struct.shape)}",
+            f"[T={frames}, Ds={len(extractor.names)}], got {tuple(struct.shape)}",
         )
     if not torch.isfinite(struct.float()).all():
         raise SourceError("nan_struct", f"{directory}: extracted structure has NaN/inf values")
-    return struct.float()
+    box = result.mouth_box
+    if box is not None and (tuple(box.shape) != (frames, 4) or not torch.isfinite(box).all()):
+        raise SourceError(
+            "bad_struct",
+            f"{directory}: the structure extractor {extractor.name!r} must return finite mouth "
+            f"boxes [T={frames}, 4], got {tuple(box.shape)}",
+        )
+    return StructResult(struct.float(), None if box is None else box.float(), result.per_clip)
+
+
+def _structure_metadata(
+    meta: dict[str, Any], extractor: StructExtractor, result: StructResult, has_box: bool
+) -> dict[str, Any]:
+    """The source metadata with the extractor's names, identity, mirror rule and per-clip
+    quantities."""
+    meta = {**meta, "struct_names": list(extractor.names)}
+    meta["struct_extractor"] = extractor.name
+    meta["struct_extractor_identity"] = extractor_identity(extractor)
+    meta[MIRROR_KEY] = mirror_to_json(getattr(extractor, "mirror", None))
+    meta["struct_per_clip"] = result.per_clip
+    if result.mouth_box is not None:
+        meta["mouth_box_source"] = f"structure extractor {extractor.name}"
+    elif has_box:
+        meta["mouth_box_source"] = f"the source's own ({GT_FILE} or {LANDMARKS_FILE})"
+    return meta
 
 
 def read_source(directory: Path, struct_extractor: StructExtractor | None = None) -> SourceClip:
     """Reads and validates a source clip; SourceError (with a ``kind``) says what is wrong.
 
-    The structure is the source's ground truth (``gt.safetensors``) when it has one, else
-    ``struct_extractor``'s output on the decoded frames (module doc).
+    The structure is ``struct_extractor``'s output on the decoded frames when one is given (a
+    store holds one structure: with an extractor, even sources with ground truth get the
+    extractor's, and keep only their ground-truth mouth boxes when it gives none), else the
+    source's ground truth (``gt.safetensors``) (module doc).
     """
     # Step 1: files present, metadata usable, a structure source.
     missing = [name for name in SOURCE_FILES if not (directory / name).is_file()]
@@ -220,6 +262,9 @@ def read_source(directory: Path, struct_extractor: StructExtractor | None = None
     struct = box = None
     if has_gt:
         struct, box = _read_gt(directory, meta)
+    gt_frames = None if struct is None else struct.shape[0]
+    if struct_extractor is not None:
+        struct = None  # the extractor's structure, below
 
     # Step 3: the video decodes at 25 fps with the metadata's frame count.
     try:
@@ -231,17 +276,22 @@ def read_source(directory: Path, struct_extractor: StructExtractor | None = None
             "bad_fps", f"{directory / VIDEO_FILE}: decodes at {fps:g} fps, need {FPS:g}"
         )
     frames = frames_THWC.shape[0]
-    if frames != meta["frames"] or (struct is not None and struct.shape[0] != frames):
+    if frames != meta["frames"] or (gt_frames is not None and gt_frames != frames):
         raise SourceError(
             "frame_count",
             f"{directory}: metadata says {meta['frames']} frames, the video decodes "
-            f"{frames}, gt struct has {None if struct is None else struct.shape[0]}",
+            f"{frames}, gt struct has {gt_frames}",
         )
-    if struct is None:  # Step 3b: structure from the extractor; mouth boxes from the landmarks
-        struct = _extract_struct(directory, frames_THWC, struct_extractor)
-        meta = {**meta, "struct_names": list(struct_extractor.names)}
-        meta["struct_extractor"] = struct_extractor.name
-        box = _read_landmark_box(directory, frames)
+    if struct is None:  # Step 3b: structure (and mouth boxes) from the extractor
+        result = _extract_struct(directory, frames_THWC, struct_extractor)
+        struct, gt_box, box = result.struct, box, result.mouth_box
+        if box is None:  # else the source's own boxes: ground truth, or the prepared clip's
+            box = gt_box if gt_box is not None else _read_landmark_box(directory, frames)
+        meta = _structure_metadata(meta, struct_extractor, result, box is not None)
+    elif MIRROR_KEY not in meta:  # ground truth without a rule: SynthTalk's (mirror.LEGACY_MIRROR)
+        names = meta["struct_names"]
+        legacy = StructMirror(tuple(n for n in LEGACY_MIRROR.negate if n in names))
+        meta = {**meta, MIRROR_KEY: mirror_to_json(legacy)}
 
     # Step 4: the audio decodes and lasts as long as the video (within 40 ms).
     try:

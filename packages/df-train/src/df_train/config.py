@@ -37,6 +37,9 @@ MOVED_FIELDS = {
 }
 
 
+STRUCTURES = ("gt", "mesh", "liveportrait")  # df_data.structure.STRUCT_EXTRACTORS
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DataConfig:
     store: str = ""  # clip store directory (dualforce data extract)
@@ -47,11 +50,14 @@ class DataConfig:
     cache_clips: int = 64  # decoded clips each worker keeps in memory (LRU)
     normalize_struct: bool = True  # structure as (raw - mean) / std of the store's train split
     codec_dir: str = ""  # codec for the inference bundle (default: the store's store.json)
+    struct: str = ""  # structure the store must hold: gt | mesh | liveportrait; "" any
     # The encoders the store must have been extracted with (`dualforce data extract` flags:
     # EncoderSpec.cli_args()); the trainer checks the store's records against them.
     encoders: EncoderSpec = field(default_factory=EncoderSpec)
 
     def __post_init__(self) -> None:
+        if self.struct:
+            one_of("DataConfig.struct", self.struct, STRUCTURES)
         positive_int("DataConfig.frames", self.frames)
         non_negative_int("DataConfig.num_workers", self.num_workers)
         positive_int("DataConfig.cache_clips", self.cache_clips)

@@ -1,7 +1,7 @@
 """Experiment recipes: functions returning a :class:`TrainConfig`.
 
 ``synthtalk_tiny`` is for tests and CI, ``synthtalk_small`` for the CPU demo, ``hdtf_base`` for
-real data at the proposal's scale. The ablations of DESIGN.md are variants of
+real data at the proposal's scale (its store made as ``hdtf_base_extract`` says). The ablations of DESIGN.md are variants of
 ``synthtalk_small`` named ``synthtalk_small__<ablation>``.
 """
 
@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from df_data.encoders.spec import EncoderSpec
+from df_data.extract_run import ExtractConfig
 from df_models.codecs import TinyAutoencoderConfig
 from df_models.config import synthtalk_small as small_model
 from df_models.config import tiny as tiny_model
@@ -60,29 +61,66 @@ def synthtalk_small() -> TrainConfig:
     )
 
 
+# The pretrained encoders ``hdtf_base``'s store is extracted with (``hdtf_base_extract``).
+WAN_VAE_HUB_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"  # its vae/ subfolder: AutoencoderKLWan
+LIVEPORTRAIT_WEIGHTS = "pretrained_weights/liveportrait/base_models/motion_extractor.pth"
+
+
+HDTF_BASE_ENCODERS = EncoderSpec(
+    audio_encoder="hubert",
+    audio_model="facebook/hubert-large-ls960-ft",
+    audio_layer="all",
+    ref_encoder="dinov2",
+    ref_model="facebook/dinov2-base",
+    ref_frames=8,
+)
+
+
+def hdtf_base_extract(struct_weights: str = LIVEPORTRAIT_WEIGHTS) -> ExtractConfig:
+    """How ``hdtf_base``'s clip store is made (``dualforce data extract --codec
+    Wan-AI/Wan2.1-T2V-1.3B-Diffusers --codec-subfolder vae --struct liveportrait
+    --struct-weights ... --device cuda``): the Wan 2.1 VAE (16 channels, 8x, 4 frames per
+    latent frame) and LivePortrait's 70-number structure, on the GPU."""
+    return ExtractConfig(
+        codec=WAN_VAE_HUB_ID,
+        codec_subfolder="vae",
+        struct="liveportrait",
+        struct_weights=struct_weights,
+        batch_frames=33,  # 1 + 8 groups of 4 frames per GPU transfer
+        device="cuda",
+        encoders=HDTF_BASE_ENCODERS,
+    )
+
+
 def hdtf_base() -> TrainConfig:
-    """Real data at the proposal's scale (``base`` model), for 8 GPUs per node.
+    """Real data at the proposal's scale (``base`` model), for 8 GPUs per node, on a store made
+    as ``hdtf_base_extract`` says (the trainer checks its encoders, structure and frames per
+    latent).
 
     The store: ``dualforce data extract ... --audio-encoder hubert --audio-model
     facebook/hubert-large-ls960-ft --audio-layer all --ref-encoder dinov2 --ref-model
     facebook/dinov2-base --ref-frames 8`` (``data.encoders.cli_args()``): all 25 hidden states
     of HuBERT-Large (embeddings + 24 layers, 1024 wide) into the model's learned layer sum, and
     DINOv2-base global tokens (CLS + 2x2 pooled patches, 768 wide) of 8 frames per clip, a
-    random one of which is the reference (``data.ref_other_prob``)."""
+    random one of which is the reference (``data.ref_other_prob``); ``--codec
+    Wan-AI/Wan2.1-T2V-1.3B-Diffusers --codec-subfolder vae --struct liveportrait``: the Wan 2.1
+    VAE (4 frames per latent frame) and LivePortrait's 70-number structure."""
     from df_models.config import base
 
-    encoders = EncoderSpec(
-        audio_encoder="hubert",
-        audio_model="facebook/hubert-large-ls960-ft",
-        audio_layer="all",
-        ref_encoder="dinov2",
-        ref_model="facebook/dinov2-base",
-        ref_frames=8,
-    )
     return TrainConfig(
         name="hdtf_base",
-        model=base(audio_dim=1024, audio_layers=25, ref_tokens_enabled=True, ref_feature_dim=768),
-        data=DataConfig(frames=16, num_workers=8, encoders=encoders),
+        model=base(
+            audio_dim=1024,
+            audio_layers=25,
+            ref_tokens_enabled=True,
+            ref_feature_dim=768,
+            struct_raw_dim=70,
+            frames_per_latent=4,
+        ),
+        # No flips: LivePortrait's structure has no known mirror (the dataset refuses them).
+        data=DataConfig(
+            frames=16, num_workers=8, encoders=HDTF_BASE_ENCODERS, struct="liveportrait"
+        ),
         steps=200_000,
         batch_size=2,
         precision="bf16",

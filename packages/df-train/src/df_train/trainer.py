@@ -485,6 +485,7 @@ def check_store_matches_model(config: TrainConfig, dataset) -> None:
             f"store {store}: latents are {got} per frame but the model expects {expected} "
             "(model.latent_channels/latent_height/latent_width)"
         )
+    check_store_structure(config, dataset)  # before the shapes that follow from it
     if m.struct_enabled and sample["struct"].shape[-1] != m.struct_raw_dim:
         raise ValueError(
             f"store {store}: structure has {sample['struct'].shape[-1]} dims, "
@@ -503,6 +504,30 @@ def check_store_matches_model(config: TrainConfig, dataset) -> None:
         raise ValueError(
             f"store {store}: reference tokens have dim {sample['ref_tokens'].shape[-1]}, "
             f"model.ref_feature_dim is {m.ref_feature_dim}"
+        )
+
+
+def check_store_structure(config: TrainConfig, dataset) -> None:
+    """The store's structure is ``data.struct`` (when set) and its frames per latent frame
+    ``model.frames_per_latent``. Stores of other data (benchmarks) are not checked."""
+    entries = getattr(dataset, "entries", None)
+    if not entries:
+        return
+    m, store = config.model, config.data.store
+    meta = read_metadata(dataset.store_dir, entries[0]["clip_id"])
+    struct = meta.get("struct_extractor", "gt")
+    if config.data.struct and struct != config.data.struct:
+        raise ValueError(
+            f"store {store}: its structure is {struct!r} ({len(meta['struct_names'])} dims), "
+            f"data.struct asks for {config.data.struct!r}: extract the store with "
+            f"'dualforce data extract --struct {config.data.struct}'"
+        )
+    fpl = int(meta.get("frames_per_latent", 1))
+    if fpl != m.frames_per_latent:
+        raise ValueError(
+            f"store {store}: its codec puts {fpl} video frames in a latent frame "
+            f"(frames_per_latent={fpl}; 4 for the Wan VAE) but the model has "
+            f"model.frames_per_latent={m.frames_per_latent}: set it to {fpl}"
         )
 
 

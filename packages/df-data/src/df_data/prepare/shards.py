@@ -30,12 +30,17 @@ def slurm_executor(
     time_min: int = 24 * 60,
     cpus_per_task: int = 4,
     account: str | None = None,
+    gpus_per_task: int = 0,
+    name: str = "dualforce-prepare",
 ) -> submitit.Executor:
-    """A submitit SLURM executor for CPU tasks (logs under ``folder``)."""
+    """A submitit SLURM executor (logs under ``folder``): CPU tasks, or ``gpus_per_task`` GPUs
+    each (extraction, ``df_data.extract_run``)."""
     if not partition:
         raise ValueError("--partition is required with --slurm")
     executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
     extra = {"account": account} if account else {}
+    if gpus_per_task:
+        extra["gpus_per_task"] = gpus_per_task
     executor.update_parameters(
         slurm_partition=partition,
         slurm_array_parallelism=array_parallelism,
@@ -44,7 +49,7 @@ def slurm_executor(
         tasks_per_node=1,
         nodes=1,
         slurm_additional_parameters=extra,
-        name="dualforce-prepare",
+        name=name,
     )
     return executor
 

@@ -236,6 +236,28 @@ class LatentCodec(torch.nn.Module, abc.ABC):
         """
         return self.normalize(self.encode_raw(video_BTCHW, check_range=check_range))
 
+    @torch.no_grad()
+    def encode_chunked(self, video_BTCHW: torch.Tensor, chunk_frames: int) -> torch.Tensor:
+        """Normalised latents ``[B, T_lat, C, h, w]`` float32 on the CPU of a (CPU) video
+        ``[B, T, 3, H, W]``, moved to the codec's device ``chunk_frames`` video frames at a time.
+
+        An image codec encodes each chunk on its own (frames are independent). A temporal codec
+        carries state across frames: this base version then encodes the whole clip in one call;
+        codecs that can carry their state across chunks override it (the Wan VAE).
+        """
+        _positive_int("chunk_frames", chunk_frames)
+        self.check_video(video_BTCHW)
+        device = self.latent_mean.device
+        if self.frames_per_latent != 1:
+            return self.encode(video_BTCHW.to(device), check_range=False).float().cpu()
+        return torch.cat(
+            [
+                self.encode(chunk.to(device), check_range=False).float().cpu()
+                for chunk in video_BTCHW.split(chunk_frames, dim=1)
+            ],
+            dim=1,
+        )
+
     def decode(self, z_BTCHW: torch.Tensor) -> torch.Tensor:
         """Normalised latents ``[B, T_lat, C, h, w]`` -> video ``[B, T, 3, H, W]`` in [-1, 1]."""
         self.check_latents(z_BTCHW)

@@ -15,23 +15,36 @@ from pathlib import Path
 import torch
 
 from df_models.codecs.base import LatentCodec
-from df_models.codecs.diffusers_vae import SUPPORTED_KINDS, DiffusersVAECodec
+from df_models.codecs.diffusers_vae import SUPPORTED_KINDS, DiffusersVAECodec, is_hub_id
 from df_models.codecs.tiny_ae import KIND as TINY_KIND
 from df_models.codecs.tiny_ae import TinyAutoencoder
 from df_models.io import config_hash
 
 
 def load_codec(
-    codec: LatentCodec | str | Path, device: torch.device | str | None = None
+    codec: LatentCodec | str | Path,
+    device: torch.device | str | None = None,
+    *,
+    revision: str | None = None,
+    subfolder: str | None = None,
 ) -> LatentCodec:
     """A codec object as is, or one loaded from a directory by its ``config.json``:
     ``"kind": "TinyAutoencoder"`` -> ``TinyAutoencoder.from_pretrained``; ``"_class_name"`` in
     ``SUPPORTED_KINDS`` -> ``DiffusersVAECodec.from_pretrained`` (also from a pipeline
-    directory with the VAE in ``vae/``)."""
+    directory with the VAE in ``vae/``). A hub id ``"org/name"`` (not an existing path) loads a
+    diffusers VAE from the hub at ``revision`` (``subfolder``, e.g. ``"vae"`` for a pipeline
+    repository such as ``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``)."""
+    if isinstance(codec, str) and is_hub_id(codec):
+        codec = DiffusersVAECodec.from_pretrained(codec, subfolder=subfolder, revision=revision)
+    elif revision is not None:
+        raise ValueError(f"revision={revision!r} applies to hub ids, got codec {codec!r}")
     if not isinstance(codec, LatentCodec):
         path = Path(codec)
-        subfolder = None
-        if not (path / "config.json").is_file() and (path / "vae" / "config.json").is_file():
+        if (
+            subfolder is None
+            and not (path / "config.json").is_file()
+            and (path / "vae" / "config.json").is_file()
+        ):
             subfolder = "vae"
         config_path = path / (subfolder or "") / "config.json"
         if not config_path.is_file():

@@ -17,9 +17,9 @@ import skimage.data
 import soundfile as sf
 
 from df_core.cli import main as dualforce
+from df_data.encoders.testing import tiny_image_folder, tiny_speech_folder
 from df_data.media import probe_video
 from df_data.prepare.testing import Segment, composite_frames, encode, segment_audio
-from df_data.encoders.testing import tiny_image_folder, tiny_speech_folder
 from df_data.store import load_manifest, read_clip
 from df_data.structure.mesh_geometry import MESH_STRUCT_NAMES
 from df_models.codecs import TinyAutoencoder, TinyAutoencoderConfig

@@ -54,6 +54,14 @@ def _parser() -> argparse.ArgumentParser:
     extract.add_argument("--batch-frames", type=int, default=16, help="frames per codec call")
     extract.add_argument("--struct-batch", type=int, default=64, help="frames per struct call")
     extract.add_argument("--retry-failed", action="store_true", help="retry failed sources")
+    extract.add_argument(
+        "--local-tasks",
+        type=int,
+        default=None,
+        metavar="N",
+        help="shard over N processes of this host (submitit's local executor; with --device "
+        "cuda, task i on cuda:i)",
+    )
     extract.add_argument("--no-progress", action="store_true", help="no progress bars")
     from df_data.encoders.spec import add_encoder_arguments
 
@@ -221,6 +229,19 @@ def _extract(args: argparse.Namespace) -> int:
             f"{args.out / '.submitit'}; 'dualforce data inspect {args.out}' summarises"
         )
         return 0
+    if args.local_tasks is not None:
+        from df_data.extract_run import run_extract_local
+
+        if args.slurm:
+            raise ValueError("--local-tasks and --slurm: choose one")
+        summaries = run_extract_local(
+            args.src, args.out, cfg, args.local_tasks, args.out / ".submitit"
+        )
+        summary = {
+            k: sum(s[k] for s in summaries) for k in ("written", "failed", "skipped_finished")
+        }
+        print(json.dumps({"tasks": len(summaries), **summary}, indent=2))
+        return 1 if summary["failed"] and not summary["written"] else 0
     summary = run_extract(
         args.src, args.out, cfg, progress=not args.no_progress, retry_failed=args.retry_failed
     )

@@ -6,11 +6,14 @@ configuration, never pickled: task ``i`` of an ``N``-task array runs
 ``extract_store(shard=(i, N))`` on sources ``i, i + N, ...`` into the same store (clip writes
 are atomic and manifest lines appended under a lock; ``df_data.store``), each on its own GPU.
 A re-run (or a requeued task) skips finished clips.
+
+One host with several GPUs is sharded the same way (:func:`run_extract_local`): ``N`` tasks
+through submitit's local executor, task ``i`` on ``cuda:i`` (:func:`task_device`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +96,17 @@ def run_extract(
     )
 
 
+def task_device(device: str, index: int) -> str:
+    """The device of task ``index``: a bare ``cuda`` becomes ``cuda:<index mod GPUs>`` where
+    the process sees several GPUs (tasks of one host), stays ``cuda`` where it sees one (a
+    SLURM task with its own GPU); any other device is kept."""
+    if device == "cuda" and torch.cuda.device_count() > 1:
+        return f"cuda:{index % torch.cuda.device_count()}"
+    return device
+
+
 def _task(src: str, out: str, config: ExtractConfig, index: int, count: int) -> dict[str, Any]:
+    config = replace(config, device=task_device(config.device, index))
     return run_extract(src, out, config, shard=(index, count), progress=False)
 
 
@@ -108,3 +121,23 @@ def submit_extract_shards(
         _task, [str(src)] * array, [str(out)] * array, [config] * array, list(range(array)),
         [array] * array,
     )  # fmt: skip
+
+
+def run_extract_local(
+    src: str | Path, out: str | Path, config: ExtractConfig, tasks: int, folder: str | Path
+) -> list[dict[str, Any]]:
+    """Extraction over ``tasks`` processes of this host (one per GPU with ``device="cuda"``)
+    through submitit's local executor, as a job array spreads it over nodes; waits and returns
+    each task's summary. ``folder`` holds the tasks' logs."""
+    import submitit
+
+    positive_int("tasks", tasks)
+    if config.device == "cuda" and torch.cuda.device_count() < tasks:
+        raise ValueError(
+            f"--local-tasks {tasks} with --device cuda, but this host has "
+            f"{torch.cuda.device_count()} GPUs: one task per GPU"
+        )
+    executor = submitit.LocalExecutor(folder=str(folder))
+    executor.update_parameters(timeout_min=7 * 24 * 60)
+    jobs = submit_extract_shards(src, out, config, tasks, executor)
+    return [job.result() for job in jobs]

@@ -49,3 +49,39 @@ def test_more_tasks_than_gpus_is_refused(tmp_path, capsys, monkeypatch):
     argv = ["data", "extract", "--src", str(tmp_path), "--out", str(tmp_path / "s")]
     rc = dualforce([*argv, "--codec", str(tmp_path), "--device", "cuda", "--local-tasks", "2"])
     assert rc == 2 and "one task per GPU" in capsys.readouterr().err
+    rc = dualforce([*argv, "--codec", str(tmp_path), "--local-tasks", "0"])
+    assert rc == 2 and "--local-tasks must be a positive integer" in capsys.readouterr().err
+    slurm = ["--slurm", "--partition", "gpu", "--local-tasks", "2"]
+    assert dualforce([*argv, "--codec", str(tmp_path), *slurm]) == 2
+    assert "choose one" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()  # nothing submitted, nothing written
+
+
+def test_slurm_flags_reach_the_job_array(tmp_path, capsys, monkeypatch):
+    """`--slurm` of extract and prepare: the flags reach the executor (one GPU per extraction
+    task), every shard is submitted, and the user is told where the logs are."""
+    import submitit
+
+    import df_data.prepare.shards as shards
+
+    seen = []
+
+    def executor(folder, **options):
+        seen.append(options)
+        return submitit.DebugExecutor(folder=str(folder))  # runs a task when its result is read
+
+    monkeypatch.setattr(shards, "slurm_executor", executor)
+    (tmp_path / "src").mkdir()
+    slurm = ["--slurm", "--array", "3", "--partition", "gpu", "--account", "a"]
+    out = tmp_path / "store"
+    argv = ["data", "extract", "--src", str(tmp_path / "src"), "--out", str(out)]
+    assert dualforce([*argv, "--codec", str(tmp_path), *slurm]) == 0
+    assert "submitted 3 tasks" in capsys.readouterr().out
+    argv = ["data", "prepare", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "p")]
+    assert dualforce([*argv, *slurm]) == 0
+    extract, prepare = seen
+    assert extract["gpus_per_task"] == 1 and extract["name"] == "dualforce-extract"
+    assert "gpus_per_task" not in prepare
+    for options in seen:
+        assert options["partition"] == "gpu" and options["array_parallelism"] == 3
+        assert options["account"] == "a"

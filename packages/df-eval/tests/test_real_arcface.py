@@ -40,7 +40,7 @@ def test_small_iresnet_reloads_strictly_and_embeds(tmp_path):
     np.testing.assert_allclose(emb, A.face_embeddings(net, faces), rtol=1e-5, atol=1e-5)
     sims = A.cosine_similarity(emb, emb[0])
     assert sims[0] == pytest.approx(1.0) and (sims[1:] < 1 - 1e-6).all()
-    with pytest.raises(WeightsMismatchError, match=r"missing \[.layer1\.1\."):
+    with pytest.raises(WeightsMismatchError, match=r"missing keys \[.layer1\.1\."):
         A.IResNet.from_file(path)  # an iresnet100 needs more blocks than the file holds
 
 

@@ -41,7 +41,7 @@ def test_strict_loading_tolerates_only_missing_batch_counters():
         load_state_dict_strict(net, {k: v for k, v in state.items() if k != "1.bias"}, "x.pth")
     with pytest.raises(WeightsMismatchError, match="unexpected"):
         load_state_dict_strict(net, {**state, "extra": torch.zeros(1)}, "x.pth")
-    with pytest.raises(WeightsMismatchError, match="shapes"):
+    with pytest.raises(WeightsMismatchError, match="shape mismatches"):
         load_state_dict_strict(net, {**state, "1.bias": torch.zeros(5)}, "x.pth")
 
 

@@ -292,6 +292,8 @@ def test_generate_uses_the_bundles_sampler_unless_a_flag_overrides(
     assert (cfg.cfg_audio, cfg.steps, cfg.cfg_struct, cfg.seed) == (1.25, 2, 1.5, 7)
     cfg = _sampler_used(monkeypatch, capsys, [*base, "--shift", "5"])
     assert cfg.shift == 5.0
+    cfg = _sampler_used(monkeypatch, capsys, [*base, "--noise-share", "0.25"])
+    assert cfg.noise_share == 0.25
 
 
 @pytest.mark.parametrize(
@@ -302,6 +304,7 @@ def test_generate_uses_the_bundles_sampler_unless_a_flag_overrides(
         (["--cfg", "-1"], "--cfg must be"),
         (["--seed", "-3"], "--seed must be"),
         (["--struct-finish-step", "0"], "--struct-finish-step must be"),
+        (["--noise-share", "1.5"], "--noise-share must be"),
     ],
 )
 def test_sampler_errors_name_the_flag(bundle, ref_png, tmp_path, capsys, no_model, flags, named):

@@ -160,6 +160,27 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _submit_array(args: argparse.Namespace, submit, **executor_options) -> int:
+    """Submits ``submit(executor)``'s job array with the ``--slurm`` flags; says where it went."""
+    from df_data.prepare.shards import slurm_executor
+
+    executor = slurm_executor(
+        args.out / ".submitit",
+        partition=args.partition,
+        array_parallelism=args.array,
+        time_min=args.time_min,
+        cpus_per_task=args.cpus_per_task,
+        account=args.account,
+        **executor_options,
+    )
+    jobs = submit(executor)
+    print(
+        f"submitted {len(jobs)} tasks (job {jobs[0].job_id.split('_')[0]}); logs in "
+        f"{args.out / '.submitit'}; 'dualforce data inspect {args.out}' summarises"
+    )
+    return 0
+
+
 def _prepare(args: argparse.Namespace) -> int:
     from df_data.prepare import PrepareConfig, prepare_corpus
 
@@ -171,22 +192,11 @@ def _prepare(args: argparse.Namespace) -> int:
         det_size=args.det_size,
     )
     if args.slurm:
-        from df_data.prepare.shards import slurm_executor, submit_shards
+        from df_data.prepare.shards import submit_shards
 
-        executor = slurm_executor(
-            args.out / ".submitit",
-            partition=args.partition,
-            array_parallelism=args.array,
-            time_min=args.time_min,
-            cpus_per_task=args.cpus_per_task,
-            account=args.account,
+        return _submit_array(
+            args, lambda executor: submit_shards(args.src, args.out, cfg, args.array, executor)
         )
-        jobs = submit_shards(args.src, args.out, cfg, args.array, executor)
-        print(
-            f"submitted {len(jobs)} tasks (job {jobs[0].job_id.split('_')[0]}); logs in "
-            f"{args.out / '.submitit'}; 'dualforce data inspect {args.out}' summarises"
-        )
-        return 0
     summary = prepare_corpus(
         args.src, args.out, cfg, workers=args.workers, progress=not args.no_progress
     )
@@ -209,31 +219,20 @@ def _extract(args: argparse.Namespace) -> int:
         device=args.device,
         encoders=spec_from_args(args),
     )
+    if args.slurm and args.local_tasks is not None:
+        raise ValueError("--local-tasks and --slurm: choose one")
     if args.slurm:
         from df_data.extract_run import submit_extract_shards
-        from df_data.prepare.shards import slurm_executor
 
-        executor = slurm_executor(
-            args.out / ".submitit",
-            partition=args.partition,
-            array_parallelism=args.array,
-            time_min=args.time_min,
-            cpus_per_task=args.cpus_per_task,
-            account=args.account,
+        return _submit_array(
+            args,
+            lambda executor: submit_extract_shards(args.src, args.out, cfg, args.array, executor),
             gpus_per_task=args.gpus_per_task,
             name="dualforce-extract",
         )
-        jobs = submit_extract_shards(args.src, args.out, cfg, args.array, executor)
-        print(
-            f"submitted {len(jobs)} tasks (job {jobs[0].job_id.split('_')[0]}); logs in "
-            f"{args.out / '.submitit'}; 'dualforce data inspect {args.out}' summarises"
-        )
-        return 0
     if args.local_tasks is not None:
         from df_data.extract_run import run_extract_local
 
-        if args.slurm:
-            raise ValueError("--local-tasks and --slurm: choose one")
         summaries = run_extract_local(
             args.src, args.out, cfg, args.local_tasks, args.out / ".submitit"
         )

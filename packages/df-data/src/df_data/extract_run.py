@@ -131,7 +131,7 @@ def run_extract_local(
     each task's summary. ``folder`` holds the tasks' logs."""
     import submitit
 
-    positive_int("tasks", tasks)
+    positive_int("--local-tasks", tasks)
     if config.device == "cuda" and torch.cuda.device_count() < tasks:
         raise ValueError(
             f"--local-tasks {tasks} with --device cuda, but this host has "

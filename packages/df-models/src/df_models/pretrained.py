@@ -8,7 +8,7 @@ and shape mismatches are errors that name the keys and the file.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,17 +53,33 @@ def load_pretrained_state(
     if not path.is_file():
         raise ValueError(f"{path} does not exist")
     state = load_file(str(path), device=str(device))
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"{path}: missing keys {missing[:10]}, unexpected keys {unexpected[:10]}")
-    bad = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if bad:
-        raise ValueError(f"{path}: shape mismatches: {bad[:10]}")
+    check_state_dict(module.state_dict(), state, str(path))
     module.load_state_dict(state, strict=True, assign=True)
     return module
+
+
+def check_state_dict(
+    expected: Mapping[str, torch.Tensor],
+    state: Mapping[str, torch.Tensor],
+    source: str,
+    *,
+    optional: Collection[str] = (),
+    error: type[Exception] = ValueError,
+) -> None:
+    """Strict loading's check, for every weights file we read: ``state`` holds every key of
+    ``expected`` (but those in ``optional``), no other key, each with the model's shape; else
+    ``error`` naming ``source`` (the file) and the first offending keys."""
+    missing = sorted(set(expected) - set(state) - set(optional))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise error(
+            f"{source}: missing keys {missing[:8]} ({len(missing)} in all), unexpected keys "
+            f"{unexpected[:8]} ({len(unexpected)} in all)"
+        )
+    bad = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in state.items()
+        if tuple(v.shape) != tuple(expected[k].shape)
+    ]
+    if bad:
+        raise error(f"{source}: shape mismatches {bad[:8]} ({len(bad)} in all)")

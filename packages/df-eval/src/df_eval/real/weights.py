@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from df_models.pretrained import check_state_dict
+
 
 class MissingWeightsError(ValueError):
     """A published weights file is not in the weights folder."""
@@ -103,21 +105,13 @@ def load_state_dict_strict(module: nn.Module, state: dict[str, torch.Tensor], na
     2017) lack and which evaluation never reads. Errors name the file (``name``) and keys."""
     own = module.state_dict()
     optional = {k for k in own if k.endswith("num_batches_tracked")}
-    missing = sorted(set(own) - set(state) - optional)
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise WeightsMismatchError(
-            f"{name}: keys do not match {type(module).__name__}: missing {missing[:5]}"
-            f"{' ...' if len(missing) > 5 else ''} ({len(missing)}), unexpected {unexpected[:5]}"
-            f"{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)})"
-        )
-    bad = [
-        f"{k} {tuple(v.shape)} != {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if tuple(v.shape) != tuple(own[k].shape)
-    ]
-    if bad:
-        raise WeightsMismatchError(f"{name}: shapes do not match: {bad[:5]}")
+    check_state_dict(
+        own,
+        state,
+        f"{name} ({type(module).__name__})",
+        optional=optional,
+        error=WeightsMismatchError,
+    )
     full = dict(state)
     for k in optional - set(state):
         full[k] = own[k]

@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from df_models.liveportrait.motion_extractor import MotionExtractor, MotionExtractorConfig
+from df_models.pretrained import check_state_dict
 
 SUFFIXES = (".pth", ".pt", ".safetensors")
 
@@ -59,22 +60,11 @@ def load_motion_extractor(
     state = read_state_dict(path)
     with torch.device("meta"):
         model = MotionExtractor(config)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ValueError(
-            f"{path}: not LivePortrait motion extractor weights for {model.config}: "
-            f"missing keys {missing[:8]} ({len(missing)} in all), unexpected keys "
-            f"{unexpected[:8]} ({len(unexpected)} in all)"
-        )
-    bad = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if bad:
-        raise ValueError(f"{path}: shape mismatches {bad[:8]} ({len(bad)} in all)")
+    check_state_dict(
+        model.state_dict(),
+        state,
+        f"{path}: not LivePortrait motion extractor weights for {model.config}",
+    )
     state = {k: v.to(device=device, dtype=torch.float32) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
     return model.requires_grad_(False).eval()

@@ -520,3 +520,48 @@ def test_read_ahead_threads_write_the_same_store(good_sources, bad_sources, code
 
 def read_manifest_ids(store):
     return sorted(finished_clip_ids(store))
+
+
+def test_unsynced_clips_make_the_same_store_and_sync_once(
+    good_sources, codec_dir, tmp_path, monkeypatch
+):
+    """``sync_each_clip=False`` writes the store a synced run writes, clip for clip, with no
+    clip or manifest fsync, and makes it durable with one ``os.sync()`` before it returns."""
+    import types
+
+    import df_data.extract as extract_mod
+    import df_data.store.manifest as manifest_mod
+    import df_data.store.writes as writes_mod
+
+    calls = {"fsync": 0, "sync": 0}
+
+    def count(name):
+        def f(*args):
+            calls[name] += 1
+
+        return f
+
+    # The clip writer's and the manifest's own fsyncs (not the store-level json files').
+    for module in (writes_mod, manifest_mod):
+        proxy = types.SimpleNamespace(
+            **{k: getattr(os, k) for k in dir(os) if not k.startswith("__")}
+        )
+        proxy.fsync = count("fsync")
+        monkeypatch.setattr(module, "os", proxy)
+    monkeypatch.setattr(writes_mod, "fsync_path", count("fsync"))
+    monkeypatch.setattr(extract_mod.os, "sync", count("sync"))
+    synced = tmp_path / "synced"
+    extract_store(good_sources, synced, codec=codec_dir, progress=False)
+    assert calls["fsync"] >= 3 and calls["sync"] == 0  # the count sees the default's fsyncs
+    calls.update(fsync=0, sync=0)
+    unsynced = tmp_path / "unsynced"
+    summary = extract_store(
+        good_sources, unsynced, codec=codec_dir, progress=False, sync_each_clip=False
+    )
+    assert summary["written"] >= 3 and calls == {"fsync": 0, "sync": 1}
+    ids = read_manifest_ids(synced)
+    assert read_manifest_ids(unsynced) == ids
+    for clip_id in ids:
+        a, b = read_clip(synced, clip_id), read_clip(unsynced, clip_id)
+        assert torch.equal(a.latents, b.latents) and torch.equal(a.struct, b.struct)
+        assert torch.equal(a.audio_features, b.audio_features)

@@ -334,3 +334,53 @@ def test_a_hand_built_sampler_inherits_the_bundles_training_values(bundle, ref_p
     # Set by name, a value is kept: shift 1 gives other frames.
     unshifted = [f.image for f in gen.frames(ref_png, audio, SamplerConfig(steps=2, shift=1.0))]
     assert not all(np.array_equal(a, b) for a, b in zip(by_hand, unshifted, strict=True))
+
+
+@pytest.mark.parametrize("cfg_audio", [1.0, 3.0])
+def test_clips_generated_together_equal_each_alone(bundle, ref_png, tmp_path, cfg_audio):
+    """frames_batch / generate_videos: each clip of a batch (of different lengths, references
+    and seeds; guided or not) is the clip generated alone, to float rounding; a clip's frames
+    stop at its own audio's end."""
+    gen = StreamingGenerator.from_bundle(bundle, device="cpu")
+    rng = np.random.default_rng(5)
+    audios = [rng.normal(0, 0.1, n).astype(np.float32) for n in (9600, 16000, 9600)]
+    other = tmp_path / "other.png"
+    Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(other)
+    refs, seeds = [ref_png, other, ref_png], [4, 4, 9]
+    cfg = gen.default_sampler(steps=2, cfg_audio=cfg_audio)
+    alone = [
+        list(gen.frames(r, a, gen.default_sampler(steps=2, cfg_audio=cfg_audio, seed=s)))
+        for r, a, s in zip(refs, audios, seeds, strict=True)
+    ]
+    together = list(gen.frames_batch(refs, audios, cfg, seeds=seeds))
+    assert len(together) == 25 and [len(a) for a in alone] == [15, 25, 15]
+    for b, frames in enumerate(alone):
+        assert all(row[b] is None for row in together[len(frames) :])
+        for t, x in enumerate(frames):
+            y = together[t][b]
+            assert y.index == x.index == t
+            assert np.abs(x.image.astype(int) - y.image.astype(int)).max() <= 1
+            np.testing.assert_allclose(x.struct, y.struct, atol=1e-4, rtol=0)
+    # Clip 2 differs from clip 0 only in its seed: the noise is per clip, not per batch row.
+    assert not np.array_equal(together[5][0].image, together[5][2].image)
+    # The mp4s: each clip's own length, its frames those of the batch.
+    wavs = [tmp_path / f"a{b}.wav" for b in range(3)]
+    for wav, a in zip(wavs, audios, strict=True):
+        sf.write(wav, a, 16000, subtype="FLOAT")  # the same samples as the arrays
+    outs = [tmp_path / f"out{b}.mp4" for b in range(3)]
+    summaries = df_infer.generate.generate_videos(
+        gen, refs, wavs, outs, cfg, seeds=seeds, progress=False
+    )
+    assert [s.frames for s in summaries] == [15, 25, 15]
+    assert [probe_video(o).frames for o in outs] == [15, 25, 15]
+    assert summaries[1].structs.shape == (25, 11)
+    np.testing.assert_allclose(summaries[1].structs[-1], alone[1][-1].struct, atol=1e-4, rtol=0)
+
+
+def test_frames_batch_errors_name_the_argument(bundle, ref_png):
+    gen = StreamingGenerator.from_bundle(bundle, device="cpu")
+    audio = np.zeros(6400, np.float32)
+    with pytest.raises(ValueError, match="2 references for 1 audio"):
+        next(gen.frames_batch([ref_png, ref_png], [audio]))
+    with pytest.raises(ValueError, match="1 seeds for a batch of 2"):
+        next(gen.frames_batch([ref_png, ref_png], [audio, audio], seeds=[1]))

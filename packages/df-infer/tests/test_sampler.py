@@ -335,3 +335,16 @@ def test_shared_noise_is_standard_normal_with_the_stated_frame_correlation(share
         assert torch.equal(n.v, independent.v)
     # A frame's noise depends on (seed, frame, share) only, not on where its chunk starts.
     assert torch.equal(frames_noise(config, 64, 2, 1, 7, "cpu", gen, share).v[:, 0], n.v[:, 2])
+
+
+def test_per_element_seeds_give_each_element_its_batch_of_one_noise():
+    config = tiny(struct_enabled=True)
+    gen = noise_generator("cpu")
+    batch = frames_noise(config, 3, 4, 2, [7, 8, 7], "cpu", gen, 0.5)
+    for b, seed in enumerate([7, 8, 7]):
+        alone = frames_noise(config, 1, 4, 2, seed, "cpu", gen, 0.5)
+        for field in ("v", "s", "ctx_v", "ctx_s"):
+            assert torch.equal(getattr(batch, field)[b], getattr(alone, field)[0])
+    assert not torch.equal(batch.v[0], batch.v[1])
+    with pytest.raises(ValueError, match="2 seeds for a batch of 3"):
+        frames_noise(config, 3, 0, 1, [1, 2], "cpu", gen)

@@ -199,9 +199,14 @@ def _open(path: Path):
 
 def _decode(container, path: Path) -> list[np.ndarray]:
     import av
+    from av.video.reformatter import VideoReformatter
 
+    # One reformatter for the whole stream: ``to_ndarray(format=...)`` builds a new swscale
+    # context per frame, which made colour conversion 3/4 of decoding a small clip (70 vs 29
+    # ms for 150 frames of 64 x 64; the frames are bit-identical).
+    rgb = VideoReformatter()
     try:
-        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        return [rgb.reformat(f, format="rgb24").to_ndarray() for f in container.decode(video=0)]
     except (av.error.FFmpegError, OSError) as e:
         raise MediaError(f"{path}: decoding failed ({e}); the file may be truncated") from e
 

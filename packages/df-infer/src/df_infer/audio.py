@@ -267,6 +267,44 @@ class StreamingFeatures:
                 self._audio, self._a0 = self._audio[cut:], self._a0 + cut
 
 
+class BatchedFeatures:
+    """Several audio streams as one batched source for :func:`df_infer.stream.sample_stream`:
+    ``windows(t0, n)`` is ``[B, n, La, Da]`` (``[B, n, La, K, Da]``), stream ``b``'s windows
+    in row ``b``.
+
+    The streams may differ in length: the batch runs until the longest has ended, and a stream
+    that has ended reads zero windows past its end, as the last frames of a single stream read
+    zeros past the clip's end. Frames past a stream's own end are the caller's to drop; its
+    frames before the end are those it gets alone (the model is causal in time)."""
+
+    def __init__(self, streams: list[StreamingFeatures]) -> None:
+        if not streams:
+            raise ValueError("BatchedFeatures needs at least one stream")
+        layers = {(f.layers, f.context) for f in streams}
+        if len(layers) != 1:
+            raise ValueError(f"the streams differ in layers or context: {sorted(layers)}")
+        self.streams = streams
+        self.layers, self.context = streams[0].layers, streams[0].context
+
+    def ensure(self, t_end: int) -> int:
+        """Frames ``< t_end`` that some stream has (every stream pulled as far as it goes)."""
+        return max(f.ensure(t_end) for f in self.streams)
+
+    def windows(self, t0: int, n: int) -> torch.Tensor:
+        return torch.stack([f.windows(t0, n) for f in self.streams])
+
+    def release(self, t0: int) -> None:
+        for f in self.streams:
+            # An ended stream keeps its last features: its zero windows past the end index them.
+            end = f.num_frames
+            f.release(t0 if end is None else min(t0, end))
+
+    @property
+    def num_frames(self) -> list[int | None]:
+        """Each stream's frames once it has ended (None before)."""
+        return [f.num_frames for f in self.streams]
+
+
 @contextlib.contextmanager
 def _one_thread():
     """Runs the enclosed CPU ops on one intra-op thread. Streaming encodes a few hundred

@@ -14,6 +14,7 @@ texture in them instead of new texture every frame (issue 14: frame-to-frame fli
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -40,15 +41,30 @@ def frame_noise(
     model_config,
     batch: int,
     frame: int,
-    seed: int,
+    seed: int | Sequence[int],
     device,
     generator: torch.Generator,
     share: float = 0.0,
 ) -> FrameNoise:
     """The noise of frame ``frame``: a function of ``(seed, frame, share)`` only (and the
-    device type's generator). ``share`` in [0, 1]: the shared part of the video noise."""
+    device type's generator). ``share`` in [0, 1]: the shared part of the video noise.
+
+    ``seed`` is one int for the whole batch (the batch's noise drawn together), or one seed per
+    batch element: element ``b`` then gets exactly the noise a batch of one with ``seed[b]``
+    gets, so clips generated together equal the same clips generated one at a time."""
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"frame_noise share must be in [0, 1], got {share}")
+    if not isinstance(seed, int):
+        seeds = [int(x) for x in seed]
+        if len(seeds) != batch:
+            raise ValueError(f"frame_noise: {len(seeds)} seeds for a batch of {batch}")
+        parts = [frame_noise(model_config, 1, frame, x, device, generator, share) for x in seeds]
+        return FrameNoise(
+            *(
+                None if getattr(parts[0], f) is None else torch.cat([getattr(p, f) for p in parts])
+                for f in ("v", "s", "ctx_v", "ctx_s")
+            )
+        )
     c = model_config
     shape_v = (batch, c.latent_channels, c.latent_height, c.latent_width)
     shape_s = (batch, c.struct_raw_dim)
@@ -72,7 +88,7 @@ def frames_noise(
     batch: int,
     t0: int,
     n: int,
-    seed: int,
+    seed: int | Sequence[int],
     device,
     generator: torch.Generator,
     share: float = 0.0,

@@ -104,3 +104,70 @@ def generate_video(
     )
     log.info("%s", summary.line())
     return summary
+
+
+def generate_videos(
+    generator: StreamingGenerator,
+    references: list,
+    audio_paths: list[str | Path],
+    outs: list[str | Path],
+    sampler: SamplerConfig | None = None,
+    *,
+    seeds: list[int] | None = None,
+    window: int | None = None,
+    progress: bool = True,
+) -> list[GenerationSummary]:
+    """:func:`generate_video` for several clips at once, one batch through the model
+    (:meth:`StreamingGenerator.frames_batch`): each mp4 is the one :func:`generate_video`
+    writes for its clip alone, to float rounding. The clips may differ in length. Every mp4 is
+    written atomically: an error while generating leaves none of them."""
+    from contextlib import ExitStack
+
+    from tqdm import tqdm
+
+    if not len(references) == len(audio_paths) == len(outs):
+        raise ValueError(
+            f"generate_videos: {len(references)} references, {len(audio_paths)} audio files "
+            f"and {len(outs)} outputs; give one of each per clip"
+        )
+    for out in outs:
+        check_output(out)
+    audios = [read_wav(a) for a in audio_paths]
+    fps = generator.meta.fps
+    totals = [-(-len(a) // round(16000 / fps)) for a in audios]
+    start = time.perf_counter()
+    first: float | None = None
+    structs: list[list[np.ndarray]] = [[] for _ in audios]
+    bar = tqdm(total=sum(totals), unit="frame", disable=not progress, desc="generate")
+    with ExitStack() as stack:
+        stack.enter_context(bar)
+        writers = [stack.enter_context(VideoWriter(out, fps=fps)) for out in outs]
+        for writer, audio in zip(writers, audios, strict=True):
+            writer.set_audio(audio)
+        for frames in generator.frames_batch(
+            references, audios, sampler, seeds=seeds, window=window
+        ):
+            for b, frame in enumerate(frames):
+                if frame is None:
+                    continue
+                writers[b].write(frame.image)
+                if frame.struct is not None:
+                    structs[b].append(frame.struct)
+                if first is None:
+                    first = frame.ready_s
+                bar.update(1)
+    wall = time.perf_counter() - start
+    summaries = [
+        GenerationSummary(
+            out=str(out),
+            frames=writer.frames,
+            duration_s=writer.frames / fps,
+            wall_s=wall,
+            fps=sum(w.frames for w in writers) / wall,
+            first_frame_s=first or 0.0,
+            structs=np.stack(s) if s else None,
+        )
+        for out, writer, s in zip(outs, writers, structs, strict=True)
+    ]
+    log.info("%d clips together: %s", len(outs), summaries[0].line())
+    return summaries

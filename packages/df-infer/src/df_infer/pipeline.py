@@ -23,7 +23,7 @@ import torch
 from df_data.encoders import audio_encoder_from_identity
 from df_data.features import AudioEncoder
 from df_data.media import read_wav
-from df_infer.audio import StreamingFeatures, iter_chunks
+from df_infer.audio import BatchedFeatures, StreamingFeatures, iter_chunks
 from df_infer.sampler_config import SamplerConfig, bundle_sampler, resolve_sampler
 from df_infer.stream import sample_stream
 from df_models import DualForceDiT
@@ -273,15 +273,55 @@ class StreamingGenerator:
         reference features ``[1, R, ref_feature_dim]`` of a model with reference tokens (from
         the image encoder it was trained with); None computes them from ``reference`` with the
         bundle's reference encoder."""
+        ref_feats = None if ref_feats_BRD is None else [ref_feats_BRD]
+        for frames in self._stream([reference], [audio], sampler, max_frames, window, ref_feats):
+            yield frames[0]
+
+    @torch.no_grad()
+    def frames_batch(
+        self,
+        references: list,
+        audios: list,
+        sampler: SamplerConfig | None = None,
+        *,
+        seeds: list[int] | None = None,
+        max_frames: int | None = None,
+        window: int | None = None,
+    ) -> Iterator[list[Frame | None]]:
+        """Several clips generated together, one batch through the model: yields, per frame
+        index, one :class:`Frame` per clip (None for a clip whose audio has ended).
+
+        Clip ``b`` is the video :meth:`frames` makes of ``references[b]`` and ``audios[b]``
+        with the sampler's seed, or ``seeds[b]``: its noise is its own, and the model is
+        causal in time, so a shorter clip's frames do not see the longer clips' audio (to the
+        float rounding of a larger batch). On a GPU, where one small clip's passes are bound by
+        kernel launches, a batch of 8 costs about what one clip costs."""
+        if len(references) != len(audios) or not references:
+            raise ValueError(
+                f"frames_batch: {len(references)} references for {len(audios)} audio sources; "
+                "give one reference per audio source (at least one)"
+            )
+        cfg = self.default_sampler() if sampler is None else resolve_sampler(sampler, self.meta)
+        if seeds is None:
+            seeds = [cfg.seed] * len(references)
+        yield from self._stream(references, audios, cfg, max_frames, window, None, seeds)
+
+    def _stream(self, references, audios, sampler, max_frames, window, ref_feats, seeds=None):
+        """The frames of a batch of streams, per frame index a list (None: that clip ended)."""
         start = time.perf_counter()
         cfg = self.default_sampler() if sampler is None else resolve_sampler(sampler, self.meta)
-        ref = self.encode_reference(reference).to(self.dtype)
-        if ref_feats_BRD is None:
-            ref_feats_BRD = self.reference_tokens(reference)
-        feats = StreamingFeatures(
-            self.encoder, audio_source(audio), context=self.model.config.audio_context
-        )
-        batch = 2 if cfg.guided else 1
+        ref = torch.cat([self.encode_reference(r) for r in references]).to(self.dtype)
+        if ref_feats is None:
+            tokens = [self.reference_tokens(r) for r in references]
+            ref_feats = None if tokens[0] is None else tokens
+        ref_feats_BRD = None if ref_feats is None else torch.cat(ref_feats)
+        context = self.model.config.audio_context
+        streams = [
+            StreamingFeatures(self.encoder, audio_source(a), context=context) for a in audios
+        ]
+        feats = streams[0] if len(streams) == 1 else BatchedFeatures(streams)
+        B = len(references)
+        batch = 2 * B if cfg.guided else B
         # Take the cache for this stream: a second stream started while this one runs gets a
         # cache of its own instead of overwriting this one's keys and values.
         cache, self._cache = self._cache, None
@@ -303,15 +343,22 @@ class StreamingGenerator:
             max_frames=max_frames,
             cache=cache,
             ref_feats_BRD=ref_feats_BRD,
+            seeds=seeds,
         )
-        lookahead = isinstance(audio, str | Path | np.ndarray | torch.Tensor)
+        lookahead = all(isinstance(a, str | Path | np.ndarray | torch.Tensor) for a in audios)
         try:
-            yield from self._decoded(stream, start, lookahead)
+            for frames in self._decoded(stream, start, lookahead):
+                ends = [f.num_frames for f in streams]
+                yield [
+                    f if end is None or f.index < end else None
+                    for f, end in zip(frames, ends, strict=True)
+                ]
         finally:
             self._cache = cache  # reused (reset) by the next call: no reallocation
 
-    def _decoded(self, stream, start: float, lookahead: bool) -> Iterator[Frame]:
-        """Decodes each chunk of the sampler to host frames.
+    def _decoded(self, stream, start: float, lookahead: bool) -> Iterator[list[Frame]]:
+        """Decodes each chunk of the sampler to host frames (per frame index, one per batch
+        element).
 
         Decoding and the copy to the host are queued on the device without waiting. With
         ``lookahead`` (audio already all there: a file or an array) a chunk's frames are handed
@@ -337,10 +384,10 @@ class StreamingGenerator:
         cuda = self.device.type == "cuda"
         half = cuda and self.dtype in (torch.bfloat16, torch.float16)
         with torch.autocast(self.device.type, self.dtype, enabled=half):
-            video = self.codec.decode(out.z.to(torch.float32))  # [1, n, 3, H, W] in [-1, 1]
-        images = video[0].float().permute(0, 2, 3, 1).add(1.0).mul(127.5).round().clamp(0, 255)
+            video = self.codec.decode(out.z.to(torch.float32))  # [B, n, 3, H, W] in [-1, 1]
+        images = video.float().permute(0, 1, 3, 4, 2).add(1.0).mul(127.5).round().clamp(0, 255)
         images = images.to(torch.uint8)
-        structs = self._struct_raw(out.s[0].float()) if out.s is not None else None
+        structs = self._struct_raw(out.s.float()) if out.s is not None else None
         if not cuda:
             return _Decoded(out.t0, images, structs, None)
         host = torch.empty(images.shape, dtype=torch.uint8, pin_memory=True)
@@ -353,26 +400,29 @@ class StreamingGenerator:
         done.record()
         return _Decoded(out.t0, host, host_s, done)
 
-    def _hand_out(self, d: _Decoded, start: float) -> Iterator[Frame]:
+    def _hand_out(self, d: _Decoded, start: float) -> Iterator[list[Frame]]:
         if d.done is not None:
             d.done.synchronize()
         # Copies out of the pinned buffers, which go back to the allocator's pool.
         images = d.images.numpy().copy()
         structs = d.structs.numpy().copy() if d.structs is not None else None
         now = time.perf_counter() - start
-        for j in range(images.shape[0]):
-            yield Frame(
-                index=d.t0 + j,
-                image=images[j],
-                struct=structs[j] if structs is not None else None,
-                ready_s=now,
-            )
+        for j in range(images.shape[1]):
+            yield [
+                Frame(
+                    index=d.t0 + j,
+                    image=images[b, j],
+                    struct=structs[b, j] if structs is not None else None,
+                    ready_s=now,
+                )
+                for b in range(images.shape[0])
+            ]
 
 
 @dataclass(frozen=True, slots=True)
 class _Decoded:
-    """A chunk's frames on their way to the host: ``images`` uint8 ``[n, H, W, 3]``,
-    ``structs`` ``[n, Ds]``, ready once ``done`` (None: already on the host)."""
+    """A chunk's frames on their way to the host: ``images`` uint8 ``[B, n, H, W, 3]``,
+    ``structs`` ``[B, n, Ds]``, ready once ``done`` (None: already on the host)."""
 
     t0: int
     images: torch.Tensor

@@ -11,7 +11,7 @@ See :mod:`df_infer.sampler` for the clean pass and its variants.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +55,7 @@ def sample_stream(
     ref_feats_BRD: torch.Tensor | None = None,
     max_frames: int | None = None,
     cache=None,
+    seeds: Sequence[int] | None = None,
 ) -> Iterator[SampledFrames]:
     """Generates frames as their audio arrives, yielding each chunk as soon as it is clean.
 
@@ -68,6 +69,8 @@ def sample_stream(
         config: the sampler settings, resolved (:func:`~df_infer.resolve_sampler`).
         max_frames: stop after this many frames (default: when the audio ends).
         cache: a cache from ``model.new_cache`` to reuse (it is reset); built when None.
+        seeds: one noise seed per batch element (each element then samples exactly what a
+            batch of one with its seed does); None draws the batch's noise from ``config.seed``.
 
     Yields:
         :class:`SampledFrames`, in frame order.
@@ -76,6 +79,9 @@ def sample_stream(
     cfg.check_resolved()
     B, device = ref_latent_BCHW.shape[0], ref_latent_BCHW.device
     K, every = cfg.steps, cfg.every
+    seed = cfg.seed if seeds is None else [int(x) for x in seeds]
+    if seeds is not None and len(seed) != B:
+        raise ValueError(f"sample_stream: {len(seed)} seeds for a batch of {B} references")
     # Step 1: the denoiser over the cache, which starts with the reference sink frame.
     denoise = Denoiser.for_sampler(
         model,
@@ -104,7 +110,9 @@ def sample_stream(
             ready = audio.ensure(want) if want > next_t0 else next_t0
             n = ready - next_t0
             if n > 0:
-                flight[next_chunk] = _start_chunk(mc, cfg, next_t0, n, B, prior_s, sig_s[0], gen)
+                flight[next_chunk] = _start_chunk(
+                    mc, cfg, next_t0, n, B, prior_s, sig_s[0], gen, seed
+                )
                 next_chunk, next_t0 = next_chunk + 1, next_t0 + n
             if n < cfg.chunk or (max_frames is not None and next_t0 >= max_frames):
                 done = True
@@ -151,9 +159,9 @@ def sample_stream(
         i += 1
 
 
-def _start_chunk(mc, cfg, t0, n, B, prior_s, sig_s0, gen) -> _Chunk:
+def _start_chunk(mc, cfg, t0, n, B, prior_s, sig_s0, gen, seed) -> _Chunk:
     """Frames ``t0 .. t0 + n - 1`` at their initial noise."""
-    noise = frames_noise(mc, B, t0, n, cfg.seed, prior_s.device, gen, cfg.noise_share)
+    noise = frames_noise(mc, B, t0, n, seed, prior_s.device, gen, cfg.noise_share)
     xs = None
     if noise.s is not None:
         # Structure starts at sigma_s_start on the flow path from its prior (DESIGN.md,

@@ -173,6 +173,7 @@ def iter_frames(
     output frame is). Output frame ``k`` exists when the middle of its interval lies before both.
     """
     import av
+    from av.video.reformatter import VideoReformatter
 
     path = Path(path)
     half = 0.5 / FPS
@@ -188,10 +189,11 @@ def iter_frames(
         held: np.ndarray | None = None  # the frame on screen
         held_end = -np.inf  # when it stops being on screen, when no later frame says
         step = 1.0 / float(stream.average_rate or stream.guessed_rate or FPS)
+        rgb = VideoReformatter()  # one swscale context for the stream, not one per frame
         try:
             for frame in container.decode(stream):
                 t = float(frame.pts * tb) - origin if frame.pts is not None else held_end
-                image = upright(frame.to_ndarray(format="rgb24"), _rotation(frame))
+                image = upright(rgb.reformat(frame, format="rgb24").to_ndarray(), _rotation(frame))
                 # Step 1: every output frame whose middle falls before this frame shows the
                 # held one (the first frame also stands for any before it, keeping frame k at
                 # its time).

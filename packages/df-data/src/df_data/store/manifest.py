@@ -43,8 +43,8 @@ def manifest_entry(metadata: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _append_jsonl(path: Path, obj: dict[str, Any]) -> None:
-    """Appends one JSON line under an exclusive lock, then flushes and fsyncs."""
+def _append_jsonl(path: Path, obj: dict[str, Any], durable: bool = True) -> None:
+    """Appends one JSON line under an exclusive lock, then flushes (and fsyncs if ``durable``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(obj, sort_keys=True) + "\n"
     with open(path, "a+b") as f:
@@ -57,17 +57,18 @@ def _append_jsonl(path: Path, obj: dict[str, Any]) -> None:
                     f.write(b"\n")
             f.write(line.encode())
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def append_manifest(store_dir: str | Path, entry: dict[str, Any]) -> None:
+def append_manifest(store_dir: str | Path, entry: dict[str, Any], *, durable: bool = True) -> None:
     """Appends a finished clip (``manifest_entry``) to ``manifest.jsonl``."""
     missing = [k for k in ("clip_id", "path", "split", "latent_frames", "frames") if k not in entry]
     if missing:
         raise StoreError(f"manifest entry {entry} lacks keys {missing}")
-    _append_jsonl(Path(store_dir) / MANIFEST_NAME, entry)
+    _append_jsonl(Path(store_dir) / MANIFEST_NAME, entry, durable)
 
 
 def append_failure(

@@ -41,13 +41,19 @@ def _tmp_name(clip_id: str) -> str:
     return f"{TMP_PREFIX}{clip_id}@{socket.gethostname()}@{os.getpid()}"
 
 
-def _tensor_file(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+def _tensor_file(path: Path, tensors: dict[str, torch.Tensor], durable: bool) -> None:
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
-    fsync_path(path)
+    if durable:
+        fsync_path(path)
 
 
 def write_clip_record(
-    store_dir: str | Path, record: ClipRecord, *, manifest: bool = True, overwrite: bool = False
+    store_dir: str | Path,
+    record: ClipRecord,
+    *,
+    manifest: bool = True,
+    overwrite: bool = False,
+    durable: bool = True,
 ) -> Path:
     """Writes ``record`` atomically to ``<store>/clips/<clip_id>`` and returns that directory.
 
@@ -55,6 +61,11 @@ def write_clip_record(
     the metadata when absent; everything is validated first (StoreError). The directory is
     built under a temporary name, fsynced and renamed; then, with ``manifest``, the manifest
     line is appended. An existing clip is a StoreError unless ``overwrite``.
+
+    ``durable=False`` skips the fsyncs (about half of a small clip's write time): the rename
+    still makes the clip appear whole or not at all to any reader and after a crash of the
+    process, but not after a power cut. For a writer that makes the whole store durable at once
+    at its end (``os.sync()``), as the demo's store stage does.
     """
     check_clip_id(record.clip_id)
     meta = dict(record.metadata)
@@ -75,20 +86,24 @@ def write_clip_record(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        _tensor_file(tmp / LATENTS_FILE, {"latents": record.latents})
-        _tensor_file(tmp / STRUCT_FILE, {"struct": record.struct})
-        _tensor_file(tmp / AUDIO_FILE, {"features": record.audio_features})
-        _tensor_file(tmp / REF_FILE, {"image": record.ref_image, "latent": record.ref_latent})
+        _tensor_file(tmp / LATENTS_FILE, {"latents": record.latents}, durable)
+        _tensor_file(tmp / STRUCT_FILE, {"struct": record.struct}, durable)
+        _tensor_file(tmp / AUDIO_FILE, {"features": record.audio_features}, durable)
+        _tensor_file(
+            tmp / REF_FILE, {"image": record.ref_image, "latent": record.ref_latent}, durable
+        )
         if record.mouth_box is not None:
-            _tensor_file(tmp / MOUTH_BOX_FILE, {"mouth_box": record.mouth_box})
+            _tensor_file(tmp / MOUTH_BOX_FILE, {"mouth_box": record.mouth_box}, durable)
         if record.ref_tokens is not None:
             tokens = {"tokens": record.ref_tokens, "frames": record.ref_token_frames}
-            _tensor_file(tmp / REF_TOKENS_FILE, tokens)
+            _tensor_file(tmp / REF_TOKENS_FILE, tokens, durable)
         with open(tmp / METADATA_FILE, "w") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
             f.flush()
-            os.fsync(f.fileno())
-        fsync_path(tmp)
+            if durable:
+                os.fsync(f.fileno())
+        if durable:
+            fsync_path(tmp)
         if final.exists():  # overwrite: move the old clip aside so the swap is two renames
             old = clips / f"{_tmp_name(record.clip_id)}-old"
             os.rename(final, old)
@@ -96,11 +111,12 @@ def write_clip_record(
             shutil.rmtree(old)
         else:
             os.rename(tmp, final)
-        fsync_path(clips)
+        if durable:
+            fsync_path(clips)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if manifest:
-        append_manifest(store_dir, manifest_entry(meta))
+        append_manifest(store_dir, manifest_entry(meta), durable=durable)
     return final
 
 

@@ -75,6 +75,7 @@ def _stream(model, x, cfg, **kw):
     fuse=st.booleans(),
     ref_concat=st.booleans(),
     noise_share=st.sampled_from([0.0, 0.7]),
+    prediction=st.sampled_from(["velocity", "clean"]),
     seed=st.integers(0, 1000),
 )
 def test_stream_equals_full(
@@ -94,6 +95,7 @@ def test_stream_equals_full(
     fuse,
     ref_concat,
     noise_share,
+    prediction,
     seed,
 ):
     config = tiny(
@@ -101,6 +103,7 @@ def test_stream_equals_full(
         struct_enabled=struct,
         bridge_temporal=bridge_temporal,
         ref_concat=ref_concat,
+        video_prediction=prediction,
     )
     model = random_model(config, seed)
     x = random_inputs(config, batch, frames, seed)

@@ -310,3 +310,22 @@ def test_bf16_autocast_forward_is_finite():
     with torch.no_grad():
         v32, _ = model(**x)
     assert (v.float() - v32).abs().max() < 0.1 * v32.abs().max() + 0.1
+
+
+def test_a_clean_head_returns_the_velocity_of_its_clean_prediction():
+    """video_prediction="clean": the returned velocity is (z - x0_hat) / max(sigma, min), with
+    x0_hat the head's output, i.e. the velocity head's output of the same weights."""
+    config = tiny(video_prediction="clean", clean_sigma_min=0.05)
+    model = random_model(config, 0)
+    plain = DualForceDiT(dataclasses.replace(config, video_prediction="velocity"))
+    plain.load_state_dict(model.state_dict())
+    x = random_inputs(config, 2, 3, 0)
+    sigma = torch.tensor([[0.01, 0.3, 1.0], [0.05, 0.7, 0.0]])
+    args = dict(x, sigma_v_BT=sigma)
+    v, s = model(**args)
+    x0_hat, s_plain = plain(**args)
+    expected = (x["z_BTCHW"] - x0_hat) / sigma.clamp_min(0.05)[..., None, None, None]
+    torch.testing.assert_close(v, expected)
+    torch.testing.assert_close(s, s_plain)
+    with pytest.raises(ValueError, match="video_prediction"):
+        tiny(video_prediction="eps")

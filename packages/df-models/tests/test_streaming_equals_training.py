@@ -12,7 +12,7 @@ from df_models import DualForceDiT, tiny
 from df_models.testing import random_inputs, random_model
 
 configs = st.builds(
-    lambda bridge, temporal, struct, audio_into, ref, window, n_fusion, layers, concat: tiny(
+    lambda bridge, temporal, struct, audio_into, ref, window, n_fusion, layers, concat, pred: tiny(
         bridge=bridge,
         bridge_temporal=temporal,
         struct_enabled=struct,
@@ -24,6 +24,7 @@ configs = st.builds(
         n_fusion=n_fusion,
         audio_layers=layers,
         ref_concat=concat,
+        video_prediction=pred,
     ),
     st.sampled_from(["bidirectional", "struct_to_video", "off"]),
     st.sampled_from(["same_frame", "causal"]),
@@ -34,6 +35,7 @@ configs = st.builds(
     st.integers(0, 2),
     st.integers(1, 2),
     st.booleans(),
+    st.sampled_from(["velocity", "clean"]),
 )
 
 

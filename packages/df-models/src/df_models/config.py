@@ -23,6 +23,7 @@ from df_core.conventions import AUDIO_FEATURES_PER_VIDEO_FRAME
 BRIDGES = ("bidirectional", "struct_to_video", "off")
 BRIDGE_TEMPORAL = ("same_frame", "causal")
 BLOCK_SETS = ("shallow", "all")
+VIDEO_PREDICTIONS = ("velocity", "clean")
 _POSITIVE_INTS = (
     "latent_channels",
     "latent_height",
@@ -88,6 +89,15 @@ class DualForceConfig:
     rope_theta: float = 10000.0
     qk_norm: bool = True  # RMSNorm on queries and keys (stabilises bf16 training)
     norm_eps: float = 1e-6
+    # What the video head predicts. The model always returns the velocity; with "clean" the head
+    # predicts the clean latent x0 and the velocity is (z - x0_hat) / max(sigma, clean_sigma_min)
+    # (x-prediction under the same velocity loss, as in Li & He, "Back to Basics: Let Denoising
+    # Generative Models Denoise", 2025). A velocity head must reproduce the input's noise through
+    # the patch embedding, the blocks and the head to cancel it; a small model does not, and its
+    # samples keep part of their initial noise (issue 14: one-step predictions from pure noise
+    # correlated 0.3 with that noise). A clean head's last step is its own clean prediction.
+    video_prediction: str = "velocity"
+    clean_sigma_min: float = 0.05  # the clean head's velocity divides by at least this level
 
     def __post_init__(self) -> None:
         for name in _POSITIVE_INTS:
@@ -99,11 +109,12 @@ class DualForceConfig:
             ("bridge_temporal", BRIDGE_TEMPORAL),
             ("audio_into", BLOCK_SETS),
             ("ref_into", BLOCK_SETS),
+            ("video_prediction", VIDEO_PREDICTIONS),
         ):
             one_of(f"DualForceConfig.{name}", getattr(self, name), allowed)
         for name in ("struct_enabled", "ref_tokens_enabled", "ref_concat", "qk_norm"):
             boolean(f"DualForceConfig.{name}", getattr(self, name))
-        for name in ("mlp_ratio", "rope_theta", "norm_eps"):
+        for name in ("mlp_ratio", "rope_theta", "norm_eps", "clean_sigma_min"):
             positive_float(f"DualForceConfig.{name}", getattr(self, name))
         if self.window is not None:
             positive_int("DualForceConfig.window (or None)", self.window)

@@ -243,6 +243,18 @@ class DualForceDiT(nn.Module):
                 out_s = self.struct_head(self.struct_final(xs, tokens.struct_cond))
         return self.video_head(xv, tokens.video_cond), out_s
 
+    def _velocity(
+        self, out_BTCHW: torch.Tensor, z_BTCHW: torch.Tensor, sigma_v_BT: torch.Tensor
+    ) -> torch.Tensor:
+        """The video velocity from the head's output: itself (``video_prediction="velocity"``),
+        or ``(z - x0_hat) / max(sigma, clean_sigma_min)`` in float32 from a clean prediction
+        (bf16's 8 bits would be divided by small levels)."""
+        c = self.config
+        if c.video_prediction == "velocity":
+            return out_BTCHW
+        sigma = sigma_v_BT.float().clamp_min(c.clean_sigma_min)[..., None, None, None]
+        return (z_BTCHW.float() - out_BTCHW.float()) / sigma
+
     def _unpatchify(self, v_BTNP: torch.Tensor) -> torch.Tensor:
         c = self.config
         return unpatchify(v_BTNP, c.latent_channels, c.patch_size, c.latent_height, c.latent_width)
@@ -308,7 +320,8 @@ class DualForceDiT(nn.Module):
             sites=sites,
         )
         # Step 3: drop the sink frame's outputs.
-        return self._unpatchify(v_out[:, 1:]), (s_out[:, 1:] if s_out is not None else None)
+        v_video = self._velocity(self._unpatchify(v_out[:, 1:]), z_BTCHW, sigma_v_BT)
+        return v_video, (s_out[:, 1:] if s_out is not None else None)
 
     def new_cache(
         self,
@@ -491,4 +504,4 @@ class DualForceDiT(nn.Module):
             ref_BRD=self._ref_tokens(ref_feats_BRD, B, drop_ref_B),
             sites=sites,
         )
-        return self._unpatchify(v_out), s_out
+        return self._velocity(self._unpatchify(v_out), z_BTCHW, sigma_v_BT), s_out

@@ -75,7 +75,7 @@ def _stream(model, x, cfg, **kw):
     fuse=st.booleans(),
     ref_concat=st.booleans(),
     noise_share=st.sampled_from([0.0, 0.7]),
-    prediction=st.sampled_from(["velocity", "clean"]),
+    prediction=st.sampled_from(["velocity", "clean", "clean_from_reference"]),
     seed=st.integers(0, 1000),
 )
 def test_stream_equals_full(

@@ -329,3 +329,24 @@ def test_a_clean_head_returns_the_velocity_of_its_clean_prediction():
     torch.testing.assert_close(s, s_plain)
     with pytest.raises(ValueError, match="video_prediction"):
         tiny(video_prediction="eps")
+
+
+def test_a_reference_residual_head_draws_the_reference_before_training():
+    """video_prediction="clean_from_reference": x0_hat = ref_latent + head; a fresh model's
+    head is zero, so its clean prediction of every frame, at any level, is the reference."""
+    config = tiny(video_prediction="clean_from_reference")
+    model = DualForceDiT(config)
+    model.init_weights()
+    x = random_inputs(config, 2, 3, 0)
+    sigma = torch.tensor([[0.2, 0.5, 1.0], [0.05, 0.7, 0.9]])
+    v, _ = model(**dict(x, sigma_v_BT=sigma))
+    x0_hat = x["z_BTCHW"] - sigma[..., None, None, None] * v
+    torch.testing.assert_close(x0_hat, x["ref_latent_BCHW"][:, None].expand_as(x0_hat))
+    trained = random_model(config, 1)  # and with weights, the head's output is added to it
+    plain = DualForceDiT(dataclasses.replace(config, video_prediction="clean"))
+    plain.load_state_dict(trained.state_dict())
+    args = dict(x, sigma_v_BT=sigma)
+    torch.testing.assert_close(
+        trained(**args)[0],
+        plain(**args)[0] - x["ref_latent_BCHW"][:, None] / sigma[..., None, None, None],
+    )

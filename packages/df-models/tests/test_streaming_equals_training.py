@@ -35,7 +35,7 @@ configs = st.builds(
     st.integers(0, 2),
     st.integers(1, 2),
     st.booleans(),
-    st.sampled_from(["velocity", "clean"]),
+    st.sampled_from(["velocity", "clean", "clean_from_reference"]),
 )
 
 

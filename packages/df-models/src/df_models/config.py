@@ -23,7 +23,7 @@ from df_core.conventions import AUDIO_FEATURES_PER_VIDEO_FRAME
 BRIDGES = ("bidirectional", "struct_to_video", "off")
 BRIDGE_TEMPORAL = ("same_frame", "causal")
 BLOCK_SETS = ("shallow", "all")
-VIDEO_PREDICTIONS = ("velocity", "clean")
+VIDEO_PREDICTIONS = ("velocity", "clean", "clean_from_reference")
 _POSITIVE_INTS = (
     "latent_channels",
     "latent_height",
@@ -96,6 +96,10 @@ class DualForceConfig:
     # the patch embedding, the blocks and the head to cancel it; a small model does not, and its
     # samples keep part of their initial noise (issue 14: one-step predictions from pure noise
     # correlated 0.3 with that noise). A clean head's last step is its own clean prediction.
+    # "clean_from_reference": the head predicts x0 - ref_latent, the frame's change from the
+    # reference image, so that the untrained model already draws the reference (its prediction
+    # from pure noise is the still frame, not a blur of the corpus), and training learns the
+    # motion: the mouth, the pose, the expression.
     video_prediction: str = "velocity"
     clean_sigma_min: float = 0.05  # the clean head's velocity divides by at least this level
 

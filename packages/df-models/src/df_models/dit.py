@@ -244,16 +244,29 @@ class DualForceDiT(nn.Module):
         return self.video_head(xv, tokens.video_cond), out_s
 
     def _velocity(
-        self, out_BTCHW: torch.Tensor, z_BTCHW: torch.Tensor, sigma_v_BT: torch.Tensor
+        self,
+        out_BTCHW: torch.Tensor,
+        z_BTCHW: torch.Tensor,
+        sigma_v_BT: torch.Tensor,
+        ref_latent_BCHW: torch.Tensor | None,
     ) -> torch.Tensor:
         """The video velocity from the head's output: itself (``video_prediction="velocity"``),
         or ``(z - x0_hat) / max(sigma, clean_sigma_min)`` in float32 from a clean prediction
-        (bf16's 8 bits would be divided by small levels)."""
+        (bf16's 8 bits would be divided by small levels); ``x0_hat`` is the head's output, plus
+        the reference latent with ``"clean_from_reference"``."""
         c = self.config
         if c.video_prediction == "velocity":
             return out_BTCHW
+        x0_hat = out_BTCHW.float()
+        if c.video_prediction == "clean_from_reference":
+            if ref_latent_BCHW is None:
+                raise ValueError(
+                    "DualForceConfig.video_prediction='clean_from_reference': the streaming "
+                    "pass needs ref_latent_BCHW"
+                )
+            x0_hat = x0_hat + ref_latent_BCHW.float()[:, None]
         sigma = sigma_v_BT.float().clamp_min(c.clean_sigma_min)[..., None, None, None]
-        return (z_BTCHW.float() - out_BTCHW.float()) / sigma
+        return (z_BTCHW.float() - x0_hat) / sigma
 
     def _unpatchify(self, v_BTNP: torch.Tensor) -> torch.Tensor:
         c = self.config
@@ -320,7 +333,9 @@ class DualForceDiT(nn.Module):
             sites=sites,
         )
         # Step 3: drop the sink frame's outputs.
-        v_video = self._velocity(self._unpatchify(v_out[:, 1:]), z_BTCHW, sigma_v_BT)
+        v_video = self._velocity(
+            self._unpatchify(v_out[:, 1:]), z_BTCHW, sigma_v_BT, ref_latent_BCHW
+        )
         return v_video, (s_out[:, 1:] if s_out is not None else None)
 
     def new_cache(
@@ -504,4 +519,5 @@ class DualForceDiT(nn.Module):
             ref_BRD=self._ref_tokens(ref_feats_BRD, B, drop_ref_B),
             sites=sites,
         )
-        return self._velocity(self._unpatchify(v_out), z_BTCHW, sigma_v_BT), s_out
+        v_video = self._velocity(self._unpatchify(v_out), z_BTCHW, sigma_v_BT, ref_latent_BCHW)
+        return v_video, s_out

@@ -38,7 +38,12 @@ import torch
 from tqdm.auto import tqdm
 
 from df_data.media import read_video
-from df_models.codecs import TinyAutoencoder, TinyAutoencoderConfig
+from df_models.codecs import (
+    TemporalAutoencoderConfig,
+    TemporalTinyAutoencoder,
+    TinyAutoencoder,
+    TinyAutoencoderConfig,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +65,21 @@ class CodecTrainConfig:
     seed: int = 0
     device: str = "auto"
     log_every: int = 50
+    # > 1: the causal TemporalTinyAutoencoder (``codec`` is its per-frame part), trained on
+    # windows of 1 + frames_per_latent * (window_latents - 1) consecutive frames (batch_size
+    # frames a step, in whole windows; frame_stride does not apply).
+    frames_per_latent: int = 1
+    window_latents: int = 3
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "frame_stride", "log_every"):
+        for name in (
+            "steps",
+            "batch_size",
+            "frame_stride",
+            "log_every",
+            "frames_per_latent",
+            "window_latents",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(
@@ -89,9 +106,27 @@ class CodecTrainConfig:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
+    @property
+    def window_frames(self) -> int:
+        """Video frames per training sample: 1 for a per-frame codec."""
+        if self.frames_per_latent == 1:
+            return 1
+        return 1 + self.frames_per_latent * (self.window_latents - 1)
 
-def load_frames(corpus: str | Path, split: str, stride: int) -> torch.Tensor:
-    """Every ``stride``-th frame of every clip of a split: uint8 ``[N, 3, H, W]``."""
+    def build_codec(self) -> TinyAutoencoder | TemporalTinyAutoencoder:
+        if self.frames_per_latent == 1:
+            return TinyAutoencoder(self.codec)
+        config = TemporalAutoencoderConfig(
+            spatial=self.codec, frames_per_latent=self.frames_per_latent
+        )
+        return TemporalTinyAutoencoder(config)
+
+
+def load_frames(
+    corpus: str | Path, split: str, stride: int, *, lengths: list[int] | None = None
+) -> torch.Tensor:
+    """Every ``stride``-th frame of every clip of a split: uint8 ``[N, 3, H, W]``, the clips
+    one after another (``lengths``, when given, receives each clip's frame count)."""
     videos = sorted((Path(corpus) / split).glob("*/video.mp4"))
     if not videos:
         raise ValueError(
@@ -100,6 +135,8 @@ def load_frames(corpus: str | Path, split: str, stride: int) -> torch.Tensor:
     # Files decode in parallel (PyAV releases the GIL while decoding; each file on one thread).
     with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
         frames = list(pool.map(lambda v: read_video(v)[0][::stride], videos))
+    if lengths is not None:
+        lengths.extend(len(f) for f in frames)
     return torch.from_numpy(np.concatenate(frames)).permute(0, 3, 1, 2).contiguous()
 
 
@@ -146,6 +183,22 @@ def psnr(recon: torch.Tensor, target: torch.Tensor) -> float:
     return 10 * math.log10(1.0 / max(mse, 1e-12))
 
 
+def _window_starts(lengths: list[int], window: int) -> torch.Tensor:
+    """Index (into the concatenated frames) of every window of ``window`` consecutive frames
+    that lies inside one clip."""
+    starts, offset = [], 0
+    for n in lengths:
+        if n >= window:
+            starts.append(torch.arange(offset, offset + n - window + 1))
+        offset += n
+    return torch.cat(starts) if starts else torch.zeros(0, dtype=torch.long)
+
+
+def _windows(frames_u8: torch.Tensor, starts: torch.Tensor, window: int, device) -> torch.Tensor:
+    idx = starts[:, None] + torch.arange(window)[None, :]
+    return frames_u8[idx.to(frames_u8.device)].to(device).float() / 127.5 - 1.0
+
+
 def _to_video(frames_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
     return (frames_u8.to(device).float() / 127.5 - 1.0)[:, None]  # [N, 1, 3, H, W]
 
@@ -163,15 +216,26 @@ def train_codec(config: CodecTrainConfig, *, progress: bool = True) -> dict:
     out = Path(c.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(c.to_json())
-    train = load_frames(c.corpus, "train", c.frame_stride)
+    W = c.window_frames
+    stride = c.frame_stride if W == 1 else 1  # windows need consecutive frames
+    train_lengths: list[int] = []
+    train = load_frames(c.corpus, "train", stride, lengths=train_lengths)
+    starts = _window_starts(train_lengths, W)  # first frame of every window inside one clip
+    if starts.numel() == 0:
+        raise ValueError(f"{c.corpus}/train: no clip has the {W} frames a training window needs")
     test_dir = Path(c.corpus) / "test"
-    test = load_frames(c.corpus, "test", c.frame_stride) if test_dir.is_dir() else train[:0]
+    test_lengths: list[int] = []
+    test = (
+        load_frames(c.corpus, "test", stride, lengths=test_lengths)
+        if test_dir.is_dir()
+        else train[:0]
+    )
     if device.type == "cuda":
         # uint8 frames resident on the GPU: a step then gathers its batch there instead of
         # indexing and copying it on the host (the gpu demo's 40,000 frames are 0.5 GB).
         train = train.to(device)
     torch.manual_seed(c.seed)
-    codec = TinyAutoencoder(c.codec).to(device)
+    codec = c.build_codec().to(device)
     codec.init_weights()
     opt = torch.optim.AdamW(codec.parameters(), lr=c.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -182,8 +246,13 @@ def train_codec(config: CodecTrainConfig, *, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     bar = tqdm(range(c.steps), desc=c.name, disable=not progress, unit="step")
     for step in bar:
-        idx = torch.randint(0, train.shape[0], (c.batch_size,), generator=g)
-        x = _to_video(train[idx.to(train.device)], device)
+        if W == 1:
+            idx = torch.randint(0, train.shape[0], (c.batch_size,), generator=g)
+            x = _to_video(train[idx.to(train.device)], device)
+        else:  # whole windows of consecutive frames: [B, W, 3, H, W]
+            pick = torch.randint(0, starts.numel(), (max(1, c.batch_size // W),), generator=g)
+            idx = starts[pick][:, None] + torch.arange(W)[None, :]
+            x = train[idx.to(train.device)].to(device).float() / 127.5 - 1.0
         if c.colour_aug:
             x = colour_augment(x, g)
         if c.crop:
@@ -209,10 +278,21 @@ def train_codec(config: CodecTrainConfig, *, progress: bool = True) -> dict:
     metrics.close()
     codec.eval()
     with torch.no_grad():
-        batches = (_to_video(train[i : i + 256], device) for i in range(0, train.shape[0], 256))
+        if W == 1:
+            batches = (_to_video(train[i : i + 256], device) for i in range(0, train.shape[0], 256))
+            held = test if test.shape[0] else train[:256]
+            x = _to_video(held[:512], device)
+        else:  # windows: the first of every clip for the statistics, all held-out ones
+            n = max(1, 256 // W)
+            first = starts[torch.linspace(0, starts.numel() - 1, 16 * n).long()]
+            batches = (
+                _windows(train, first[i : i + n], W, device) for i in range(0, first.numel(), n)
+            )
+            held_starts = _window_starts(test_lengths, W) if test.shape[0] else starts
+            held_frames = test if test.shape[0] else train
+            pick = held_starts[:: max(1, held_starts.numel() // max(1, 512 // W))][: 512 // W]
+            x = _windows(held_frames, pick, W, device)
         codec.set_normalization(*codec.estimate_normalization(batches, max_batches=16))
-        held = test if test.shape[0] else train[:256]
-        x = _to_video(held[:512], device)
         recon = codec.decode(codec.encode(x, check_range=False))
         z = codec.encode(x, check_range=False)
     codec.cpu()
@@ -220,7 +300,8 @@ def train_codec(config: CodecTrainConfig, *, progress: bool = True) -> dict:
     summary = {
         "codec": str(path),
         "train_frames": int(train.shape[0]),
-        "heldout_frames": int(min(512, held.shape[0])),
+        "heldout_frames": int(x.shape[0] * x.shape[1]),
+        "frames_per_latent": c.frames_per_latent,
         "heldout_psnr_db": psnr(recon, x),
         "heldout_face_colour_error": face_colour_error(recon, x),
         "normalised_latent_mean": float(z.mean()),

@@ -16,6 +16,8 @@ import torch
 
 from df_models.codecs.base import LatentCodec
 from df_models.codecs.diffusers_vae import SUPPORTED_KINDS, DiffusersVAECodec, is_hub_id
+from df_models.codecs.temporal_ae import KIND as TEMPORAL_KIND
+from df_models.codecs.temporal_ae import TemporalTinyAutoencoder
 from df_models.codecs.tiny_ae import KIND as TINY_KIND
 from df_models.codecs.tiny_ae import TinyAutoencoder
 from df_models.io import config_hash
@@ -29,7 +31,8 @@ def load_codec(
     subfolder: str | None = None,
 ) -> LatentCodec:
     """A codec object as is, or one loaded from a directory by its ``config.json``:
-    ``"kind": "TinyAutoencoder"`` -> ``TinyAutoencoder.from_pretrained``; ``"_class_name"`` in
+    ``"kind": "TinyAutoencoder"`` -> ``TinyAutoencoder.from_pretrained`` (``"TemporalTiny
+    Autoencoder"``: its causal 4-frame variant); ``"_class_name"`` in
     ``SUPPORTED_KINDS`` -> ``DiffusersVAECodec.from_pretrained`` (also from a pipeline
     directory with the VAE in ``vae/``). A hub id ``"org/name"`` (not an existing path) loads a
     diffusers VAE from the hub at ``revision`` (``subfolder``, e.g. ``"vae"`` for a pipeline
@@ -52,11 +55,13 @@ def load_codec(
         config = json.loads(config_path.read_text())
         if config.get("kind") == TINY_KIND:
             codec = TinyAutoencoder.from_pretrained(path)
+        elif config.get("kind") == TEMPORAL_KIND:
+            codec = TemporalTinyAutoencoder.from_pretrained(path)
         elif config.get("_class_name") in SUPPORTED_KINDS:
             codec = DiffusersVAECodec.from_pretrained(path, subfolder=subfolder)
         else:
             raise ValueError(
-                f"{config_path}: neither kind {TINY_KIND!r} nor _class_name in "
+                f"{config_path}: neither kind {TINY_KIND!r} / {TEMPORAL_KIND!r} nor _class_name in "
                 f"{SUPPORTED_KINDS}; cannot tell which codec it is"
             )
     return codec if device is None else codec.to(device)
@@ -77,6 +82,8 @@ def codec_identity(codec: LatentCodec) -> dict[str, str]:
     shape parameters; the weights hash its state dict (weights and normalisation)."""
     if isinstance(codec, TinyAutoencoder):
         name, config = TINY_KIND, dataclasses.asdict(codec.config)
+    elif isinstance(codec, TemporalTinyAutoencoder):
+        name, config = TEMPORAL_KIND, codec.config.to_dict()
     elif isinstance(codec, DiffusersVAECodec):
         # Keys starting with "_" (path, library version) do not change the latents.
         name = f"diffusers.{codec.kind}"

@@ -130,6 +130,34 @@ def _blocks(channels: int, config: TinyAutoencoderConfig) -> list[nn.Module]:
     return [ResBlock(channels, config.norm_groups) for _ in range(config.blocks_per_level)]
 
 
+def encoder_body(config: TinyAutoencoderConfig) -> list[nn.Module]:
+    """A frame ``[N, 3, H, W]`` to features ``[N, D, h, w]`` (``D`` the deepest level's width):
+    the encoder without its latent head."""
+    widths = config.level_channels
+    layers: list[nn.Module] = [nn.Conv2d(config.in_channels, widths[0], 3, padding=1)]
+    for i in range(config.num_down):
+        layers += _blocks(widths[i], config)
+        layers.append(nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1))
+    return layers + _blocks(widths[-1], config)
+
+
+def decoder_body(config: TinyAutoencoderConfig) -> list[nn.Module]:
+    """Features ``[N, D, h, w]`` to a frame ``[N, 3, H, W]`` in [-1, 1]: the decoder without
+    its latent input conv."""
+    widths = config.level_channels
+    layers = _blocks(widths[-1], config)
+    for i in reversed(range(config.num_down)):
+        layers.append(Upsample(widths[i + 1], widths[i]))
+        layers += _blocks(widths[i], config)
+    return [
+        *layers,
+        nn.GroupNorm(config.norm_groups, widths[0]),
+        nn.SiLU(),
+        nn.Conv2d(widths[0], config.in_channels, 3, padding=1),
+        nn.Tanh(),
+    ]
+
+
 class TinyAutoencoder(LatentCodec):
     """Small deterministic convolutional autoencoder, one frame at a time.
 
@@ -149,30 +177,15 @@ class TinyAutoencoder(LatentCodec):
         widths = config.level_channels
         groups = config.norm_groups
 
-        encoder: list[nn.Module] = [nn.Conv2d(config.in_channels, widths[0], 3, padding=1)]
-        for i in range(config.num_down):
-            encoder += _blocks(widths[i], config)
-            encoder.append(nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1))
-        encoder += _blocks(widths[-1], config)
-        encoder += [
+        encoder = [
+            *encoder_body(config),
             nn.GroupNorm(groups, widths[-1]),
             nn.SiLU(),
             nn.Conv2d(widths[-1], config.latent_channels, 3, padding=1),
         ]
         self.encoder = nn.Sequential(*encoder)
-
-        decoder: list[nn.Module] = [nn.Conv2d(config.latent_channels, widths[-1], 3, padding=1)]
-        decoder += _blocks(widths[-1], config)
-        for i in reversed(range(config.num_down)):
-            decoder.append(Upsample(widths[i + 1], widths[i]))
-            decoder += _blocks(widths[i], config)
-        decoder += [
-            nn.GroupNorm(groups, widths[0]),
-            nn.SiLU(),
-            nn.Conv2d(widths[0], config.in_channels, 3, padding=1),
-            nn.Tanh(),
-        ]
-        self.decoder = nn.Sequential(*decoder)
+        decoder = [nn.Conv2d(config.latent_channels, widths[-1], 3, padding=1)]
+        self.decoder = nn.Sequential(*decoder, *decoder_body(config))
 
     def init_weights(self) -> None:
         """PyTorch's default conv init, identity GroupNorm, zero-initialised residual branches."""

@@ -15,6 +15,11 @@ def test_bench_stream_tiny_cpu(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["frames"] == 14
     assert result["fps"] > 0 and result["first_frame_ms"] > 0
+    # A per-frame codec: latent frames are video frames; pixels are frames x H x W.
+    assert result["frames_per_latent"] == 1 and result["latent_frames"] == 14
+    assert abs(result["latent_fps"] - result["fps"]) < 1e-9
+    H, W = result["image_size"]
+    assert abs(result["megapixels_per_s"] - result["fps"] * H * W / 1e6) < 1e-9
     assert result["gflop_per_frame"] > 0 and result["mfu"] > 0
     assert result["per_frame_ms_p50"] > 0 and result["cache_mib"] > 0
     assert result["compiled_graphs"] == 0  # --compile none

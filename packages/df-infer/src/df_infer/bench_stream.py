@@ -192,6 +192,16 @@ def main(argv: list[str]) -> int:
         "cfg": args.cfg,
         "frames": len(ready),
         "fps": len(ready) / wall,
+        # Codecs and resolutions compared honestly: a codec of k video frames per latent frame
+        # streams k times fewer latent frames, and frames of other sizes hold other pixels.
+        "frames_per_latent": gen.codec.frames_per_latent,
+        "latent_frames": gen.codec.latent_frames(len(ready)),
+        "latent_fps": gen.codec.latent_frames(len(ready)) / wall,
+        "megapixels_per_s": len(ready)
+        * gen.meta.image_size[0]
+        * gen.meta.image_size[1]
+        / wall
+        / 1e6,
         "first_frame_ms": float(ready[0] * 1e3),
         "per_frame_ms_mean": float(np.mean(steady)),
         "per_frame_ms_p50": float(np.median(steady)),

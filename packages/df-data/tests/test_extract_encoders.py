@@ -160,46 +160,18 @@ def test_ref_token_frames_and_their_validation(store, tmp_path):
 
 def test_cli_extract_with_encoder_flags(setup, tmp_path, capsys):
     out = tmp_path / "store"
-    code = data_main(
-        [
-            "extract",
-            "--src",
-            str(setup["src"]),
-            "--out",
-            str(out),
-            "--codec",
-            str(setup["codec"]),
-            "--audio-encoder",
-            "wav2vec2",
-            "--audio-model",
-            str(setup["hubert"]),
-        ]
-    )
+
+    def extract(*flags: str) -> int:
+        paths = ["--src", str(setup["src"]), "--out", str(out), "--codec", str(setup["codec"])]
+        return data_main(["extract", *paths, *flags])
+
+    hubert = str(setup["hubert"])
+    code = extract("--audio-encoder", "wav2vec2", "--audio-model", hubert)
     assert code == 2 and "model_type 'hubert'" in capsys.readouterr().err  # not a wav2vec2 folder
-    code = data_main(
-        [
-            "extract",
-            "--src",
-            str(setup["src"]),
-            "--out",
-            str(out),
-            "--codec",
-            str(setup["codec"]),
-            "--audio-encoder",
-            "hubert",
-            "--audio-model",
-            str(setup["hubert"]),
-            "--audio-layer",
-            "1",
-            "--ref-encoder",
-            "dinov2",
-            "--ref-model",
-            str(setup["dinov2"]),
-            "--ref-frames",
-            "2",
-            "--ref-pool",
-            "1",
-        ]
+    code = extract(
+        *("--audio-encoder", "hubert", "--audio-model", hubert, "--audio-layer", "1"),
+        *("--ref-encoder", "dinov2", "--ref-model", str(setup["dinov2"])),
+        *("--ref-frames", "2", "--ref-pool", "1"),
     )
     assert code == 0
     record = read_clip(out, "train-a")

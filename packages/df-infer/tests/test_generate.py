@@ -384,3 +384,5 @@ def test_frames_batch_errors_name_the_argument(bundle, ref_png):
         next(gen.frames_batch([ref_png, ref_png], [audio]))
     with pytest.raises(ValueError, match="1 seeds for a batch of 2"):
         next(gen.frames_batch([ref_png, ref_png], [audio, audio], seeds=[1]))
+    with pytest.raises(ValueError, match="2 references, 1 audio files and 1 outputs"):
+        df_infer.generate.generate_videos(gen, [ref_png, ref_png], ["a.wav"], ["o.mp4"])

@@ -148,16 +148,19 @@ class TemporalTinyAutoencoder(LatentCodec):
         merged = rearrange(feats, "(b g k) d h w -> (b g) (k d) h w", b=b, k=self.frames_per_latent)
         return rearrange(self.merge(merged), "(b g) c h w -> b g c h w", b=b)
 
-    def _decode_raw(self, z_raw_BTCHW: torch.Tensor) -> torch.Tensor:
+    def _group_frames(self, z_raw_BTCHW: torch.Tensor) -> torch.Tensor:
+        """``[B, G, k, 3, H, W]``: the k video frames each raw latent frame decodes to."""
         b, k = z_raw_BTCHW.shape[0], self.frames_per_latent
         feats = self.split(rearrange(z_raw_BTCHW, "b g c h w -> (b g) c h w"))
         frames = self.frame_decoder(rearrange(feats, "n (k d) h w -> (n k) d h w", k=k))
-        video = rearrange(frames, "(b g k) c h w -> b g k c h w", b=b, k=k)
+        return rearrange(frames, "(b g k) c h w -> b g k c h w", b=b, k=k)
+
+    def _decode_raw(self, z_raw_BTCHW: torch.Tensor) -> torch.Tensor:
+        video = self._group_frames(z_raw_BTCHW)
         # The first latent frame stands for one video frame: its last slot (the group it was
         # encoded from is that frame k times).
-        return torch.cat(
-            [video[:, 0, -1:], rearrange(video[:, 1:], "b g k c h w -> b (g k) c h w")], 1
-        )
+        rest = rearrange(video[:, 1:], "b g k c h w -> b (g k) c h w")
+        return torch.cat([video[:, 0, -1:], rest], 1)
 
     def decode_groups(self, z_BTCHW: torch.Tensor, first: bool) -> torch.Tensor:
         """Streaming decode of normalised latent frames ``[B, n, C, h, w]``: their video frames,
@@ -167,10 +170,7 @@ class TemporalTinyAutoencoder(LatentCodec):
         raw = self.denormalize(z_BTCHW)
         if first:
             return self._decode_raw(raw)
-        b, k = raw.shape[0], self.frames_per_latent
-        feats = self.split(rearrange(raw, "b g c h w -> (b g) c h w"))
-        frames = self.frame_decoder(rearrange(feats, "n (k d) h w -> (n k) d h w", k=k))
-        return rearrange(frames, "(b g k) c h w -> b (g k) c h w", b=b, k=k)
+        return rearrange(self._group_frames(raw), "b g k c h w -> b (g k) c h w")
 
     # Save / load --------------------------------------------------------------------------------
 

@@ -13,17 +13,20 @@ from df_data.store import STORE_VERSION, ClipRecord, StoreError, write_clip_reco
 NAMES = ["yaw", "pitch", "roll", "tx", "ty", "scale", "jaw"]
 
 
-def make_store(root, clips=3, frames=(12, 10, 5), Da=4):
+def make_store(root, clips=3, frames=(12, 10, 5), Da=4, fpl=1):
+    """``frames`` are latent frames; a clip has ``1 + fpl (T - 1)`` video frames (``T`` at 1)
+    and 2 audio features per video frame, feature ``i`` of value ``i + 1``."""
     for i in range(clips):
         T = frames[i]
+        video = T if fpl == 1 else 1 + fpl * (T - 1)
         # Encode the frame index into every tensor so alignment can be read back.
         t = torch.arange(T, dtype=torch.float32)
         latents = (t[:, None, None, None] + 100 * i).expand(T, 2, 2, 4).clone().to(torch.float16)
         latents[..., 0] = -1.0  # left column, to see flips
         struct = t[:, None].expand(T, len(NAMES)).clone() + 1.0
         feats = (
-            (torch.arange(2 * T, dtype=torch.float32)[:, None] + 1)
-            .expand(2 * T, Da)
+            (torch.arange(2 * video, dtype=torch.float32)[:, None] + 1)
+            .expand(2 * video, Da)
             .to(torch.float16)
         )
         write_clip_record(
@@ -39,9 +42,9 @@ def make_store(root, clips=3, frames=(12, 10, 5), Da=4):
                     "clip_id": f"train-clip_{i:05d}",
                     "split": "train",
                     "fps": 25,
-                    "frames": T,
+                    "frames": video,
                     "latent_frames": T,
-                    "frames_per_latent": 1,
+                    "frames_per_latent": fpl,
                     "audio_rate": 50,
                     "audio_feature_dim": Da,
                     "struct_names": NAMES,
@@ -76,6 +79,24 @@ def test_windows_are_aligned(tmp_path):
             expected = [v if 0 < v <= n_feats else 0.0 for v in expected]
             assert got == expected, (t, got, expected)
         assert s["audio"].shape == (4, 6, 4)
+
+
+def test_windows_of_a_temporal_codec_read_each_groups_audio(tmp_path):
+    """4 video frames per latent frame: latent frame t's window is the audio of video frames
+    (t - 1) 4 + 1 .. 4 t (frame 0 alone for t = 0, the rest of its group silence), +-1 frame."""
+    ds = WindowDataset(
+        make_store(tmp_path, clips=1, frames=(4,), fpl=4), WindowConfig(frames=2, audio_context=1)
+    )
+    n_feats = 2 * 13
+    for i in range(8):
+        s = ds[i]
+        assert s["audio"].shape == (2, 12, 4)
+        for k in range(2):
+            first = (s["start"] + k - 1) * 4 + 1 - 1  # the group's first frame, minus context
+            expected = [
+                float(v + 1) if 0 <= v < n_feats else 0.0 for v in range(2 * first, 2 * first + 12)
+            ]
+            assert s["audio"][k, :, 0].tolist() == expected, (s["start"] + k, expected)
 
 
 def test_short_clips_are_skipped_and_too_long_windows_are_an_error(tmp_path):

@@ -8,28 +8,35 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from df_core import latent_frames_covering
 from df_data.features import LogMelEncoder, features_for_frames
 from df_infer.audio import StreamingFeatures, iter_chunks
 from df_models.layers import gather_audio_windows
 
 
-def _reference(audio, context):
+def _reference(audio, context, k=1):
     T = -(-len(audio) // 640)
     feats = features_for_frames(LogMelEncoder(), audio, T)
-    return gather_audio_windows(feats[None], T, context=context)[0]
+    n = latent_frames_covering(T, k)
+    return gather_audio_windows(feats[None], n, context=context, frames_per_latent=k)[0]
 
 
-@settings(deadline=None, max_examples=40)
+@settings(deadline=None, max_examples=60)
 @given(
     samples=st.integers(1, 640 * 9 + 333),
     chunk=st.integers(1, 2000),
     context=st.integers(0, 3),
+    k=st.sampled_from([1, 2, 4]),
     seed=st.integers(0, 100),
 )
-def test_streaming_windows_equal_whole_clip(samples, chunk, context, seed):
+def test_streaming_windows_equal_whole_clip(samples, chunk, context, k, seed):
+    """Latent frame by latent frame, whatever the chunking, the windows training gathers from
+    the whole clip (for k = 4, each group's audio; the last group may run past the clip)."""
     audio = np.random.default_rng(seed).normal(0, 0.1, samples).astype(np.float32)
-    ref = _reference(audio, context)
-    sf = StreamingFeatures(LogMelEncoder(), iter_chunks(audio, chunk), context=context)
+    ref = _reference(audio, context, k)
+    sf = StreamingFeatures(
+        LogMelEncoder(), iter_chunks(audio, chunk), context=context, frames_per_latent=k
+    )
     t, got = 0, []
     while True:
         ready = sf.ensure(t + 1)
@@ -38,8 +45,21 @@ def test_streaming_windows_equal_whole_clip(samples, chunk, context, seed):
         got.append(sf.windows(t, 1))
         sf.release(t)
         t += 1
-    assert sf.ended and t == ref.shape[0] == sf.num_frames
+    assert sf.ended and t == ref.shape[0] == sf.num_latent_frames
+    assert sf.num_frames == -(-samples // 640)
     torch.testing.assert_close(torch.cat(got), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_a_group_waits_for_its_last_frame_and_the_context():
+    """k = 4, context 2: latent frame 1 (video frames 1 .. 4) is ready once audio reaches 80 ms
+    past frame 4's end, not before."""
+    sf = StreamingFeatures(LogMelEncoder(), context=2, frames_per_latent=4)
+    # It needs features < 2 (5 + 2) = 14; feature i reads samples up to 320 i + 200.
+    sf.push(np.zeros(320 * 13 + 200 - 1, np.float32))
+    assert sf.ready(1) and not sf.ready(2)
+    sf.push(np.zeros(1, np.float32))
+    assert sf.ready(2) and not sf.ready(3)
+    assert sf.windows(0, 2).shape == (2, 16, LogMelEncoder().dim)
 
 
 def test_live_input_waits_only_for_the_lookahead():
@@ -82,3 +102,5 @@ def test_bad_streams():
         sf.push(np.array([np.nan], np.float32))
     with pytest.raises(ValueError, match="context"):
         StreamingFeatures(LogMelEncoder(), context=-1)
+    with pytest.raises(ValueError, match="frames_per_latent"):
+        StreamingFeatures(LogMelEncoder(), frames_per_latent=0)

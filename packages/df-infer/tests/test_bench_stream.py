@@ -32,3 +32,15 @@ def test_bench_stream_fused_clean_pass(tmp_path):
     assert main([*argv, "--steps", "2", "--fuse-clean", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["frames"] == 16 and result["fuse_clean"] is True
+
+
+def test_bench_stream_temporal_codec(tmp_path):
+    """4 video frames per latent frame: 62 frames are 17 latent frames (the last group partly
+    past the end)."""
+    out = tmp_path / "stream.json"
+    argv = ["--preset", "tiny", "--device", "cpu", "--dtype", "fp32", "--frames", "62"]
+    assert main([*argv, "--steps", "2", "--frames-per-latent", "4", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["frames"] == 62 and r["frames_per_latent"] == 4 and r["latent_frames"] == 17
+    assert abs(r["latent_fps"] - r["fps"] * 17 / 62) < 1e-9
+    assert r["per_frame_ms_p50"] > 0 and r["gflop_per_frame"] > 0

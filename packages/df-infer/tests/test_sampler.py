@@ -76,6 +76,7 @@ def _stream(model, x, cfg, **kw):
     ref_concat=st.booleans(),
     noise_share=st.sampled_from([0.0, 0.7]),
     prediction=st.sampled_from(["velocity", "clean", "clean_from_reference"]),
+    frames_per_latent=st.sampled_from([1, 4]),
     seed=st.integers(0, 1000),
 )
 def test_stream_equals_full(
@@ -96,9 +97,11 @@ def test_stream_equals_full(
     ref_concat,
     noise_share,
     prediction,
+    frames_per_latent,
     seed,
 ):
     config = tiny(
+        frames_per_latent=frames_per_latent,  # latent frames then read 4 frames' audio each
         window=window,
         struct_enabled=struct,
         bridge_temporal=bridge_temporal,

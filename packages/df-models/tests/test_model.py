@@ -263,11 +263,19 @@ def test_audio_windows_are_centred_and_aligned_at_two_features_per_frame():
     assert w[0, 0, :, 0].tolist() == [0, 0, 1, 2, 3, 4]  # frame 0: features 0..1, +-1 frame, padded
     assert w[0, 2, :, 0].tolist() == [3, 4, 5, 6, 7, 8]  # frame 2 owns features 4, 5 (values 5, 6)
     assert w[0, 5, :, 0].tolist() == [9, 10, 11, 12, 0, 0]
-    # Four video frames per latent frame (Wan VAE): 8 features each, plus context.
-    w4 = gather_audio_windows(
-        torch.arange(1, 17.0)[None, :, None], 2, frames_per_latent=4, context=0
+    # Four video frames per latent frame (Wan's 1 + 4k layout): latent frame 0 is video frame
+    # 0 alone (its group's frames -3 .. -1 read silence), latent frame 1 frames 1 .. 4, latent
+    # frame 2 frames 5 .. 8: 8 features each, plus context.
+    a4 = torch.arange(1, 19.0)[None, :, None]  # 18 features = 9 video frames = 3 latent frames
+    w4 = gather_audio_windows(a4, 3, frames_per_latent=4, context=0)
+    assert w4[0, 0, :, 0].tolist() == [0] * 6 + [1, 2]
+    assert w4[0, 1, :, 0].tolist() == list(range(3, 11))
+    assert w4[0, 2, :, 0].tolist() == list(range(11, 19))
+    w4c = gather_audio_windows(a4, 3, frames_per_latent=4, context=1)
+    assert w4c[0, 1, :, 0].tolist() == list(range(1, 13))  # frames 0 .. 5
+    torch.testing.assert_close(
+        gather_audio_windows(a4, 1, frames_per_latent=4, context=1, first_frame=2), w4c[:, 2:]
     )
-    assert w4[0, 1, :, 0].tolist() == list(range(9, 17))
     # Streaming: a window starting later gives the same as the full gather.
     full = gather_audio_windows(a, 6, context=2)
     part = gather_audio_windows(a, 2, context=2, first_frame=3)

@@ -11,6 +11,9 @@ from df_core.conventions import (
     AUDIO_SAMPLE_RATE,
     FPS,
     SIGMA_S_MAX,
+    group_first_frame,
+    latent_frames_covering,
+    video_span,
 )
 from df_core.flow import (
     add_noise,
@@ -77,7 +80,9 @@ __all__ = [
     "frame_mse",
     "frame_positions",
     "grid_positions",
+    "group_first_frame",
     "is_sink",
+    "latent_frames_covering",
     "reduce_frame_loss",
     "resolve_backend",
     "rope_cos_sin",
@@ -92,6 +97,7 @@ __all__ = [
     "token_frames",
     "unshift_sigma",
     "velocity_target",
+    "video_span",
     "x0_from_velocity",
     "xformers_available",
 ]

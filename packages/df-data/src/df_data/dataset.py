@@ -41,7 +41,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from df_core.checks import boolean, non_negative_int, positive_int, unit_float
-from df_core.conventions import AUDIO_FEATURES_PER_VIDEO_FRAME
+from df_core.conventions import AUDIO_FEATURES_PER_VIDEO_FRAME, video_span
 from df_data.store import (
     ClipRecord,
     StoreError,
@@ -271,8 +271,8 @@ class WindowDataset(Dataset):
                 "extracted without --ref-encoder) but WindowConfig.ref_tokens is True"
             )
         fpl = int(record.metadata.get("frames_per_latent", 1))
-        first = 0 if start == 0 else (start - 1) * fpl + 1  # window's video frames
-        stop = (start + c.frames - 1) * fpl + 1
+        first = video_span(start, fpl)[0]  # the window's video frames
+        stop = video_span(start + c.frames - 1, fpl)[1]
         at = record.ref_token_frames.tolist()
         outside = [k for k, f in enumerate(at) if not first <= f < stop]
         k = 0

@@ -1,8 +1,9 @@
 """Audio for streaming generation: features computed incrementally as audio arrives.
 
 Legend: N samples at 16 kHz, L feature frames (50 Hz, 2 per video frame), Da feature dim,
-T latent frames (= video frames: image codecs only, see :mod:`df_infer.pipeline`), La the
-audio window of one frame.
+T video frames, T_lat latent frames (``= T`` for image codecs; ``1 + ceil((T - 1) / k)`` for a
+codec of ``k = frames_per_latent`` video frames per latent frame, :mod:`df_core.conventions`),
+La the audio window of one latent frame.
 
 :class:`StreamingFeatures` turns a stream of audio chunks into the audio windows the model
 reads, frame by frame, and gives exactly the windows training saw for the same audio
@@ -11,6 +12,13 @@ frames long, its audio zero-padded to ``640 T`` samples, and feature frames outs
 are zeros. Frame ``t`` needs feature frames up to ``2 (t + 1 + context) - 1``, i.e. audio up to
 ``80 ms`` past its end for the default context of 2 video frames: that is the latency floor
 of live input.
+
+With ``frames_per_latent = k > 1`` frames and windows are latent frames: latent frame ``j``
+reads the audio of its whole group of video frames ``(j - 1) k + 1 .. j k`` (frame 0 alone for
+``j = 0``, the group's earlier frames silence) plus ``context`` frames on each side, ``La =
+(k + 2 context) 2`` features (``gather_audio_windows(..., frames_per_latent=k)``). Its look-ahead
+is then the group's: the group's first frame waits ``k - 1`` more frames plus the context, 200
+ms at k = 4 and context 2 (the codec decodes the group's frames together anyway).
 
 For a *local* encoder (the log-mel default: every feature reads only its own 25 ms window)
 features are computed on the new audio only, keeping a bounded tail: memory is constant over
@@ -38,7 +46,11 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import torch
 
-from df_core.conventions import AUDIO_FEATURES_PER_VIDEO_FRAME
+from df_core.conventions import (
+    AUDIO_FEATURES_PER_VIDEO_FRAME,
+    group_first_frame,
+    latent_frames_covering,
+)
 from df_data.encoders.windows import cut_windows
 from df_data.features import (
     HOP,
@@ -70,8 +82,10 @@ class StreamingFeatures:
             lazily when a frame needs more audio; or None and :meth:`push` / :meth:`end`.
         context: video frames of audio context on each side of a frame (the model's
             ``audio_context``).
+        frames_per_latent: video frames per latent frame of the model's codec (the module doc):
+            ``ensure``, ``ready``, ``windows`` and ``release`` then count latent frames.
 
-    ``windows(t0, n)`` gives ``[n, La, Da]`` with ``La = (1 + 2 context) * 2`` (``[n, La, K, Da]``
+    ``windows(t0, n)`` gives ``[n, La, Da]`` with ``La = (k + 2 context) * 2`` (``[n, La, K, Da]``
     for an encoder of ``K = layers > 1`` stacked layers).
     """
 
@@ -81,10 +95,14 @@ class StreamingFeatures:
         chunks: Iterable[np.ndarray | torch.Tensor] | None = None,
         *,
         context: int = 2,
+        frames_per_latent: int = 1,
     ) -> None:
         if isinstance(context, bool) or not isinstance(context, int) or context < 0:
             raise ValueError(f"context must be a non-negative integer, got {context!r}")
-        self.encoder, self.context = encoder, context
+        k = frames_per_latent
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"frames_per_latent must be a positive integer, got {k!r}")
+        self.encoder, self.context, self.frames_per_latent = encoder, context, k
         self.layers = encoder.layers  # K: windows are [n, La, K, Da] when K > 1
         self.windowed = _is_windowed(encoder)
         self.local = _is_local(encoder) or self.windowed  # features as the audio arrives
@@ -206,27 +224,35 @@ class StreamingFeatures:
 
     @property
     def num_frames(self) -> int | None:
-        """Frames of the clip once the stream has ended, else None."""
+        """Video frames of the clip once the stream has ended, else None."""
         if not self.ended:
             return None
         return -(-self.received // SAMPLES_PER_VIDEO_FRAME)
+
+    @property
+    def num_latent_frames(self) -> int | None:
+        """Latent frames covering the clip once the stream has ended (the last group may run
+        past its end), else None."""
+        T = self.num_frames
+        return None if T is None else latent_frames_covering(T, self.frames_per_latent)
 
     def frames_started(self) -> int:
         """Frames that have at least one audio sample (known to exist)."""
         return -(-self.received // SAMPLES_PER_VIDEO_FRAME)
 
     def ready(self, t_end: int) -> bool:
-        """True when the windows of frames ``< t_end`` can be computed now."""
+        """True when the windows of (latent) frames ``< t_end`` can be computed now."""
         if self.ended:
             return True
         if not self.local:
             return False
-        need = R * (t_end + self.context)  # features [.., 2 (t_end + context))
-        return self._available_features() >= need
+        # Features up to the last group's last frame, + context: [.., 2 (video_end + context)).
+        video_end = group_first_frame(t_end, self.frames_per_latent)
+        return self._available_features() >= R * (video_end + self.context)
 
     def ensure(self, t_end: int) -> int:
-        """Pulls audio until the windows of frames ``< t_end`` are ready or the stream ends;
-        returns how many frames are ready (``min(t_end, num_frames)`` once ended)."""
+        """Pulls audio until the windows of (latent) frames ``< t_end`` are ready or the stream
+        ends; returns how many are ready (``min(t_end, num_latent_frames)`` once ended)."""
         while not self.ready(t_end) and self._pull():
             pass
         if not self.ready(t_end):
@@ -234,15 +260,16 @@ class StreamingFeatures:
                 "the audio stream has no more chunks but was not ended: call end() or pass an "
                 "iterable that finishes"
             )
-        return t_end if not self.ended else min(t_end, self.num_frames)
+        return t_end if not self.ended else min(t_end, self.num_latent_frames)
 
     def windows(self, t0: int, n: int) -> torch.Tensor:
-        """Audio windows ``[n, La, Da]`` of frames ``t0 .. t0 + n - 1`` (must be ready)."""
+        """Audio windows ``[n, La, Da]`` of (latent) frames ``t0 .. t0 + n - 1`` (must be
+        ready)."""
         if not self.ready(t0 + n):
             raise ValueError(f"audio for frames [{t0}, {t0 + n}) has not arrived yet")
-        c = self.context
-        La = (1 + 2 * c) * R
-        starts = (torch.arange(n) + t0) * R - c * R
+        c, k = self.context, self.frames_per_latent
+        La = (k + 2 * c) * R
+        starts = (group_first_frame(torch.arange(n) + t0, k) - c) * R
         idx = starts[:, None] + torch.arange(La)[None, :]
         end = R * self.num_frames if self.ended else None
         valid = idx >= 0 if end is None else (idx >= 0) & (idx < end)
@@ -253,8 +280,9 @@ class StreamingFeatures:
         return self._feats[rel] * mask.to(self._feats.dtype)
 
     def release(self, t0: int) -> None:
-        """Frees features and audio no frame ``>= t0`` needs any more (bounded memory)."""
-        keep_f = max(R * (t0 - self.context), 0)
+        """Frees features and audio no (latent) frame ``>= t0`` needs any more (bounded
+        memory)."""
+        keep_f = max(R * (group_first_frame(t0, self.frames_per_latent) - self.context), 0)
         if self.local and keep_f > self._f0:
             drop = min(keep_f - self._f0, self._feats.shape[0])
             self._feats, self._f0 = self._feats[drop:], self._f0 + drop
@@ -280,9 +308,11 @@ class BatchedFeatures:
     def __init__(self, streams: list[StreamingFeatures]) -> None:
         if not streams:
             raise ValueError("BatchedFeatures needs at least one stream")
-        layers = {(f.layers, f.context) for f in streams}
+        layers = {(f.layers, f.context, f.frames_per_latent) for f in streams}
         if len(layers) != 1:
-            raise ValueError(f"the streams differ in layers or context: {sorted(layers)}")
+            raise ValueError(
+                f"the streams differ in layers, context or frames_per_latent: {sorted(layers)}"
+            )
         self.streams = streams
         self.layers, self.context = streams[0].layers, streams[0].context
 
@@ -296,7 +326,7 @@ class BatchedFeatures:
     def release(self, t0: int) -> None:
         for f in self.streams:
             # An ended stream keeps its last features: its zero windows past the end index them.
-            end = f.num_frames
+            end = f.num_latent_frames
             f.release(t0 if end is None else min(t0, end))
 
     @property

@@ -8,12 +8,15 @@ Only the mp4 encoding is left out.
 
 Weights are random (``init_weights`` plus noise on every parameter, so gates are open and every
 path costs what it would trained). The codec is a random TinyAutoencoder of the preset's
-latent shape (8x, ``latent_channels``); the audio encoder is the 80-bin log-mel one (pretrained
+latent shape (8x, ``latent_channels``), or with ``--frames-per-latent 4`` the causal
+TemporalTinyAutoencoder of the same spatial shape (4 video frames per latent frame after the
+first; the model then reads each group's audio); the audio encoder is the 80-bin log-mel one (pretrained
 HuBERT weights cannot be downloaded here), so the preset's ``audio_dim`` is set to 80; global
 reference tokens, when the preset has them, are 257 random DINOv2-L-sized features.
 
-Reports frames/s, first-frame latency, per-frame latency against frame index (flat once the
-window is full), peak memory and utilisation: model FLOPs per frame (counted once with
+Reports video frames/s, latent frames/s and megapixels/s, first-frame latency, per-frame
+latency against frame index (flat once the window is full; a chunk's frames arrive together,
+so it is the gap between chunks over their frames), peak memory and utilisation: model FLOPs per frame (counted once with
 ``FlopCounterMode`` on the eager passes of one steady-state frame, dense attention over the
 cache view) over the measured time per frame, against the H100's measured bf16 peak.
 """
@@ -30,11 +33,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from df_core import latent_frames_covering, video_span
 from df_data.features import LogMelEncoder
 from df_infer.pipeline import COMPILE_MODES, StreamingGenerator
 from df_infer.sampler import SamplerConfig
 from df_models.bundle import InferenceMeta
-from df_models.codecs import TinyAutoencoder, TinyAutoencoderConfig
+from df_models.codecs import (
+    TemporalAutoencoderConfig,
+    TemporalTinyAutoencoder,
+    TinyAutoencoder,
+    TinyAutoencoderConfig,
+)
 from df_models.config import PRESETS
 from df_models.dit import DualForceDiT
 from df_models.testing import randomize
@@ -49,7 +58,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--chunk", type=int, default=1)
     p.add_argument("--stagger", type=int, default=None)
-    p.add_argument("--frames", type=int, default=500)
+    p.add_argument("--frames", type=int, default=500, help="video frames to stream")
+    p.add_argument(
+        "--frames-per-latent",
+        type=int,
+        choices=(1, 4),
+        default=1,
+        help="video frames per latent frame: 4 is the causal temporal codec (1 + 4n layout)",
+    )
     p.add_argument("--clean-pass", choices=("exact", "approx"), default="exact")
     p.add_argument(
         "--fuse-clean",
@@ -79,18 +95,29 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def build(preset: str, device, dtype, backend: str) -> StreamingGenerator:
+def build(
+    preset: str, device, dtype, backend: str, frames_per_latent: int = 1
+) -> StreamingGenerator:
     config = PRESETS[preset]()
-    config = config.replace(audio_dim=80, audio_layers=1, window=config.window or 8)
+    config = config.replace(
+        audio_dim=80,
+        audio_layers=1,
+        window=config.window or 8,
+        frames_per_latent=frames_per_latent,
+    )
     with torch.device(device):
         model = DualForceDiT(config)
     model.init_weights()
     randomize(model, seed=0, std=0.02)
     model.attn_backend = backend
     f = 8
-    codec = TinyAutoencoder(
-        TinyAutoencoderConfig(latent_channels=config.latent_channels, num_down=3)
-    )
+    spatial = TinyAutoencoderConfig(latent_channels=config.latent_channels, num_down=3)
+    if frames_per_latent == 1:
+        codec = TinyAutoencoder(spatial)
+    else:
+        codec = TemporalTinyAutoencoder(
+            TemporalAutoencoderConfig(spatial=spatial, frames_per_latent=frames_per_latent)
+        )
     codec.init_weights()
     meta = InferenceMeta(
         audio_encoder=LogMelEncoder().identity(),
@@ -101,14 +128,17 @@ def build(preset: str, device, dtype, backend: str) -> StreamingGenerator:
 
 
 def count_frame_flops(gen: StreamingGenerator, cfg: SamplerConfig, audio, ref, feats) -> float:
-    """Model FLOPs of one frame in the steady state (window full), eager, dense attention."""
+    """Model FLOPs of one video frame in the steady state (window full), eager, dense
+    attention."""
     from torch.utils.flop_counter import FlopCounterMode
 
     window = gen.model.config.window or 8
-    warm = window + 2 * cfg.chunk + cfg.steps
+    k = gen.codec.frames_per_latent
+    per = cfg.chunk * k  # video frames of one chunk
+    warm = k * (window + 2 * cfg.chunk + cfg.steps)
     # Frames further on than the counted one: the generator queues the next chunk's passes
     # before handing a chunk out, so one chunk's worth of next() runs one chunk's passes.
-    frames = gen.frames(ref, audio, cfg, max_frames=warm + 3 * cfg.chunk, ref_feats_BRD=feats)
+    frames = gen.frames(ref, audio, cfg, max_frames=warm + 3 * per, ref_feats_BRD=feats)
     backend = gen.model.attn_backend
     gen.model.attn_backend = "sdpa"
     try:
@@ -117,12 +147,12 @@ def count_frame_flops(gen: StreamingGenerator, cfg: SamplerConfig, audio, ref, f
                 break
         counter = FlopCounterMode(display=False)
         with counter:
-            for _ in range(cfg.chunk):
+            for _ in range(per):
                 next(frames)
     finally:
         gen.model.attn_backend = backend
         frames.close()
-    return counter.get_total_flops() / cfg.chunk
+    return counter.get_total_flops() / per
 
 
 def main(argv: list[str]) -> int:
@@ -133,7 +163,8 @@ def main(argv: list[str]) -> int:
         print("dualforce bench stream: CUDA is not available", file=sys.stderr)
         return 2
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    gen = build(args.preset, device, dtype, args.backend)
+    gen = build(args.preset, device, dtype, args.backend, args.frames_per_latent)
+    k = args.frames_per_latent
     c = gen.model.config
     cfg = SamplerConfig(
         steps=args.steps,
@@ -157,8 +188,10 @@ def main(argv: list[str]) -> int:
     # Warm-up (compilation, allocator, cuDNN autotuning) on a short clip past the window,
     # whose last chunk is as long as the timed clip's (a shorter tail is one more pass shape
     # to compile, which would otherwise happen inside the timed run).
+    # In latent frames; the warm-up clip's video frames end with its last latent frame's group.
     warm = 2 * (c.window or 8) + args.chunk
-    warm += (args.frames - warm) % args.chunk
+    warm += (latent_frames_covering(args.frames, k) - warm) % args.chunk
+    warm = video_span(warm - 1, k)[1]
     for _ in gen.frames(ref, audio[: 640 * warm], cfg, ref_feats_BRD=feats):
         pass
     if device.type == "cuda":
@@ -172,8 +205,10 @@ def main(argv: list[str]) -> int:
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
     graphs = {k: v - graphs_before[k] for k, v in _compiled_graphs().items()}
     ready = np.asarray(ready)
-    # Frames of one chunk arrive together: latency per frame is the gap between chunks / chunk.
-    gaps = np.diff(ready[:: args.chunk]) * 1e3 / args.chunk
+    # Frames of one chunk arrive together (one time stamp): the latency per frame is the gap
+    # between chunks over the later chunk's frames (chunk x k video frames).
+    times, counts = np.unique(ready, return_counts=True)
+    gaps = np.diff(times) * 1e3 / counts[1:]
     settle = ((c.window or 8) + args.steps) // args.chunk + 2
     steady = gaps[settle:] if len(gaps) > settle + 10 else gaps
     per_frame_s = float(np.mean(steady)) / 1e3
@@ -195,8 +230,8 @@ def main(argv: list[str]) -> int:
         # Codecs and resolutions compared honestly: a codec of k video frames per latent frame
         # streams k times fewer latent frames, and frames of other sizes hold other pixels.
         "frames_per_latent": gen.codec.frames_per_latent,
-        "latent_frames": gen.codec.latent_frames(len(ready)),
-        "latent_fps": gen.codec.latent_frames(len(ready)) / wall,
+        "latent_frames": latent_frames_covering(len(ready), k),
+        "latent_fps": latent_frames_covering(len(ready), k) / wall,
         "megapixels_per_s": len(ready)
         * gen.meta.image_size[0]
         * gen.meta.image_size[1]

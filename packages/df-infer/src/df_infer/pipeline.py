@@ -8,6 +8,14 @@
 Audio may be a wav path (any rate and channel count: downmixed, resampled to 16 kHz), a mono
 float array at 16 kHz, or an iterable of such chunks (live input: each frame is generated once
 its audio, plus the model's look-ahead, has arrived).
+
+A codec that compresses time (``frames_per_latent = k > 1``, the 1 + 4n layout of
+:mod:`df_core.conventions`) streams too: the sampler works in latent frames, each reading its
+group's audio, and each latent frame is decoded to its video frames (``decode_groups``: the
+first latent frame to frame 0, every later one to its k frames) as soon as it is clean. A clip
+of any length works: the last group is cut at the audio's end. The model's structure stream
+has one frame per latent frame, the group's last video frame (the store's rule); the frames
+before it in its group get the structure on the line from the previous group's last frame.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from df_core.conventions import latent_frames_covering, video_span
 from df_data.encoders import audio_encoder_from_identity
 from df_data.features import AudioEncoder
 from df_data.media import read_wav
@@ -125,11 +134,17 @@ class StreamingGenerator:
         if dtype is None:
             dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.dtype = dtype
-        if codec.frames_per_latent != 1:
+        k = codec.frames_per_latent
+        if k != model.config.frames_per_latent:
             raise ValueError(
-                f"streaming decodes one latent frame at a time; the codec has "
-                f"frames_per_latent={codec.frames_per_latent} (a causal video VAE needs its "
-                "temporal cache, not supported yet)"
+                f"the codec puts {k} video frames in a latent frame, the model was built for "
+                f"frames_per_latent={model.config.frames_per_latent}"
+            )
+        if k != 1 and not hasattr(codec, "decode_groups"):
+            raise ValueError(
+                f"streaming decodes each latent frame as soon as it is clean; the codec "
+                f"{type(codec).__name__} (frames_per_latent={k}) has no decode_groups (a "
+                "causal video VAE that needs a temporal cache is not supported yet)"
             )
         self.model = model.to(self.device, dtype).eval()
         self.codec = codec.to(self.device).eval()
@@ -316,9 +331,10 @@ class StreamingGenerator:
             tokens = [self.reference_tokens(r) for r in references]
             ref_feats = None if tokens[0] is None else tokens
         ref_feats_BRD = None if ref_feats is None else torch.cat(ref_feats)
-        context = self.model.config.audio_context
+        context, k = self.model.config.audio_context, self.codec.frames_per_latent
         streams = [
-            StreamingFeatures(self.encoder, audio_source(a), context=context) for a in audios
+            StreamingFeatures(self.encoder, audio_source(a), context=context, frames_per_latent=k)
+            for a in audios
         ]
         feats = streams[0] if len(streams) == 1 else BatchedFeatures(streams)
         B = len(references)
@@ -341,7 +357,7 @@ class StreamingGenerator:
             ref,
             feats,
             cfg,
-            max_frames=max_frames,
+            max_frames=None if max_frames is None else latent_frames_covering(max_frames, k),
             cache=cache,
             ref_feats_BRD=ref_feats_BRD,
             seeds=seeds,
@@ -349,11 +365,15 @@ class StreamingGenerator:
         lookahead = all(isinstance(a, str | Path | np.ndarray | torch.Tensor) for a in audios)
         try:
             for frames in self._decoded(stream, start, lookahead):
+                if max_frames is not None and frames[0].index >= max_frames:
+                    break  # the rest of the last group
                 ends = [f.num_frames for f in streams]
-                yield [
+                kept = [
                     f if end is None or f.index < end else None
                     for f, end in zip(frames, ends, strict=True)
                 ]
+                if any(f is not None for f in kept):  # not past every clip's end
+                    yield kept
         finally:
             self._cache = cache  # reused (reset) by the next call: no reallocation
 
@@ -369,9 +389,10 @@ class StreamingGenerator:
         behind it). Live input hands each chunk out at once: the next chunk may have to wait
         for audio that has not arrived.
         """
-        pending = None
+        pending, last_s = None, None
         for out in stream:
-            queued = self._queue_decode(out)
+            queued = self._queue_decode(out, last_s)
+            last_s = None if out.s is None else out.s[:, -1]
             if pending is not None:
                 yield from self._hand_out(pending, start)
             if lookahead:
@@ -381,16 +402,24 @@ class StreamingGenerator:
         if pending is not None:
             yield from self._hand_out(pending, start)
 
-    def _queue_decode(self, out) -> _Decoded:
+    def _queue_decode(self, out, last_s: torch.Tensor | None) -> _Decoded:
+        """Queues the decode of a chunk of latent frames ``out`` (``last_s`` ``[B, Ds]``: the
+        previous chunk's last structure, which a temporal codec's frames interpolate from)."""
         cuda = self.device.type == "cuda"
         half = cuda and self.dtype in (torch.bfloat16, torch.float16)
+        k = self.codec.frames_per_latent
+        z = out.z.to(torch.float32)
         with torch.autocast(self.device.type, self.dtype, enabled=half):
-            video = self.codec.decode(out.z.to(torch.float32))  # [B, n, 3, H, W] in [-1, 1]
+            # [B, n_video, 3, H, W] in [-1, 1]
+            video = self.codec.decode(z) if k == 1 else self.codec.decode_groups(z, out.t0 == 0)
         images = video.float().permute(0, 1, 3, 4, 2).add(1.0).mul(127.5).round().clamp(0, 255)
         images = images.to(torch.uint8)
-        structs = self._struct_raw(out.s.float()) if out.s is not None else None
+        structs = None
+        if out.s is not None:
+            structs = self._struct_raw(group_structs(out.s.float(), last_s, out.t0 == 0, k))
+        t0 = video_span(out.t0, k)[0]  # the chunk's first video frame
         if not cuda:
-            return _Decoded(out.t0, images, structs, None)
+            return _Decoded(t0, images, structs, None)
         host = torch.empty(images.shape, dtype=torch.uint8, pin_memory=True)
         host.copy_(images, non_blocking=True)
         host_s = None
@@ -399,7 +428,7 @@ class StreamingGenerator:
             host_s.copy_(structs, non_blocking=True)
         done = torch.cuda.Event()
         done.record()
-        return _Decoded(out.t0, host, host_s, done)
+        return _Decoded(t0, host, host_s, done)
 
     def _hand_out(self, d: _Decoded, start: float) -> Iterator[list[Frame]]:
         if d.done is not None:
@@ -418,6 +447,29 @@ class StreamingGenerator:
                 )
                 for b in range(images.shape[0])
             ]
+
+
+def group_structs(
+    s_BnDs: torch.Tensor, last_BDs: torch.Tensor | None, first: bool, frames_per_latent: int
+) -> torch.Tensor:
+    """Per video frame structure ``[B, n_video, Ds]`` of ``n`` consecutive latent frames'
+    structure ``[B, n, Ds]``: each latent frame's is its group's last video frame's, and the
+    frames before it in the group lie on the line from the previous latent frame's (``last``:
+    the one before the chunk; ``first``: the chunk starts at latent frame 0, which is frame 0
+    alone). For ``k = 1`` the input itself."""
+    k = frames_per_latent
+    if k == 1:
+        return s_BnDs
+    if first:
+        head, s_BnDs, last_BDs = s_BnDs[:, :1], s_BnDs[:, 1:], s_BnDs[:, 0]
+    else:
+        head = s_BnDs[:, :0]
+        if last_BDs is None:
+            raise ValueError("group_structs: a chunk after the first needs the previous structure")
+    prev = torch.cat([last_BDs[:, None].to(s_BnDs.dtype), s_BnDs[:, :-1]], 1)  # [B, n, Ds]
+    w = torch.arange(1, k + 1, device=s_BnDs.device, dtype=s_BnDs.dtype) / k  # [k]
+    frames = prev[:, :, None] + w[None, None, :, None] * (s_BnDs - prev)[:, :, None]
+    return torch.cat([head, frames.flatten(1, 2)], 1)
 
 
 @dataclass(frozen=True, slots=True)

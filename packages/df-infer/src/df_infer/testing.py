@@ -7,7 +7,12 @@ from pathlib import Path
 from df_data.features import LogMelEncoder
 from df_models import tiny
 from df_models.bundle import InferenceMeta, save_bundle
-from df_models.codecs import TinyAutoencoder, tiny_autoencoder_debug
+from df_models.codecs import (
+    TemporalAutoencoderConfig,
+    TemporalTinyAutoencoder,
+    TinyAutoencoder,
+    tiny_autoencoder_debug,
+)
 from df_models.testing import random_model
 
 
@@ -19,13 +24,15 @@ def tiny_bundle(
     sampler: dict | None = None,
     audio_encoder=None,
     ref_encoder=None,
+    frames_per_latent: int = 1,
     **model,
 ) -> Path:
     """A random tiny model (4x4x4 latents, 80-bin log-mel audio, 11 structure dims) with the
     debug TinyAutoencoder (16x16 frames) and a matching ``inference.json`` (``sampler``: the
     recommended sampler settings it records). ``audio_encoder`` (an ``AudioEncoder``) replaces
     log-mel, ``ref_encoder`` (a ``RefEncoder``) adds reference tokens: the model's audio and
-    reference widths follow them and ``inference.json`` records them."""
+    reference widths follow them and ``inference.json`` records them. ``frames_per_latent=k``
+    (> 1) takes the debug TemporalTinyAutoencoder with k frames per latent frame instead."""
     audio = audio_encoder if audio_encoder is not None else LogMelEncoder()
     if ref_encoder is not None:
         model = {**model, "ref_tokens_enabled": True, "ref_feature_dim": ref_encoder.dim}
@@ -34,9 +41,17 @@ def tiny_bundle(
         audio_layers=audio.layers,
         struct_raw_dim=11,
         window=window,
+        frames_per_latent=frames_per_latent,
         **model,
     )
-    codec = TinyAutoencoder(tiny_autoencoder_debug())
+    if frames_per_latent == 1:
+        codec = TinyAutoencoder(tiny_autoencoder_debug())
+    else:
+        codec = TemporalTinyAutoencoder(
+            TemporalAutoencoderConfig(
+                spatial=tiny_autoencoder_debug(), frames_per_latent=frames_per_latent
+            )
+        )
     codec.init_weights()
     f = codec.spatial_factor
     meta = InferenceMeta(

@@ -12,7 +12,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from df_core import AUDIO_FEATURES_PER_VIDEO_FRAME
+from df_core import AUDIO_FEATURES_PER_VIDEO_FRAME, group_first_frame
 
 
 def modulate(
@@ -194,10 +194,13 @@ def gather_audio_windows(
 ) -> torch.Tensor:
     """The audio window of every latent frame: ``[B, L, ...] -> [B, T, La, ...]``.
 
-    Latent frame ``t`` covers video frames ``[t*fpl, (t+1)*fpl)``, i.e. feature frames
-    ``[t*fpl*r, (t+1)*fpl*r)`` at ``r = feats_per_frame`` (2 for 50 Hz features at 25 fps),
-    widened by ``context`` video frames on each side: ``La = (fpl + 2*context) * r``. Feature
-    frames outside the clip are zeros (silence in normalised features).
+    Latent frame ``t`` covers the group of ``fpl`` video frames that ends at frame ``t*fpl``
+    (:func:`df_core.conventions.group_first_frame`: frame 0 alone for ``t = 0``, then frames
+    ``(t-1)*fpl + 1 .. t*fpl``, the 1 + 4k layout of causal video codecs), i.e. feature frames
+    ``[g*r, (g + fpl)*r)`` from the group's first frame ``g`` at ``r = feats_per_frame`` (2 for
+    50 Hz features at 25 fps), widened by ``context`` video frames on each side: ``La = (fpl +
+    2*context) * r``. Feature frames outside the clip (before frame 0 in latent frame 0's group
+    too) are zeros (silence in normalised features).
 
     Args:
         a_BLDa: audio features at their native rate, ``[B, L, Da]`` or ``[B, L, layers, Da]``.
@@ -206,7 +209,8 @@ def gather_audio_windows(
     """
     r, fpl = feats_per_frame, frames_per_latent
     La = (fpl + 2 * context) * r
-    starts = (torch.arange(num_frames, device=a_BLDa.device) + first_frame) * fpl * r - context * r
+    latent = torch.arange(num_frames, device=a_BLDa.device) + first_frame
+    starts = (group_first_frame(latent, fpl) - context) * r
     idx = starts[:, None] + torch.arange(La, device=a_BLDa.device)[None, :]
     valid = (idx >= 0) & (idx < a_BLDa.shape[1])
     gathered = a_BLDa[:, idx.clamp(0, max(a_BLDa.shape[1] - 1, 0))]

@@ -23,7 +23,8 @@ def make_store(root, clips=3, frames=(12, 10, 5), Da=4, fpl=1):
         t = torch.arange(T, dtype=torch.float32)
         latents = (t[:, None, None, None] + 100 * i).expand(T, 2, 2, 4).clone().to(torch.float16)
         latents[..., 0] = -1.0  # left column, to see flips
-        struct = t[:, None].expand(T, len(NAMES)).clone() + 1.0
+        tv = torch.arange(video, dtype=torch.float32)  # structure per video frame
+        struct = tv[:, None].expand(video, len(NAMES)).clone() + 1.0
         feats = (
             (torch.arange(2 * video, dtype=torch.float32)[:, None] + 1)
             .expand(2 * video, Da)
@@ -97,6 +98,23 @@ def test_windows_of_a_temporal_codec_read_each_groups_audio(tmp_path):
                 float(v + 1) if 0 <= v < n_feats else 0.0 for v in range(2 * first, 2 * first + 12)
             ]
             assert s["audio"][k, :, 0].tolist() == expected, (s["start"] + k, expected)
+
+
+def test_a_temporal_codecs_windows_carry_every_frames_structure(tmp_path):
+    """4 video frames per latent frame: latent frame t's structure is its group's 4 frames'
+    (frame 0 four times for t = 0, as the codec codes it), flattened to [4 * Ds]."""
+    ds = WindowDataset(
+        make_store(tmp_path, clips=1, frames=(4,), fpl=4),
+        WindowConfig(frames=2, hflip_prob=0.0, normalize_struct=False),
+    )
+    for i in range(8):
+        s = ds[i]
+        assert s["struct"].shape == (2, 4 * len(NAMES))
+        for k in range(2):
+            t = s["start"] + k
+            frames = [max((t - 1) * 4 + 1 + j, 0) for j in range(4)]  # the group's video frames
+            got = s["struct"][k].reshape(4, len(NAMES))
+            assert got[:, 0].tolist() == [f + 1.0 for f in frames], (t, got[:, 0])
 
 
 def test_short_clips_are_skipped_and_too_long_windows_are_an_error(tmp_path):

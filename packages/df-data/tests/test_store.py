@@ -52,7 +52,7 @@ def make_record(
     return ClipRecord(
         clip_id=clip_id,
         latents=torch.randn(t_lat, 4, 2, 3, generator=g).half(),
-        struct=torch.randn(t_lat, 3, generator=g),
+        struct=torch.randn(frames, 3, generator=g),  # per video frame
         audio_features=torch.randn(2 * frames, 8, generator=g).half(),
         ref_image=torch.randint(0, 256, (3, 8, 12), generator=g, dtype=torch.uint8),
         ref_latent=torch.randn(4, 2, 3, generator=g).half(),
@@ -206,7 +206,12 @@ def _corrupt(tmp_path, file: str, key: str, fn) -> None:
             lambda x: x.float(),
             r"latents must be torch.float16",
         ),
-        ("struct.safetensors", "struct", lambda x: x[:4], r"struct has 4 frames, latents have 5"),
+        (
+            "struct.safetensors",
+            "struct",
+            lambda x: x[:4],
+            r"struct has 4 frames, the clip has 5 video frames",
+        ),
         ("ref.safetensors", "latent", lambda x: x[:, :1], r"ref latent has shape \(4, 1, 3\)"),
         (
             "video_latents.safetensors",

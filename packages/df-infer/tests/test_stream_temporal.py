@@ -1,7 +1,7 @@
 """Streaming with a codec that compresses time (4 video frames per latent frame, the 1 + 4n
 layout): the frames ``StreamingGenerator`` hands out are the full-sequence sampler's latents of
 the whole clip, decoded whole and cut at the audio's end; every video frame is there once, in
-order; the structure of a group's earlier frames lies on the line between groups."""
+order, each with its own structure (a latent frame carries its group's)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from df_core import latent_frames_covering
 from df_data.features import features_for_frames
-from df_infer.pipeline import StreamingGenerator, group_structs
+from df_infer.pipeline import StreamingGenerator, frame_structs
 from df_infer.sampler import sample_full
 from df_infer.testing import tiny_bundle
 from df_models.layers import gather_audio_windows
@@ -41,7 +41,7 @@ def _full(gen, ref, audio, cfg):
     z, s = sample_full(gen.model, gen.encode_reference(ref), windows, cfg)
     video = gen.codec.decode(z)[0, :T]
     images = video.permute(0, 2, 3, 1).add(1).mul(127.5).round().clamp(0, 255).byte().numpy()
-    structs = gen._struct_raw(group_structs(s, None, True, 4))[0, :T].numpy()
+    structs = gen._struct_raw(frame_structs(s, True, 4))[0, :T].numpy()
     return images, structs
 
 
@@ -74,14 +74,16 @@ def test_max_frames_counts_video_frames(gen, ref):
     assert len(batch) == 7 and [f is None for f in batch[-1]] == [False, True]
 
 
-def test_group_structs_interpolates_within_groups():
-    s = torch.tensor([[[0.0], [4.0], [8.0]]])  # latent frames 0, 1, 2: video frames 0, 4, 8
-    got = group_structs(s, None, True, 4)[0, :, 0].tolist()
-    assert got == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
-    later = group_structs(torch.tensor([[[12.0]]]), torch.tensor([[8.0]]), False, 4)
-    assert later[0, :, 0].tolist() == [9.0, 10.0, 11.0, 12.0]
-    with pytest.raises(ValueError, match="previous"):
-        group_structs(s, None, False, 4)
+def test_frame_structs_unpacks_each_group():
+    # Latent frames 0, 1, 2 of 2 dims: slot j of latent frame t is video frame (t - 1) 4 + 1 + j.
+    s = torch.arange(3 * 4 * 2, dtype=torch.float32).reshape(1, 3, 8)
+    got = frame_structs(s, True, 4)
+    assert got.shape == (1, 9, 2)
+    assert got[0, 0].tolist() == s[0, 0, 6:].tolist()  # frame 0: the last of its equal slots
+    assert got[0, 1:].reshape(-1).tolist() == s[0, 1:].reshape(-1).tolist()
+    later = frame_structs(s[:, 1:], False, 4)
+    assert later.shape == (1, 8, 2) and later.reshape(-1).tolist() == s[0, 1:].reshape(-1).tolist()
+    assert frame_structs(s, True, 1) is s
 
 
 def test_a_codec_and_model_that_disagree_are_named(tmp_path):

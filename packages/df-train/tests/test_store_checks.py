@@ -32,6 +32,6 @@ def test_frames_per_latent_must_match(tiny_store, tmp_path):
 def test_hdtf_base_names_its_extraction():
     recipe, extract = hdtf_base(), hdtf_base_extract("weights/motion_extractor.pth")
     assert (extract.struct, recipe.data.struct) == ("liveportrait", "liveportrait")
-    assert recipe.model.struct_raw_dim == 70 and recipe.model.frames_per_latent == 4
+    assert recipe.model.struct_raw_dim == 4 * 70 and recipe.model.frames_per_latent == 4
     assert extract.codec.startswith("Wan-AI/Wan2.1") and extract.codec_subfolder == "vae"
     assert recipe.data.hflip_prob == 0.0  # LivePortrait's structure has no known mirror

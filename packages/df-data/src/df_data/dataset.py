@@ -22,6 +22,12 @@ acts on the raw parameters, before normalisation. Samples stay a pure function o
 ``(seed, i)`` as long as the statistics are fixed: pass them explicitly (``struct_stats=``) to
 pin a run to the ones it started with.
 
+A codec of ``k = frames_per_latent > 1`` video frames per latent frame: latent frame ``j``'s
+structure is that of all ``k`` frames of its group (``(j - 1) k + 1 .. j k``; frame 0 ``k``
+times for ``j = 0``, as the codec codes it), flattened to ``[k Ds]`` in frame order (the
+model's ``struct_raw_dim`` is then ``k Ds``), so nothing per video frame is thrown away; its
+audio window covers the group too (:func:`df_models.layers.gather_audio_windows`).
+
 Samples carry ``mouth_box`` ``[T, 4]`` (pixels of the stored frames, ``image_size = (H, W)``)
 and ``has_mouth_box``; a clip without boxes gives zeros and False, so clips with and without
 boxes batch together.
@@ -41,7 +47,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from df_core.checks import boolean, non_negative_int, positive_int, unit_float
-from df_core.conventions import AUDIO_FEATURES_PER_VIDEO_FRAME, video_span
+from df_core.conventions import AUDIO_FEATURES_PER_VIDEO_FRAME, group_first_frame, video_span
 from df_data.store import (
     ClipRecord,
     StoreError,
@@ -199,7 +205,7 @@ class WindowDataset(Dataset):
         # Step 1: the window.
         start = int(torch.randint(0, total - c.frames + 1, (1,), generator=g))
         latents = record.latents[start : start + c.frames].float()
-        struct = record.struct[start : start + c.frames].float().clone()  # flipped in place below
+        struct = _group_struct(record.struct, start, c.frames, fpl)  # [T * fpl, Ds], a copy
         features = record.audio_features.float()
         audio = gather_audio_windows(
             features[None],
@@ -234,9 +240,11 @@ class WindowDataset(Dataset):
                 width = float(meta["width"])
                 box = torch.stack([width - box[:, 2], box[:, 1], width - box[:, 0], box[:, 3]], 1)
 
-        # Step 4: structure in model space (after the flip, which mirrors raw parameters).
+        # Step 4: structure in model space (after the flip, which mirrors raw parameters);
+        # each latent frame's group of frames side by side.
         if c.normalize_struct:
             struct = self.struct_stats.normalize(struct)
+        struct = struct.reshape(c.frames, -1)
 
         extra = {"ref_tokens": tokens} if c.ref_tokens else {}  # [R, Dr] of the reference frame
         return {
@@ -281,6 +289,15 @@ class WindowDataset(Dataset):
         frame = at[k]
         ref = record.latents[frame].float() if fpl == 1 and k else record.ref_latent.float()
         return ref, frame, record.ref_tokens[k].float()
+
+
+def _group_struct(struct_TDs: torch.Tensor, start: int, frames: int, fpl: int) -> torch.Tensor:
+    """The structure of the video frames of latent frames ``start .. start + frames - 1``,
+    ``[frames * fpl, Ds]`` float32 in group order (latent frame 0's group is frame 0, ``fpl``
+    times)."""
+    latent = torch.arange(start, start + frames)
+    first = group_first_frame(latent, fpl)[:, None] + torch.arange(fpl)[None, :]
+    return struct_TDs[first.clamp(min=0).reshape(-1)].float()
 
 
 class ResumableSampler(Sampler[int]):

@@ -8,9 +8,9 @@ The steps (``# Step N`` in ``build_record``): convert frames to float ``[1, T, 3
 [-1, 1], apply ``frame_transform`` (face crop plugs in here; identity by default), cut the clip
 to ``1 + k * frames_per_latent`` frames for temporally compressing codecs, run ``vad``
 (optional), encode latents in chunks, compute 50 Hz audio features (exactly 2 per video frame),
-take the structure of the *last* video frame of each latent frame's group
-(``struct[j * frames_per_latent]``: latent frame 0 covers frame 0 alone, latent frame ``j``
-covers frames ``(j - 1) * k + 1 .. j * k``), take the union of the mouth boxes of each latent
+keep the structure of every video frame (a temporally compressing codec's latent frame ``j``
+covers frames ``(j - 1) * k + 1 .. j * k``, frame 0 alone for ``j = 0``; training windows group
+the structure of each latent frame's frames, :mod:`df_data.dataset`), take the union of the mouth boxes of each latent
 frame's group when the source has them (dropped, with a warning, under a ``frame_transform``,
 which moves the pixels they refer to), and encode the first frame alone as the reference latent.
 
@@ -48,7 +48,7 @@ from df_models.codecs import LatentCodec, codec_identity
 
 logger = logging.getLogger(__name__)
 
-STRUCT_FRAME_RULE = "last video frame of each latent frame's group: struct[j * frames_per_latent]"
+STRUCT_FRAME_RULE = "every video frame: struct[t], t < frames (latent frames group them)"
 MOUTH_BOX_RULE = "pixels of the stored frames; union of the boxes of each latent frame's group"
 
 # Copied from the source metadata (df_data.sources: the extractor's or the ground truth's).
@@ -157,9 +157,9 @@ def build_record(
     ref_latent = _to_float16("reference latent", encode_latents(codec, video_BTCHW[:, :1], 1)[0])
     ref_image = ((video_BTCHW[0, 0] + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
-    # Step 5: audio features, exactly 2 per video frame; structure per latent frame.
+    # Step 5: audio features, exactly 2 per video frame; structure per video frame.
     features = _to_float16("audio features", features_for_frames(encoder, audio_N, frames))
-    struct = source.struct[torch.arange(t_lat) * fpl].contiguous()
+    struct = source.struct[:frames].contiguous()
     mouth_box = None
     if source.mouth_box is not None and frame_transform is not None:
         logger.warning(

@@ -104,6 +104,7 @@ def build(
         audio_layers=1,
         window=config.window or 8,
         frames_per_latent=frames_per_latent,
+        struct_raw_dim=config.struct_raw_dim * frames_per_latent,  # each frame of a group's
     )
     with torch.device(device):
         model = DualForceDiT(config)

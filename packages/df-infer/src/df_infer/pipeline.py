@@ -13,9 +13,9 @@ A codec that compresses time (``frames_per_latent = k > 1``, the 1 + 4n layout o
 :mod:`df_core.conventions`) streams too: the sampler works in latent frames, each reading its
 group's audio, and each latent frame is decoded to its video frames (``decode_groups``: the
 first latent frame to frame 0, every later one to its k frames) as soon as it is clean. A clip
-of any length works: the last group is cut at the audio's end. The model's structure stream
-has one frame per latent frame, the group's last video frame (the store's rule); the frames
-before it in its group get the structure on the line from the previous group's last frame.
+of any length works: the last group is cut at the audio's end. The structure stream carries the
+structure of all k frames of a latent frame's group (``struct_raw_dim = k Ds``, as training
+windows group it, :mod:`df_data.dataset`): each video frame gets its own.
 """
 
 from __future__ import annotations
@@ -134,11 +134,16 @@ class StreamingGenerator:
         if dtype is None:
             dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.dtype = dtype
-        k = codec.frames_per_latent
-        if k != model.config.frames_per_latent:
+        k, c_model = codec.frames_per_latent, model.config
+        if k != c_model.frames_per_latent:
             raise ValueError(
                 f"the codec puts {k} video frames in a latent frame, the model was built for "
-                f"frames_per_latent={model.config.frames_per_latent}"
+                f"frames_per_latent={c_model.frames_per_latent}"
+            )
+        if c_model.struct_enabled and c_model.struct_raw_dim % k:
+            raise ValueError(
+                f"the model's struct_raw_dim {c_model.struct_raw_dim} is not a whole number of "
+                f"structures for the {k} video frames of a latent frame"
             )
         if k != 1 and not hasattr(codec, "decode_groups"):
             raise ValueError(
@@ -164,10 +169,11 @@ class StreamingGenerator:
                 f"of audio_dim={c.audio_dim}"
             )
         self.ref_encoder = _ref_encoder(meta, c, ref_encoder, ref_model, self.device)
-        if meta.struct_mean is not None and len(meta.struct_mean) != c.struct_raw_dim:
+        if meta.struct_mean is not None and len(meta.struct_mean) * k != c.struct_raw_dim:
+            group = f" ({k} video frames per latent frame)" if k > 1 else ""
             raise ValueError(
                 f"inference.json struct_mean has {len(meta.struct_mean)} values, the model's "
-                f"struct_raw_dim is {c.struct_raw_dim}"
+                f"struct_raw_dim is {c.struct_raw_dim}{group}"
             )
         f = codec.spatial_factor
         if (meta.image_size[0] // f, meta.image_size[1] // f) != (c.latent_height, c.latent_width):
@@ -389,10 +395,9 @@ class StreamingGenerator:
         behind it). Live input hands each chunk out at once: the next chunk may have to wait
         for audio that has not arrived.
         """
-        pending, last_s = None, None
+        pending = None
         for out in stream:
-            queued = self._queue_decode(out, last_s)
-            last_s = None if out.s is None else out.s[:, -1]
+            queued = self._queue_decode(out)
             if pending is not None:
                 yield from self._hand_out(pending, start)
             if lookahead:
@@ -402,9 +407,8 @@ class StreamingGenerator:
         if pending is not None:
             yield from self._hand_out(pending, start)
 
-    def _queue_decode(self, out, last_s: torch.Tensor | None) -> _Decoded:
-        """Queues the decode of a chunk of latent frames ``out`` (``last_s`` ``[B, Ds]``: the
-        previous chunk's last structure, which a temporal codec's frames interpolate from)."""
+    def _queue_decode(self, out) -> _Decoded:
+        """Queues the decode of a chunk of latent frames ``out`` to its video frames."""
         cuda = self.device.type == "cuda"
         half = cuda and self.dtype in (torch.bfloat16, torch.float16)
         k = self.codec.frames_per_latent
@@ -416,7 +420,7 @@ class StreamingGenerator:
         images = images.to(torch.uint8)
         structs = None
         if out.s is not None:
-            structs = self._struct_raw(group_structs(out.s.float(), last_s, out.t0 == 0, k))
+            structs = self._struct_raw(frame_structs(out.s.float(), out.t0 == 0, k))
         t0 = video_span(out.t0, k)[0]  # the chunk's first video frame
         if not cuda:
             return _Decoded(t0, images, structs, None)
@@ -449,27 +453,18 @@ class StreamingGenerator:
             ]
 
 
-def group_structs(
-    s_BnDs: torch.Tensor, last_BDs: torch.Tensor | None, first: bool, frames_per_latent: int
-) -> torch.Tensor:
+def frame_structs(s_BnDs: torch.Tensor, first: bool, frames_per_latent: int) -> torch.Tensor:
     """Per video frame structure ``[B, n_video, Ds]`` of ``n`` consecutive latent frames'
-    structure ``[B, n, Ds]``: each latent frame's is its group's last video frame's, and the
-    frames before it in the group lie on the line from the previous latent frame's (``last``:
-    the one before the chunk; ``first``: the chunk starts at latent frame 0, which is frame 0
-    alone). For ``k = 1`` the input itself."""
+    grouped structure ``[B, n, k Ds]`` (each latent frame: its group's k frames side by side;
+    ``first``: the chunk starts at latent frame 0, which stands for frame 0 alone, the last of
+    its k equal slots). For ``k = 1`` the input itself."""
     k = frames_per_latent
     if k == 1:
         return s_BnDs
-    if first:
-        head, s_BnDs, last_BDs = s_BnDs[:, :1], s_BnDs[:, 1:], s_BnDs[:, 0]
-    else:
-        head = s_BnDs[:, :0]
-        if last_BDs is None:
-            raise ValueError("group_structs: a chunk after the first needs the previous structure")
-    prev = torch.cat([last_BDs[:, None].to(s_BnDs.dtype), s_BnDs[:, :-1]], 1)  # [B, n, Ds]
-    w = torch.arange(1, k + 1, device=s_BnDs.device, dtype=s_BnDs.dtype) / k  # [k]
-    frames = prev[:, :, None] + w[None, None, :, None] * (s_BnDs - prev)[:, :, None]
-    return torch.cat([head, frames.flatten(1, 2)], 1)
+    groups = s_BnDs.reshape(*s_BnDs.shape[:2], k, -1)  # [B, n, k, Ds]
+    if not first:
+        return groups.flatten(1, 2)
+    return torch.cat([groups[:, 0, -1:], groups[:, 1:].flatten(1, 2)], 1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,7 @@ def tiny_bundle(
     config = tiny(
         audio_dim=audio.dim,
         audio_layers=audio.layers,
-        struct_raw_dim=11,
+        struct_raw_dim=11 * frames_per_latent,  # each latent frame: its group's frames
         window=window,
         frames_per_latent=frames_per_latent,
         **model,

@@ -59,7 +59,7 @@ class DualForceConfig:
     video_heads: int = 12  # attention heads (head dim D_v / heads)
     # Structure stream (LivePortrait-style: 21 keypoints x 3 + rotation 3 + translation 3 + scale 1).
     struct_enabled: bool = True  # False: the "no struct stream" ablation
-    struct_raw_dim: int = 70  # Ds
+    struct_raw_dim: int = 70  # Ds per latent frame: k x the store's dims at frames_per_latent k
     struct_tokens: int = 4  # N_s tokens per frame
     struct_dim: int = 512  # D_s
     struct_depth: int = 12  # L_s <= L_v

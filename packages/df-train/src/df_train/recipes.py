@@ -114,7 +114,7 @@ def hdtf_base() -> TrainConfig:
             audio_layers=25,
             ref_tokens_enabled=True,
             ref_feature_dim=768,
-            struct_raw_dim=70,
+            struct_raw_dim=4 * 70,  # the 70 LivePortrait numbers of each of a group's 4 frames
             frames_per_latent=4,
         ),
         # No flips: LivePortrait's structure has no known mirror (the dataset refuses them).

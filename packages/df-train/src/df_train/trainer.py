@@ -487,8 +487,11 @@ def check_store_matches_model(config: TrainConfig, dataset) -> None:
         )
     check_store_structure(config, dataset)  # before the shapes that follow from it
     if m.struct_enabled and sample["struct"].shape[-1] != m.struct_raw_dim:
+        k = m.frames_per_latent
+        per_frame = sample["struct"].shape[-1] // k
+        group = f" ({k} video frames of {per_frame} dims per latent frame)" if k > 1 else ""
         raise ValueError(
-            f"store {store}: structure has {sample['struct'].shape[-1]} dims, "
+            f"store {store}: structure has {sample['struct'].shape[-1]} dims{group}, "
             f"model.struct_raw_dim is {m.struct_raw_dim}"
         )
     layers = (m.audio_layers,) if m.audio_layers > 1 else ()

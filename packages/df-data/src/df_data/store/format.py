@@ -68,7 +68,8 @@ class ClipRecord:
     Attributes:
         clip_id: ``"<split>-<source dir name>"``.
         latents: float16 ``[T_lat, C, h, w]``, normalised codec latents.
-        struct: float32 ``[T_lat, Ds]``, structure per latent frame.
+        struct: float32 ``[T, Ds]``, structure per video frame (``T = metadata["frames"]``;
+            ``= T_lat`` for image codecs).
         audio_features: float16 ``[L, Da]`` with ``L == 2 * metadata["frames"]``, or
             ``[L, K, Da]``: ``K`` stacked encoder layers (``metadata["audio_encoder"]["layers"]``).
         ref_image: uint8 ``[3, H, W]``, the first video frame.
@@ -186,8 +187,10 @@ def validate_record(record: ClipRecord) -> None:
     )
     expect(
         cid,
-        record.struct.shape[0] == t_lat,
-        f"struct has {record.struct.shape[0]} frames, latents have {t_lat}",
+        record.struct.shape[0] == frames,
+        f"struct has {record.struct.shape[0]} frames, the clip has {frames} video frames (one "
+        "structure per video frame; a store written before that rule had one per latent frame "
+        "and must be extracted again)",
     )
     names = meta["struct_names"]
     expect(cid, isinstance(names, list), f"metadata struct_names is not a list: {names!r}")

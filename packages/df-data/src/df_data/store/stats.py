@@ -1,7 +1,7 @@
 """Per-dimension statistics of a store's structure (``struct_stats.json``): the model sees
 ``(raw - mean) / std``.
 
-Legend: ``T`` latent frames, ``Ds`` structure dimension.
+Legend: ``T`` video frames (the store keeps a structure per video frame), ``Ds`` structure dimension.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def _clips_hash(clip_ids: list[str]) -> str:
 def compute_struct_stats(
     store_dir: str | Path, splits: tuple[str, ...] = ("train",)
 ) -> StructStats:
-    """Mean and std (population, float64) of every structure dimension over all latent frames
+    """Mean and std (population, float64) of every structure dimension over all video frames
     of the finished clips of ``splits``. StoreError if there are none or their struct_names
     differ."""
     store = Path(store_dir)

@@ -65,6 +65,24 @@ def test_ground_truth_scored_against_itself_is_perfect(corpus, probe, gt_frames,
     assert len(gt_result["curves"]["sync"]) == 11
 
 
+def test_pose_and_jitter_curves_are_per_frame(corpus, probe, gt_frames, gt_result):
+    """Against frame index: the pose error is each frame's RMS over the pose dimensions of the
+    normalised error; the jitter curve (value i at frame i + 1) averages to the clip's jitter."""
+    rng = np.random.default_rng(1)
+    clip = sorted(gt_frames)[0]
+    frames = gt_frames[clip][rng.permutation(len(gt_frames[clip]))]
+    r = evaluate_frames({clip: frames}, corpus, probe=probe, progress=False)
+    jit = r["curves"]["jitter"]
+    assert len(jit) == 23 and np.mean(jit) == pytest.approx(r["clips"][clip]["jitter"])
+    gt = load_ground_truth(clip_dirs(corpus, "test")[clip])
+    read = probe.predict(frames)
+    err = (read.struct[:, POSE_DIMS] - gt.struct[:, POSE_DIMS]) / probe.struct_std[POSE_DIMS]
+    expected = np.sqrt(np.mean(err.astype(np.float64) ** 2, axis=1))
+    np.testing.assert_allclose(r["curves"]["pose_err"], expected, rtol=1e-5, atol=1e-6)
+    assert len(gt_result["curves"]["pose_err"]) == 25
+    assert np.mean(jit) > 2 * np.mean(gt_result["curves"]["jitter"])  # shuffled frames jump
+
+
 def test_time_permuted_video_destroys_lip_sync(corpus, probe, gt_frames, gt_result):
     rng = np.random.default_rng(0)
     shuffled = {c: f[rng.permutation(len(f))] for c, f in gt_frames.items()}

@@ -19,6 +19,7 @@ PROVIDERS = {
     "eval": "df-eval",
     "bench": "df-core",
     "demo": "df-eval",
+    "ablate": "df-eval",
 }
 
 

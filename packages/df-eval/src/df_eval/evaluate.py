@@ -50,8 +50,11 @@ def score_clip(
     """Scores one generated clip (uint8 ``[T, H, W, 3]``) against its ground truth.
 
     Frames beyond the shorter of the two are ignored (logged). Returns (scalars by ``metric_names.METRICS``
-    key plus ``frames``, curves ``{"id_drift": [T], "sync": [2K + 1]}``, probe features
-    ``[T, F]``). ``name`` labels errors (e.g. the mp4 path).
+    key plus ``frames``, curves ``{"id_drift": [T], "pose_err": [T], "jitter": [T - 2],
+    "sync": [2K + 1]}``, probe features ``[T, F]``). Against frame index: ``pose_err`` is each
+    frame's RMS over the pose dimensions of the error divided by the corpus std, ``jitter``
+    value ``i`` the norm of the pose's second difference at frame ``i + 1`` (its mean is the
+    clip's jitter). ``name`` labels errors (e.g. the mp4 path).
     """
     pred = np.asarray(pred_THWC)
     if pred.ndim != 4 or pred.shape[-1] != 3 or pred.dtype != np.uint8 or len(pred) == 0:
@@ -102,7 +105,13 @@ def score_clip(
         "ssim": float(M.ssim(pred, gt_frames).mean()),
         "jitter": M.jitter(p_struct[:, POSE_DIMS], pose_scale),
     }
-    curves = {"id_drift": drift.tolist(), "sync": sync["curve"].tolist()}
+    pose_err = (p_struct[:, POSE_DIMS] - struct[:, POSE_DIMS]).astype(np.float64) / pose_scale
+    curves = {
+        "id_drift": drift.tolist(),
+        "pose_err": np.sqrt(np.mean(pose_err**2, axis=1)).tolist(),
+        "jitter": M.jitter_curve(p_struct[:, POSE_DIMS], pose_scale).tolist(),
+        "sync": sync["curve"].tolist(),
+    }
     return scalars, curves, feats
 
 
@@ -138,7 +147,8 @@ def evaluate_frames(
 
     Returns:
         ``{"clips": {clip_id: scalars}, "aggregate": scalars, "curves": {"id_drift": [T],
-        "sync": [2K + 1], "sync_offsets": [2K + 1]}}``. The aggregate is the mean over clips of
+        "pose_err": [T], "jitter": [T - 2], "sync": [2K + 1], "sync_offsets": [2K + 1]}}``
+        (per-frame curves: the mean over the clips that reach each frame). The aggregate is the mean over clips of
         each scalar, except ``sync_offset`` / ``sync_conf``, the argmax and maximum of the mean
         sync curve, and ``fd``, the Fréchet distance between the probe features of all generated
         frames and of all ground-truth frames of the same clips.
@@ -189,6 +199,8 @@ def evaluate_frames(
         "aggregate": aggregate,
         "curves": {
             "id_drift": _mean_curve([c["id_drift"] for c in curves]),
+            "pose_err": _mean_curve([c["pose_err"] for c in curves]),
+            "jitter": _mean_curve([c["jitter"] for c in curves]),
             "sync": sync_mean,
             "sync_offsets": offsets,
         },

@@ -109,13 +109,20 @@ def jitter(pose_TP: np.ndarray, scale_P: np.ndarray) -> float:
     acceleration) of the pose ``[T, P]``, each dimension divided by ``scale_P``. Smooth head
     motion has almost none, flicker has much; 0 for a frozen head or fewer than 3 frames. The
     ground truth's own value (probe noise plus real motion) is the floor to compare with."""
+    curve = jitter_curve(pose_TP, scale_P)
+    return float(curve.mean()) if len(curve) else 0.0
+
+
+def jitter_curve(pose_TP: np.ndarray, scale_P: np.ndarray) -> np.ndarray:
+    """The jitter against frame index: ``[T - 2]``, value ``i`` the norm of the normalised
+    pose's second difference at frame ``i + 1`` (empty for fewer than 3 frames)."""
     pose = np.asarray(pose_TP, np.float64) / np.asarray(scale_P, np.float64)
     if pose.ndim != 2:
         raise ValueError(f"jitter needs [T, P], got {pose.shape}")
     if len(pose) < 3:
-        return 0.0
+        return np.zeros(0)
     acc = pose[2:] - 2 * pose[1:-1] + pose[:-2]
-    return float(np.linalg.norm(acc, axis=1).mean())
+    return np.linalg.norm(acc, axis=1)
 
 
 def identity_drift(identity_TDi: np.ndarray, reference_Di: np.ndarray) -> np.ndarray:

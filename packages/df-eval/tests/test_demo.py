@@ -107,6 +107,36 @@ def test_smoke_demo_end_to_end(tmp_path):
     assert {s: stage_record(out, s) for s in STAGES} == before
 
 
+@pytest.mark.slow
+def test_temporal_codec_demo_end_to_end(tmp_path):
+    """frames_per_latent=4 (the cpu-t4 preset's path, at a tiny scale): the per-frame codec is
+    trained, inflated into the temporal codec and trained on windows; the store has 1 + (T-1)/4
+    latent frames; the model reads 4 frames' structure per latent frame; generation and the
+    evaluation of every variant run; the videos have every frame of the audio."""
+    preset = replace(
+        TINY,
+        name="smoke",
+        seconds=1.6,
+        frames_per_latent=4,
+        codec_steps=5,
+        temporal_codec_steps=5,
+        train_steps=3,
+    )
+    records = Demo(tmp_path, preset, progress=False).run(until="evaluate")
+    assert records["codec"]["summary"]["frames_per_latent"] == 4
+    assert (tmp_path / "codec_frame" / "codec" / "config.json").is_file()
+    train = Demo(tmp_path, preset).train_config()
+    assert (train.model.frames_per_latent, train.model.struct_raw_dim) == (4, 44)
+    from df_data.media import read_video
+
+    clip = records["generate"]["summary"]["clips"][0]
+    video, _ = read_video(tmp_path / "pred" / "trained" / f"{clip}.mp4")
+    truth, _ = read_video(tmp_path / "corpus" / "test" / clip / "video.mp4")
+    assert len(video) == len(truth) == 40
+    assert np.isfinite(records["evaluate"]["summary"]["trained"]["metrics"]["sync_corr"])
+    assert "cpu-t4" in PRESETS and PRESETS["cpu-t4"].frames_per_latent == 4
+
+
 def test_bars_pass_and_fail_on_measured_targets():
     from df_eval.demo_bars import check_bars
 

@@ -109,3 +109,36 @@ def test_bad_configs_name_the_field():
         TemporalAutoencoderConfig(frames_per_latent=1)
     with pytest.raises(ValueError, match="spatial must be a TinyAutoencoderConfig"):
         TemporalAutoencoderConfig(spatial={"latent_channels": 4})
+
+
+def test_inflated_from_a_frame_codec_it_starts_as_that_codec_on_each_groups_mean():
+    """Inflation: the encoder merges a group's features by their mean and applies the frame
+    codec's latent head; the decoder gives every frame of a group the frame codec's decode.
+    So on a still clip it is the frame codec, latents and pixels, whatever the frame codec."""
+    torch.manual_seed(3)
+    frame = TinyAutoencoder(tiny_autoencoder_debug())
+    frame.init_weights()
+    with torch.no_grad():
+        for p in frame.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    frame.set_normalization(torch.rand(4) - 0.5, torch.rand(4) + 0.5)
+    codec = TemporalTinyAutoencoder.inflate(frame.eval(), frames_per_latent=4).eval()
+    still = _video(1).expand(-1, 9, -1, -1, -1)
+    with torch.no_grad():
+        z, z_frame = codec.encode(still), frame.encode(still[:, :3])
+        torch.testing.assert_close(z, z_frame, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            codec.decode(z),
+            frame.decode(z_frame[:, :1]).expand(-1, 9, -1, -1, -1),
+            atol=1e-5,
+            rtol=1e-5,
+        )
+        # Moving frames: the latent is the head of the group's mean features, not of one frame.
+        moving = _video(9, seed=1)
+        feats = codec.frame_encoder(moving[0, 1:5])
+        head = torch.nn.Sequential(*list(frame.encoder)[-3:])
+        expected = frame.normalize(head(feats.mean(0, keepdim=True))[None])[0]
+        torch.testing.assert_close(codec.encode(moving)[0, 1:2], expected, atol=1e-5, rtol=1e-5)
+    assert codec.config.spatial == frame.config
+    with pytest.raises(ValueError, match="TinyAutoencoder"):
+        TemporalTinyAutoencoder.inflate(codec, frames_per_latent=4)

@@ -152,3 +152,40 @@ def test_temporal_codec_learns_on_windows_and_fills_a_store(tiny_corpus, tmp_pat
     assert clip.latents.shape[0] == 1 + (T - 1) // 4 and (T - 1) % 4 == 0
     with pytest.raises(ValueError, match="window_latents"):
         CodecTrainConfig(frames_per_latent=4, window_latents=0)
+
+
+def test_a_temporal_codec_inflated_from_a_frame_codec(tiny_corpus, tmp_path):
+    """init_from: the temporal codec starts from a trained per-frame codec (its bodies, head
+    and normalisation), not at random; a frame codec of another shape is named."""
+    from df_models.codecs import TemporalTinyAutoencoder, load_codec
+
+    frame_cfg = apply_overrides(
+        get_recipe("codec_synthtalk_tiny"),
+        [f"corpus={tiny_corpus}", f"out_dir={tmp_path / 'frame'}", "steps=20"],
+    )
+    frame_dir = train_codec(frame_cfg, progress=False)["codec"]
+    frame = TinyAutoencoder.from_pretrained(frame_dir)
+    sets = [f"corpus={tiny_corpus}", "frames_per_latent=4", "window_latents=2", "batch_size=10"]
+    config = apply_overrides(
+        get_recipe("codec_synthtalk_tiny"),
+        [*sets, f"out_dir={tmp_path / 't'}", "steps=1", "lr=0", f"init_from={frame_dir}"],
+    )
+    codec = load_codec(train_codec(config, progress=False)["codec"])
+    assert isinstance(codec, TemporalTinyAutoencoder)
+    body = torch.nn.Sequential(*list(frame.decoder)[1:]).state_dict()
+    for name, value in codec.frame_decoder.state_dict().items():
+        torch.testing.assert_close(value, body[name])  # lr 0: the frame codec's weights
+    x = load_frames(tiny_corpus, "test", 1)[:1].float()[None] / 127.5 - 1  # one frame
+    with torch.no_grad():  # a still clip: the frame codec's pixels
+        still = x.expand(-1, 5, -1, -1, -1)
+        torch.testing.assert_close(
+            codec.decode(codec.encode(still))[:, :1],
+            frame.decode(frame.encode(x)),
+            atol=1e-4,
+            rtol=1e-4,
+        )
+    other = apply_overrides(config, ["codec.base_channels=16"])
+    with pytest.raises(ValueError, match="init_from"):
+        train_codec(other, progress=False)
+    with pytest.raises(ValueError, match="frames_per_latent > 1"):
+        CodecTrainConfig(init_from=str(frame_dir))

@@ -64,7 +64,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=int,
         choices=(1, 4),
         default=1,
-        help="video frames per latent frame: 4 is the causal temporal codec (1 + 4n layout)",
+        help="video frames per latent frame: 4 is the causal temporal codec (1 + 4n layout; "
+        "base_t4 has it already)",
     )
     p.add_argument("--clean-pass", choices=("exact", "approx"), default="exact")
     p.add_argument(
@@ -99,6 +100,9 @@ def build(
     preset: str, device, dtype, backend: str, frames_per_latent: int = 1
 ) -> StreamingGenerator:
     config = PRESETS[preset]()
+    if config.frames_per_latent > 1:  # a preset over a temporal codec (base_t4)
+        frames_per_latent = config.frames_per_latent
+        config = config.replace(struct_raw_dim=config.struct_raw_dim // frames_per_latent)
     config = config.replace(
         audio_dim=80,
         audio_layers=1,
@@ -165,7 +169,7 @@ def main(argv: list[str]) -> int:
         return 2
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     gen = build(args.preset, device, dtype, args.backend, args.frames_per_latent)
-    k = args.frames_per_latent
+    k = gen.codec.frames_per_latent
     c = gen.model.config
     cfg = SamplerConfig(
         steps=args.steps,

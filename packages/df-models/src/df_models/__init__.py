@@ -1,7 +1,7 @@
 """df-models: the DualForce causal dual-stream DiT, its latent codecs, configs and save/load."""
 
 from df_models.codecs import DiffusersVAECodec, LatentCodec, TinyAutoencoder, TinyAutoencoderConfig
-from df_models.config import PRESETS, DualForceConfig, base, synthtalk_small, tiny
+from df_models.config import PRESETS, DualForceConfig, base, base_t4, synthtalk_small, tiny
 from df_models.dit import DualForceDiT
 from df_models.layers import gather_audio_windows
 
@@ -14,6 +14,7 @@ __all__ = [
     "TinyAutoencoder",
     "TinyAutoencoderConfig",
     "base",
+    "base_t4",
     "gather_audio_windows",
     "synthtalk_small",
     "tiny",

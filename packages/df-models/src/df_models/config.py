@@ -276,4 +276,11 @@ def base(**overrides: Any) -> DualForceConfig:
     return DualForceConfig(window=8).replace(**overrides)
 
 
-PRESETS = {"tiny": tiny, "synthtalk_small": synthtalk_small, "base": base}
+def base_t4(**overrides: Any) -> DualForceConfig:
+    """``base`` over a codec that compresses time, 4 video frames per latent frame after the
+    first (the Wan VAE's 1 + 4n layout, ``hdtf_base``'s): each latent frame reads its group's
+    audio and carries the structure of its 4 frames (4 x 70 numbers)."""
+    return base(frames_per_latent=4, struct_raw_dim=4 * 70).replace(**overrides)
+
+
+PRESETS = {"tiny": tiny, "synthtalk_small": synthtalk_small, "base": base, "base_t4": base_t4}

@@ -70,6 +70,10 @@ class CodecTrainConfig:
     # frames a step, in whole windows; frame_stride does not apply).
     frames_per_latent: int = 1
     window_latents: int = 3
+    # A trained per-frame TinyAutoencoder (its directory) that the temporal codec is inflated
+    # from (TemporalTinyAutoencoder.inflate) instead of a random start; its config must be
+    # ``codec``. "" = random initialisation.
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         for name in (
@@ -97,6 +101,11 @@ class CodecTrainConfig:
             raise ValueError(
                 f"CodecTrainConfig.crop must be 0 or a multiple of the codec's spatial factor "
                 f"{self.codec.spatial_factor}, got {self.crop!r}"
+            )
+        if self.init_from and self.frames_per_latent == 1:
+            raise ValueError(
+                "CodecTrainConfig.init_from inflates a per-frame codec into a temporal one: it "
+                "needs frames_per_latent > 1"
             )
         if not isinstance(self.colour_aug, bool):
             raise ValueError(
@@ -235,8 +244,17 @@ def train_codec(config: CodecTrainConfig, *, progress: bool = True) -> dict:
         # indexing and copying it on the host (the gpu demo's 40,000 frames are 0.5 GB).
         train = train.to(device)
     torch.manual_seed(c.seed)
-    codec = c.build_codec().to(device)
-    codec.init_weights()
+    if c.init_from:
+        frame = TinyAutoencoder.from_pretrained(c.init_from)
+        if frame.config != c.codec:
+            raise ValueError(
+                f"CodecTrainConfig.init_from {c.init_from}: its config {frame.config} is not "
+                f"CodecTrainConfig.codec {c.codec}"
+            )
+        codec = TemporalTinyAutoencoder.inflate(frame, c.frames_per_latent).to(device)
+    else:
+        codec = c.build_codec().to(device)
+        codec.init_weights()
     opt = torch.optim.AdamW(codec.parameters(), lr=c.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / c.steps)))
@@ -274,7 +292,7 @@ def train_codec(config: CodecTrainConfig, *, progress: bool = True) -> dict:
             }
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
-            bar.set_postfix(loss=f"{float(loss):.4f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
     metrics.close()
     codec.eval()
     with torch.no_grad():

@@ -29,7 +29,13 @@ from torch import nn
 
 from df_core.checks import positive_int
 from df_models.codecs.base import LatentCodec
-from df_models.codecs.tiny_ae import ResBlock, TinyAutoencoderConfig, decoder_body, encoder_body
+from df_models.codecs.tiny_ae import (
+    ResBlock,
+    TinyAutoencoder,
+    TinyAutoencoderConfig,
+    decoder_body,
+    encoder_body,
+)
 from df_models.pretrained import load_pretrained_state, read_config, save_pretrained
 
 KIND = "TemporalTinyAutoencoder"
@@ -115,11 +121,11 @@ class TemporalTinyAutoencoder(LatentCodec):
             nn.SiLU(),
             nn.Conv2d(width, s.latent_channels, 3, padding=1),
         )
+        # Linear after its residual block, so that an inflated codec (``inflate``) decodes every
+        # frame of a group exactly as the frame codec decodes the latent.
         self.split = nn.Sequential(
             nn.Conv2d(s.latent_channels, width, 3, padding=1),
             ResBlock(width, groups),
-            nn.GroupNorm(groups, width),
-            nn.SiLU(),
             nn.Conv2d(width, k * width, 1),
         )
         self.frame_decoder = nn.Sequential(*decoder_body(s))  # [D, h, w] -> frame
@@ -132,6 +138,44 @@ class TemporalTinyAutoencoder(LatentCodec):
                 m.init_weights()
             elif isinstance(m, nn.Conv2d | nn.GroupNorm):
                 m.reset_parameters()
+
+    @classmethod
+    def inflate(
+        cls, frame_codec: TinyAutoencoder, frames_per_latent: int = 4
+    ) -> TemporalTinyAutoencoder:
+        """A temporal codec that starts as a trained per-frame ``frame_codec`` (as image VAEs
+        are inflated into video VAEs): its frame encoder and decoder bodies, latent head, latent
+        input conv and normalisation are the frame codec's; the merge averages the features of
+        a group's frames (a residual block at the identity after it) and the split hands the
+        same features to every frame of the group. On a still clip it is the frame codec
+        exactly; training then learns the motion within a group."""
+        if not isinstance(frame_codec, TinyAutoencoder):
+            raise ValueError(
+                f"inflate needs a per-frame TinyAutoencoder, got {type(frame_codec).__name__}"
+            )
+        s, k = frame_codec.config, frames_per_latent
+        codec = cls(TemporalAutoencoderConfig(spatial=s, frames_per_latent=k))
+        codec.init_weights()
+        body = len(codec.frame_encoder)
+        width = s.level_channels[-1]
+        eye = torch.eye(width)[:, :, None, None]
+        with torch.no_grad():
+            codec.frame_encoder.load_state_dict(
+                nn.Sequential(*frame_codec.encoder[:body]).state_dict()
+            )
+            merge, split = codec.merge, codec.split
+            merge[0].weight.copy_(torch.cat([eye / k] * k, dim=1))  # [D, k D, 1, 1]: the mean
+            merge[0].bias.zero_()
+            merge[2].load_state_dict(frame_codec.encoder[body].state_dict())  # GroupNorm
+            merge[4].load_state_dict(frame_codec.encoder[body + 2].state_dict())  # latent head
+            split[0].load_state_dict(frame_codec.decoder[0].state_dict())  # latent input conv
+            split[2].weight.copy_(torch.cat([eye] * k, dim=0))  # [k D, D, 1, 1]: copies
+            split[2].bias.zero_()
+            codec.frame_decoder.load_state_dict(
+                nn.Sequential(*frame_codec.decoder[1:]).state_dict()
+            )
+            codec.set_normalization(frame_codec.latent_mean, frame_codec.latent_std)
+        return codec
 
     def _groups(self, video_BTCHW: torch.Tensor) -> torch.Tensor:
         """``[B, G, k, 3, H, W]``: the first frame repeated k times, then the groups of k."""

@@ -104,7 +104,8 @@ def hdtf_base() -> TrainConfig:
     DINOv2-base global tokens (CLS + 2x2 pooled patches, 768 wide) of 8 frames per clip, a
     random one of which is the reference (``data.ref_other_prob``); ``--codec
     Wan-AI/Wan2.1-T2V-1.3B-Diffusers --codec-subfolder vae --struct liveportrait``: the Wan 2.1
-    VAE (4 frames per latent frame) and LivePortrait's 70-number structure."""
+    VAE (4 frames per latent frame) and LivePortrait's 70-number structure of each of them
+    (4 x 70 per latent frame: nothing per video frame is dropped)."""
     from df_models.config import base
 
     return TrainConfig(

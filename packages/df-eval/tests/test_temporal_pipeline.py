@@ -1,7 +1,7 @@
 """The whole pipeline with a codec that compresses time (4 video frames per latent frame):
 extraction keeps every video frame's structure, training windows group it per latent frame
 (``struct_raw_dim = 4 x 11``), and the exported bundle streams a video of every frame of the
-audio, each with its own structure."""
+audio, each with its own structure. (Here, not in df-train: it needs df-infer too.)"""
 
 from __future__ import annotations
 
@@ -14,12 +14,21 @@ from df_data.extract import extract_store
 from df_data.media import read_video, read_wav
 from df_data.store import read_clip
 from df_data.store.manifest import finished_clip_ids
+from df_data.synthtalk import generate_corpus
 from df_infer.pipeline import StreamingGenerator
 from df_models.codecs import TemporalAutoencoderConfig, TemporalTinyAutoencoder
 from df_models.codecs.tiny_ae import TinyAutoencoderConfig
 from df_train.config import apply_overrides
 from df_train.recipes import get_recipe
 from df_train.trainer import Trainer
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory):
+    """4 train clips and 1 test clip of 1.6 s at 32 x 32 (40 frames: 37 = 1 + 4 x 9 kept)."""
+    root = tmp_path_factory.mktemp("synthtalk")
+    generate_corpus(root / "corpus", clips=4, seconds=1.6, size=32, test_clips=1, progress=False)
+    return root / "corpus"
 
 
 @pytest.fixture(scope="module")

@@ -45,6 +45,23 @@ def test_run_dir_belongs_to_one_preset(tmp_path, monkeypatch):
         Demo(tmp_path, replace(TINY, train_steps=99), progress=False).run(until="corpus")
 
 
+def test_a_run_made_before_a_preset_field_existed_resumes(tmp_path, monkeypatch):
+    """A field added to DemoPreset since a run was made counts as recorded at its default:
+    the run resumes (with the new field at another value, or an old field gone, it does not)."""
+    monkeypatch.setattr(Demo, "stage_corpus", lambda self: {})
+    Demo(tmp_path, TINY, progress=False).run(until="corpus")
+    record = json.loads((tmp_path / "demo.json").read_text())
+    del record["preset"]["frames_per_latent"]  # as written before the field existed
+    (tmp_path / "demo.json").write_text(json.dumps(record))
+    Demo(tmp_path, TINY, progress=False).run(until="corpus")
+    with pytest.raises(ValueError, match=r"fields differ: \['frames_per_latent'\]"):
+        Demo(tmp_path, replace(TINY, frames_per_latent=4), progress=False).run(until="corpus")
+    record["preset"]["retired_field"] = 1
+    (tmp_path / "demo.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"fields differ: \['retired_field'\]"):
+        Demo(tmp_path, TINY, progress=False).run(until="corpus")
+
+
 def test_preset_overrides_and_errors():
     p = apply_sets(PRESETS["cpu"], ["train_steps=7", "device=auto", "seconds=2.5"])
     assert (p.train_steps, p.device, p.seconds) == (7, "auto", 2.5)

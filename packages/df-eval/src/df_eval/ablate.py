@@ -385,26 +385,54 @@ class Ablation:
             "long": _scores(long, self.long, probe, self.preset.long_frames),
         }
 
-    def run(self) -> Path:
-        """Everything not done yet, then the report; returns the report's path."""
+    def run(self, *, jobs: int = 1) -> Path:
+        """Everything not done yet, then the report; returns the report's path. ``jobs > 1``
+        runs that many variant trainings at once, each in its own process (on one thread, as
+        the demo's ops are small: two jobs use two cores)."""
+        positive_int("jobs", jobs)
         self.prepare()
         baselines = self.baselines()
-        results, seen = {}, {}
+        todo, alias, seen = [], {}, {}
         for variant in self.variants:
             for seed in self.preset.seeds:
                 key = json.dumps(
                     _jsonable(asdict(self.variant_config(variant, seed))), sort_keys=True
                 )
                 if key in seen:  # the same training as another variant's
-                    results[(variant.name, seed)] = {**results[seen[key]], "same_as": seen[key][0]}
-                    continue
-                seen[key] = (variant.name, seed)
-                records = self.run_variant(variant, seed)
-                results[(variant.name, seed)] = {
-                    "evaluate": records["evaluate"]["summary"],
-                    "seconds": sum(r["seconds"] for r in records.values()),
-                }
+                    alias[(variant.name, seed)] = seen[key]
+                else:
+                    seen[key] = (variant.name, seed)
+                    todo.append((variant, seed))
+        if jobs == 1:
+            done = {(v.name, s): self.run_variant(v, s) for v, s in todo}
+        else:
+            from concurrent.futures import ProcessPoolExecutor
+            from multiprocessing import get_context
+
+            args = (str(self.out), self.preset, [v.name for v in self.variants])
+            with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+                futures = {(v.name, s): pool.submit(_run_one, *args, v.name, s) for v, s in todo}
+                done = {k: f.result() for k, f in futures.items()}
+        results = {
+            k: {
+                "evaluate": records["evaluate"]["summary"],
+                "seconds": sum(r["seconds"] for r in records.values()),
+            }
+            for k, records in done.items()
+        }
+        for k, original in alias.items():
+            results[k] = {**results[original], "same_as": original[0]}
         return write_ablation_report(self, results, baselines)
+
+
+def _run_one(out: str, preset: AblatePreset, names: list[str], name: str, seed: int) -> dict:
+    """One variant's stages in a worker process (``Ablation.run(jobs=...)``)."""
+    import torch
+
+    torch.set_num_threads(1)
+    ablation = Ablation(out, preset, variant_names=names, progress=False)
+    variant = next(v for v in ablation.variants if v.name == name)
+    return ablation.run_variant(variant, seed)
 
 
 def _test_clips(corpus: Path, count: int) -> list[Path]:
@@ -446,8 +474,11 @@ def _check_preset(out: Path, preset: AblatePreset) -> None:
     mine = _jsonable(asdict(preset))
     if path.is_file():
         recorded = json.loads(path.read_text())["preset"]
-        if recorded != mine:
-            diff = sorted(k for k in mine if recorded.get(k) != mine[k])
+        # A field added since counts as recorded at its default (as for demo runs).
+        defaults = {f.name: f.default for f in dataclasses.fields(AblatePreset)}
+        recorded = {**{k: _jsonable(defaults[k]) for k in mine if k not in recorded}, **recorded}
+        diff = sorted(k for k in {*recorded, *mine} if recorded.get(k) != mine.get(k))
+        if diff:
             raise ValueError(
                 f"{out} was made with another ablation preset (fields differ: {diff}); pass a new "
                 "--out or delete the directory"
@@ -487,8 +518,8 @@ def summarise(ablation: Ablation, results: dict) -> dict:
         table[variant.name] = row
     full = [results[("full", s)] for s in seeds]
     for variant in ablation.variants:
-        if variant.name == "full":
-            continue
+        if variant.name == "full" or table[variant.name]["same_as"] == "full":
+            continue  # the full model itself: nothing to compare
         runs = [results[(variant.name, s)] for s in seeds]
         table[variant.name]["reading"] = {
             m: _reading(full, runs, seeds, m, SHORT_METRICS[m]) for m in READ_METRICS
@@ -694,6 +725,9 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated variant names (default: all; full is always run)",
     )
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the preset's)")
+    p.add_argument(
+        "--jobs", type=int, default=1, help="variants trained at once, one process (thread) each"
+    )
     p.add_argument("--list", action="store_true", help="list the variants and exit")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -724,7 +758,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{v.name:18s} {' '.join(v.sets) or '(the full model)'}: {v.question}")
             return 0
         t0 = time.perf_counter()
-        path = ablation.run()
+        path = ablation.run(jobs=args.jobs)
     except ValueError as e:
         print(f"dualforce ablate: {e}", file=sys.stderr)
         return 2

@@ -221,9 +221,13 @@ def _check_preset(out: Path, preset: DemoPreset) -> None:
     """A run directory belongs to one preset: resuming it with another would mix stages."""
     path = out / "demo.json"
     if path.is_file():
-        recorded = json.loads(path.read_text())["preset"]
-        if recorded != asdict(preset):
-            diff = sorted(k for k in recorded if recorded.get(k) != asdict(preset).get(k))
+        recorded, mine = json.loads(path.read_text())["preset"], asdict(preset)
+        # A field added since the run was made counts as recorded at its default (the run
+        # was made with that behaviour); a field that no longer exists is a difference.
+        defaults = {f.name: f.default for f in dataclasses.fields(DemoPreset)}
+        recorded = {**{k: defaults[k] for k in mine if k not in recorded}, **recorded}
+        diff = sorted(k for k in {*recorded, *mine} if recorded.get(k) != mine.get(k))
+        if diff:
             raise ValueError(
                 f"{out} was made with another preset (fields differ: {diff}); pass a new --out "
                 "or delete the directory"

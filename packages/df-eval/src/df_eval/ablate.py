@@ -46,7 +46,15 @@ import numpy as np
 
 from df_core.checks import non_negative_float, positive_int
 from df_eval.demo import PRESETS as DEMO_PRESETS
-from df_eval.demo import Demo, DemoPreset, _device, _write_record, stage_path, stage_record
+from df_eval.demo import (
+    Demo,
+    DemoPreset,
+    _device,
+    _write_record,
+    check_run_preset,
+    stage_path,
+    stage_record,
+)
 from df_models.io import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -337,7 +345,7 @@ class Ablation:
             "steps": trainer.step,
             "final_loss": float(np.mean(losses[-20:])) if losses else None,
             "parameters": sum(p.numel() for p in trainer.model.parameters()),
-            "config": _jsonable(asdict(config)),
+            "config": asdict(config),
         }
 
     def _generate(self, out: Path, config) -> dict:
@@ -396,7 +404,7 @@ class Ablation:
         for variant in self.variants:
             for seed in self.preset.seeds:
                 key = json.dumps(
-                    _jsonable(asdict(self.variant_config(variant, seed))), sort_keys=True
+                    asdict(self.variant_config(variant, seed)), sort_keys=True, default=str
                 )
                 if key in seen:  # the same training as another variant's
                     alias[(variant.name, seed)] = seen[key]
@@ -460,31 +468,9 @@ def _scores(frames: dict[str, np.ndarray], corpus: Path, probe, lengths) -> dict
     return {"lengths": by_length, "curves": curves}
 
 
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 def _check_preset(out: Path, preset: AblatePreset) -> None:
     """An ablation directory belongs to one preset (mixing budgets would compare nothing)."""
-    path = out / "ablate.json"
-    mine = _jsonable(asdict(preset))
-    if path.is_file():
-        recorded = json.loads(path.read_text())["preset"]
-        # A field added since counts as recorded at its default (as for demo runs).
-        defaults = {f.name: f.default for f in dataclasses.fields(AblatePreset)}
-        recorded = {**{k: _jsonable(defaults[k]) for k in mine if k not in recorded}, **recorded}
-        diff = sorted(k for k in {*recorded, *mine} if recorded.get(k) != mine.get(k))
-        if diff:
-            raise ValueError(
-                f"{out} was made with another ablation preset (fields differ: {diff}); pass a new "
-                "--out or delete the directory"
-            )
-    else:
-        write_json_atomic(path, {"preset": mine})
+    check_run_preset(out / "ablate.json", preset, "ablation preset")
 
 
 # The report ---------------------------------------------------------------------------------

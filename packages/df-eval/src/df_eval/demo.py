@@ -219,21 +219,28 @@ def stage_record(out: Path, stage: str) -> dict | None:
 
 def _check_preset(out: Path, preset: DemoPreset) -> None:
     """A run directory belongs to one preset: resuming it with another would mix stages."""
-    path = out / "demo.json"
-    if path.is_file():
-        recorded, mine = json.loads(path.read_text())["preset"], asdict(preset)
-        # A field added since the run was made counts as recorded at its default (the run
-        # was made with that behaviour); a field that no longer exists is a difference.
-        defaults = {f.name: f.default for f in dataclasses.fields(DemoPreset)}
-        recorded = {**{k: defaults[k] for k in mine if k not in recorded}, **recorded}
-        diff = sorted(k for k in {*recorded, *mine} if recorded.get(k) != mine.get(k))
-        if diff:
-            raise ValueError(
-                f"{out} was made with another preset (fields differ: {diff}); pass a new --out "
-                "or delete the directory"
-            )
-    else:
-        _write_record(path, {"preset": asdict(preset)})
+    check_run_preset(out / "demo.json", preset, "preset")
+
+
+def check_run_preset(path: Path, preset: Any, what: str) -> None:
+    """``path`` records the preset (a dataclass) a run directory was made with: written on the
+    first run, compared on every later one (a ValueError naming the fields that differ). A
+    field added to the dataclass since the run was made counts as recorded at its default
+    (the run was made with that behaviour); a field that no longer exists is a difference."""
+    mine = json.loads(json.dumps(asdict(preset), default=_jsonable))  # tuples as lists
+    if not path.is_file():
+        _write_record(path, {"preset": mine})
+        return
+    recorded = json.loads(path.read_text())["preset"]
+    defaults = {f.name: f.default for f in dataclasses.fields(preset)}
+    added = {k: json.loads(json.dumps(defaults[k])) for k in mine if k not in recorded}
+    recorded = {**added, **recorded}
+    diff = sorted(k for k in {*recorded, *mine} if recorded.get(k) != mine.get(k))
+    if diff:
+        raise ValueError(
+            f"{path.parent} was made with another {what} (fields differ: {diff}); pass a new "
+            "--out or delete the directory"
+        )
 
 
 # Stages -------------------------------------------------------------------------------------

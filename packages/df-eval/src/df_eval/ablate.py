@@ -111,9 +111,11 @@ class AblatePreset:
 
 
 PRESETS: dict[str, AblatePreset] = {
-    # Two cores: 11 distinct trainings of 500 steps, the demo's corpus and codec.
+    # 11 distinct trainings of 500 steps on the demo's corpus and codec: 52 min on one core
+    # (measured, one seed; two seeds with --jobs 2 on two cores not measured yet).
     "cpu": AblatePreset(name="cpu", demo="cpu", train_steps=500, eval_clips=4, long_clips=2),
-    # One H200: each variant's training, generation and scoring fit one 10-minute call.
+    # Sized for one H200: the gpu demo trains 1,500 steps in 192 s, so a variant's stages
+    # should fit one 10-minute call (each stage resumes if not); not run yet.
     "gpu": AblatePreset(
         name="gpu", demo="gpu", train_steps=1500, eval_clips=8, long_clips=4, seeds=(0, 1)
     ),

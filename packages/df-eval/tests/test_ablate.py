@@ -5,6 +5,7 @@ only where it says; a variant equal to another is trained once; bad names are cl
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -71,6 +72,22 @@ def test_smoke_table_reading_plots_and_resume(tmp_path, monkeypatch):
     before = (out / "variants" / "full" / "stages" / "train.json").read_text()
     Ablation(out, PRESETS["smoke"], variant_names=names, progress=False).run()
     assert (out / "variants" / "full" / "stages" / "train.json").read_text() == before
+    # More seeds train only the new seed's runs; the table then spreads over seeds.
+    monkeypatch.undo()
+    trained = []
+    original = Ablation._train
+
+    def counting(self, out, config):
+        trained.append((out.name, config.seed))
+        return original(self, out, config)
+
+    monkeypatch.setattr(Ablation, "_train", counting)
+    two = replace(PRESETS["smoke"], seeds=(0, 1))
+    Ablation(out, two, variant_names=["no_struct"], progress=False).run()
+    assert sorted(trained) == [("full__seed1", 1), ("no_struct__seed1", 1)]
+    assert (out / "variants" / "full" / "stages" / "train.json").read_text() == before
+    table = json.loads((out / "ablation.json").read_text())["table"]
+    assert table["no_struct"]["sync_corr"]["over"] == "seeds"
     # The directory belongs to its preset.
     with pytest.raises(ValueError, match="another ablation preset"):
         Ablation(out, PRESETS["cpu"], variant_names=["no_struct"], progress=False).prepare()

@@ -254,7 +254,7 @@ class Ablation:
         return (
             self.out
             / "variants"
-            / (name if seed == self.preset.seeds[0] else f"{name}__seed{seed}")
+            / (name if seed == 0 else f"{name}__seed{seed}")
         )
 
     # Shared work: the demo's corpus, codec and store; the long clips; the probe; baselines.
@@ -471,8 +471,10 @@ def _scores(frames: dict[str, np.ndarray], corpus: Path, probe, lengths) -> dict
 
 
 def _check_preset(out: Path, preset: AblatePreset) -> None:
-    """An ablation directory belongs to one preset (mixing budgets would compare nothing)."""
-    check_run_preset(out / "ablate.json", preset, "ablation preset")
+    """An ablation directory belongs to one preset (mixing budgets would compare nothing);
+    its seeds may change: each seed's runs have their own directories, so a run with more
+    seeds trains only the new ones."""
+    check_run_preset(out / "ablate.json", preset, "ablation preset", free=("seeds",))
 
 
 # The report ---------------------------------------------------------------------------------

@@ -222,11 +222,15 @@ def _check_preset(out: Path, preset: DemoPreset) -> None:
     check_run_preset(out / "demo.json", preset, "preset")
 
 
-def check_run_preset(path: Path, preset: Any, what: str) -> None:
+def check_run_preset(
+    path: Path, preset: Any, what: str, *, free: tuple[str, ...] = ()
+) -> None:
     """``path`` records the preset (a dataclass) a run directory was made with: written on the
     first run, compared on every later one (a ValueError naming the fields that differ). A
     field added to the dataclass since the run was made counts as recorded at its default
-    (the run was made with that behaviour); a field that no longer exists is a difference."""
+    (the run was made with that behaviour); a field that no longer exists is a difference.
+    Fields in ``free`` may change from run to run (the record is then rewritten): they select
+    work within the directory without changing what is already there."""
     mine = json.loads(json.dumps(asdict(preset), default=_jsonable))  # tuples as lists
     if not path.is_file():
         _write_record(path, {"preset": mine})
@@ -235,12 +239,15 @@ def check_run_preset(path: Path, preset: Any, what: str) -> None:
     defaults = {f.name: f.default for f in dataclasses.fields(preset)}
     added = {k: json.loads(json.dumps(defaults[k])) for k in mine if k not in recorded}
     recorded = {**added, **recorded}
-    diff = sorted(k for k in {*recorded, *mine} if recorded.get(k) != mine.get(k))
+    keys = {*recorded, *mine}
+    diff = sorted(k for k in keys if k not in free and recorded.get(k) != mine.get(k))
     if diff:
         raise ValueError(
             f"{path.parent} was made with another {what} (fields differ: {diff}); pass a new "
             "--out or delete the directory"
         )
+    if any(recorded.get(k) != mine.get(k) for k in free):
+        _write_record(path, {"preset": mine})
 
 
 # Stages -------------------------------------------------------------------------------------

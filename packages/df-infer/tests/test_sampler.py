@@ -158,6 +158,43 @@ def test_noise_is_per_frame_and_seeded():
     assert not torch.allclose(a, c)
 
 
+@settings(deadline=None, max_examples=12)
+@given(
+    steps=st.integers(1, 3),
+    chunk=st.integers(1, 2),
+    fuse=st.booleans(),
+    guided=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_modulations_once_per_level_and_key_only_clean_passes_are_exact(
+    steps, chunk, fuse, guided, seed
+):
+    """Issue 18's exact levers on and off sample the same frames (guided or not, fused or
+    not), and a stream computes each level's modulations once."""
+    config = tiny(window=3)
+    model = random_model(config, seed)
+    x = random_inputs(config, 1, 6, seed)
+    cfg = sampler(steps=steps, chunk=chunk, fuse_clean=fuse, cfg_audio=2.0 if guided else 1.0)
+    calls = []
+    original = type(model).modulations
+
+    def counted(self, *a):
+        calls.append(1)
+        return original(self, *a)
+
+    plain = _stream(model, x, cfg, cache_modulations=False, key_only_clean=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(model), "modulations", counted)
+        lean = _stream(model, x, cfg)
+    torch.testing.assert_close(lean[0], plain[0], rtol=0, atol=1e-6)
+    assert config.struct_enabled
+    torch.testing.assert_close(lean[1], plain[1], rtol=0, atol=1e-6)
+    # One per distinct (levels, chunk shape) of the pass, not one per pass: 6 frames take
+    # at least 6 * (steps + 1) passes' worth of levels.
+    passes = 6 // chunk * (steps + (0 if fuse else 1))
+    assert 0 < len(calls) < passes
+
+
 def test_approx_clean_pass_differs_but_runs():
     config = tiny(window=4)
     model = random_model(config, 1)
@@ -236,8 +273,8 @@ def test_fusing_needs_the_exact_clean_pass():
         # the other passes 1 frame (and the cache's spare slot means masks throughout)
         (sampler(steps=3, cfg_audio=2.0, shift=2.0, fuse_clean=True), 2),
         # separate clean passes: 1-frame passes with masks until the window is full, then
-        # without
-        (sampler(steps=3, cfg_audio=2.0, shift=2.0), 2),
+        # without; the clean pass, which writes only keys/values, is a graph of each too
+        (sampler(steps=3, cfg_audio=2.0, shift=2.0), 4),
         (sampler(steps=2, clean_pass="approx", shift=2.0), 2),
     ],
 )

@@ -206,3 +206,62 @@ def test_ref_concat_starts_closed_and_needs_the_reference_when_streaming():
         part = {k: v for k, v in x.items() if k not in ("ref_latent_BCHW", "ref_feats_BRD")}
         with pytest.raises(ValueError, match=r"ref_concat.*ref_latent_BCHW"):
             model.forward_stream(cache, **part, commit=True)
+
+
+def _cache_state(cache) -> list[torch.Tensor]:
+    return [t for name in cache.k for t in (*cache.k[name], *cache.v[name])]
+
+
+@given(
+    config=configs,
+    batch=st.integers(1, 2),
+    frames=st.integers(1, 5),
+    chunk=st.integers(1, 3),
+    seed=st.integers(0, 2**16),
+)
+def test_precomputed_modulations_and_key_only_commits_change_nothing(
+    config, batch, frames, chunk, seed
+):
+    """The streaming levers of issue 18 are exact: modulations computed once per noise level
+    (``model.modulations``) give the pass's own outputs, and a clean pass that only writes its
+    keys/values (``outputs=False``) leaves the cache exactly as the full clean pass does."""
+    model = random_model(config, seed)
+    x = random_inputs(config, batch, frames, seed)
+    refs = {"ref_latent_BCHW": x["ref_latent_BCHW"], "ref_feats_BRD": x["ref_feats_BRD"]}
+    window = config.window or frames
+    with torch.no_grad():
+        full = model.new_cache(batch, window=window, max_chunk=chunk)
+        lean = model.new_cache(batch, window=window, max_chunk=chunk)
+        for cache in (full, lean):
+            model.prefill(cache, **refs)
+        g = torch.Generator().manual_seed(seed + 1)
+        for start in range(0, frames, chunk):
+            sl = slice(start, min(start + chunk, frames))
+            part = {k: (v[:, sl] if v is not None else None) for k, v in x.items() if k not in refs}
+            noisy = dict(part, z_BTCHW=torch.randn(part["z_BTCHW"].shape, generator=g))
+            mods = model.modulations(noisy["sigma_v_BT"], noisy["sigma_s_BT"])
+            v, s = model.forward_stream(full, **noisy, commit=False, **refs)
+            v2, s2 = model.forward_stream(lean, **noisy, commit=False, modulations=mods, **refs)
+            torch.testing.assert_close(v2, v, rtol=0, atol=1e-6)
+            if config.struct_enabled:
+                torch.testing.assert_close(s2, s, rtol=0, atol=1e-6)
+            model.forward_stream(full, **part, commit=True, **refs)
+            clean = model.modulations(part["sigma_v_BT"], part["sigma_s_BT"])
+            out = model.forward_stream(
+                lean, **part, commit=True, outputs=False, modulations=clean, **refs
+            )
+            assert out is None
+            for a, b in zip(_cache_state(lean), _cache_state(full), strict=True):
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_key_only_passes_must_commit():
+    config = tiny()
+    model = random_model(config, 0)
+    x = random_inputs(config, 1, 1, 0)
+    refs = {"ref_latent_BCHW": x["ref_latent_BCHW"], "ref_feats_BRD": x["ref_feats_BRD"]}
+    cache = model.new_cache(1, window=config.window or 1)
+    model.prefill(cache, **refs)
+    part = {k: v for k, v in x.items() if k not in refs}
+    with pytest.raises(ValueError, match="outputs=False"):
+        model.forward_stream(cache, **part, commit=False, outputs=False, **refs)

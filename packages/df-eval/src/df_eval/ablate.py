@@ -251,11 +251,7 @@ class Ablation:
         return apply_overrides(replace(self.full_config, seed=seed), list(variant.sets))
 
     def run_dir(self, name: str, seed: int) -> Path:
-        return (
-            self.out
-            / "variants"
-            / (name if seed == 0 else f"{name}__seed{seed}")
-        )
+        return self.out / "variants" / (name if seed == 0 else f"{name}__seed{seed}")
 
     # Shared work: the demo's corpus, codec and store; the long clips; the probe; baselines.
     def prepare(self) -> None:

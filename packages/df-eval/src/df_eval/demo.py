@@ -222,9 +222,7 @@ def _check_preset(out: Path, preset: DemoPreset) -> None:
     check_run_preset(out / "demo.json", preset, "preset")
 
 
-def check_run_preset(
-    path: Path, preset: Any, what: str, *, free: tuple[str, ...] = ()
-) -> None:
+def check_run_preset(path: Path, preset: Any, what: str, *, free: tuple[str, ...] = ()) -> None:
     """``path`` records the preset (a dataclass) a run directory was made with: written on the
     first run, compared on every later one (a ValueError naming the fields that differ). A
     field added to the dataclass since the run was made counts as recorded at its default

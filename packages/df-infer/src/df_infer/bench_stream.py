@@ -35,6 +35,7 @@ import torch
 
 from df_core import latent_frames_covering, video_span
 from df_data.features import LogMelEncoder
+from df_infer.fp8 import check_fp8, fp8_linear_names
 from df_infer.pipeline import COMPILE_MODES, StreamingGenerator
 from df_infer.sampler import SamplerConfig
 from df_models.bundle import InferenceMeta
@@ -72,6 +73,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--fuse-clean",
         action="store_true",
         help="exact clean pass riding in the next frame's first pass (masked) instead of its own",
+    )
+    p.add_argument(
+        "--fp8",
+        action="store_true",
+        help="FP8 video-token linears (df_infer.fp8), checked against the bf16 model first",
+    )
+    p.add_argument(
+        "--no-modulation-cache",
+        action="store_true",
+        help="compute the AdaLN modulations in every pass (default: once per noise level)",
+    )
+    p.add_argument(
+        "--full-clean-pass",
+        action="store_true",
+        help="the clean pass runs every block and head (default: keys/values of the last block "
+        "only, as its outputs are discarded)",
     )
     p.add_argument("--cfg", type=float, default=1.0)
     p.add_argument("--backend", default="auto", help="attention backend: auto, flex, sdpa, dense")
@@ -160,6 +177,68 @@ def count_frame_flops(gen: StreamingGenerator, cfg: SamplerConfig, audio, ref, f
     return counter.get_total_flops() / per
 
 
+def first_frame_parts(gen: StreamingGenerator, ref) -> dict:
+    """What a stream does before its first pass, timed alone (median of 5, synchronised):
+    encoding the reference image, and the sink prefill (the reference through every block
+    into the KV cache)."""
+
+    def timed(fn) -> float:
+        times = []
+        for _ in range(5):
+            if gen.device.type == "cuda":
+                torch.cuda.synchronize(gen.device)
+            t = time.perf_counter()
+            out = fn()
+            if gen.device.type == "cuda":
+                torch.cuda.synchronize(gen.device)
+            times.append((time.perf_counter() - t) * 1e3)
+        del out
+        return float(np.median(times))
+
+    latent = gen.encode_reference(ref).to(gen.dtype)
+    with torch.no_grad():
+        prefill = timed(lambda: gen.model.prefill(gen._cache, latent))
+    return {"encode_reference": timed(lambda: gen.encode_reference(ref)), "prefill": prefill}
+
+
+def fp8_accuracy(gen: StreamingGenerator, cfg: SamplerConfig, audio, ref, feats) -> dict:
+    """Converts ``gen`` to FP8 (:meth:`StreamingGenerator.fp8`) and compares it with itself in
+    bf16 before: one training-forward pass on random inputs (relative L2 error of the video
+    velocity) and the frames of a short stream past the window from the same noise (PSNR of
+    the decoded pixels against the bf16 stream's: all frames, the first, the last)."""
+    from df_models.testing import random_inputs
+
+    model = gen.model
+    n = video_span(2 * (model.config.window or 8) - 1, gen.codec.frames_per_latent)[1]
+    x = {
+        k: None if v is None else v.to(gen.device, torch.float32 if "sigma" in k else gen.dtype)
+        for k, v in random_inputs(model.config, 1, 4, seed=0).items()
+    }
+
+    def run() -> tuple[torch.Tensor, np.ndarray]:
+        with torch.no_grad():
+            v = model(**x)[0].float()
+        stream = gen.frames(ref, audio, cfg, max_frames=n, ref_feats_BRD=feats)
+        return v, np.stack([f.image for f in stream]).astype(np.float64)
+
+    def psnr(a: np.ndarray, b: np.ndarray) -> float:
+        mse = float(np.mean((a - b) ** 2))
+        return float("inf") if mse == 0 else 10 * float(np.log10(255.0**2 / mse))
+
+    v16, f16 = run()
+    converted = len(fp8_linear_names(model))
+    gen.fp8()
+    v8, f8 = run()
+    return {
+        "linears": converted,
+        "pass_velocity_rel_err": float((v8 - v16).norm() / v16.norm().clamp_min(1e-12)),
+        "stream_frames": int(n),
+        "stream_psnr_db": psnr(f8, f16),
+        "first_frame_psnr_db": psnr(f8[0], f16[0]),
+        "last_frame_psnr_db": psnr(f8[-1], f16[-1]),
+    }
+
+
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
@@ -169,6 +248,12 @@ def main(argv: list[str]) -> int:
         return 2
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     gen = build(args.preset, device, dtype, args.backend, args.frames_per_latent)
+    if args.fp8:
+        try:
+            check_fp8(gen.model)
+        except ValueError as e:
+            print(f"dualforce bench stream: --fp8: {e}", file=sys.stderr)
+            return 2
     k = gen.codec.frames_per_latent
     c = gen.model.config
     cfg = SamplerConfig(
@@ -185,9 +270,15 @@ def main(argv: list[str]) -> int:
     feats = None
     if c.ref_tokens_enabled:
         feats = torch.randn(1, 257, c.ref_feature_dim, device=device, dtype=dtype)
+    gen.cache_modulations = not args.no_modulation_cache
+    gen.key_only_clean = not args.full_clean_pass
     # FLOPs are counted on the eager model, before compiling (a dispatch mode around a
     # compiled model would run it differently from the timed stream).
     flops = count_frame_flops(gen, cfg, audio, ref, feats)
+    fp8_check = None
+    if args.fp8:
+        fp8_check = fp8_accuracy(gen, cfg, audio, ref, feats)
+        log.info("fp8 against bf16: %s", fp8_check)
     graphs_before = _compiled_graphs()
     gen.compile(args.compile)
     # Warm-up (compilation, allocator, cuDNN autotuning) on a short clip past the window,
@@ -230,6 +321,10 @@ def main(argv: list[str]) -> int:
         "clean_pass": args.clean_pass,
         "fuse_clean": args.fuse_clean,
         "cfg": args.cfg,
+        "fp8": args.fp8,
+        "fp8_check": fp8_check,
+        "modulation_cache": gen.cache_modulations,
+        "key_only_clean": gen.key_only_clean,
         "frames": len(ready),
         "fps": len(ready) / wall,
         # Codecs and resolutions compared honestly: a codec of k video frames per latent frame
@@ -257,6 +352,7 @@ def main(argv: list[str]) -> int:
         # whole pass (graph breaks show up as extra graphs)
         **graphs,
     }
+    result["first_frame_parts_ms"] = first_frame_parts(gen, ref)
     print(json.dumps(result, indent=2))
     print(
         f"| {args.preset} | {args.steps} | {args.chunk} | {args.clean_pass}"

@@ -112,6 +112,12 @@ def _parser() -> argparse.ArgumentParser:
         "and the decoder compiled, the fastest on GPU; compiling takes minutes for large "
         "models)",
     )
+    p.add_argument(
+        "--fp8",
+        action="store_true",
+        help="the video-token linears in FP8 with rowwise scales (torchao; a GPU of compute "
+        "capability 8.9+: Ada, Hopper)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -142,6 +148,8 @@ def _generate(args: argparse.Namespace) -> int:
     gen = StreamingGenerator.from_bundle(
         args.checkpoint, device=args.device, audio_model=args.audio_model, ref_model=args.ref_model
     )
+    if args.fp8:
+        gen.fp8()
     gen.compile(args.compile)
     reference = args.ref if args.no_face_crop else _face_crop(args.ref)
     summary = generate_video(

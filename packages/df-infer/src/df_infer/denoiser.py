@@ -44,6 +44,9 @@ class Denoiser:
         cache: a KV cache of ``model.new_cache`` with batch ``2B`` when guided, else ``B``:
             calls then stream through it (:meth:`write_sink` first); None: calls run the
             training forward over whole clips.
+        cache_modulations: a streaming call that names its noise ``levels`` reuses the
+            model's modulations (``DualForceDiT.modulations``) computed at the first call with
+            those levels, instead of computing them in every pass (the same values).
     """
 
     def __init__(
@@ -55,8 +58,11 @@ class Denoiser:
         cfg_struct: float = 1.0,
         ref_feats_BRD: torch.Tensor | None = None,
         cache=None,
+        cache_modulations: bool = True,
     ) -> None:
         self.model, self.cache = model, cache
+        self.cache_modulations = cache_modulations
+        self._modulations: dict = {}  # levels key -> the model's Modulations
         self.cfg_video, self.cfg_struct = cfg_video, cfg_struct
         self.guided = cfg_video != 1.0 or cfg_struct != 1.0
         self.dtype = next(model.parameters()).dtype
@@ -71,7 +77,14 @@ class Denoiser:
 
     @classmethod
     def for_sampler(
-        cls, model, ref_latent_BCHW: torch.Tensor, config, *, ref_feats_BRD=None, cache=None
+        cls,
+        model,
+        ref_latent_BCHW: torch.Tensor,
+        config,
+        *,
+        ref_feats_BRD=None,
+        cache=None,
+        cache_modulations: bool = True,
     ) -> Denoiser:
         """The denoiser of a :class:`~df_infer.sampler_config.SamplerConfig`: its video and
         structure guidance scales."""
@@ -82,6 +95,7 @@ class Denoiser:
             cfg_struct=config.struct_guidance,
             ref_feats_BRD=ref_feats_BRD,
             cache=cache,
+            cache_modulations=cache_modulations,
         )
 
     def write_sink(self) -> None:
@@ -97,13 +111,20 @@ class Denoiser:
         audio_BTLaDa: torch.Tensor,
         *,
         commit: bool | int = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        levels=None,
+        outputs: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """The guided velocities ``(v_BTCHW, s_BTDs)`` in float32 (``s`` None without the
         structure stream).
 
         Inputs are the sampler's float32 flow state and levels (cast to the model's dtype
         here) at batch ``B``; ``commit`` (streaming only) keeps that many leading frames'
         keys/values in the cache (True: all), see ``DualForceDiT.forward_stream``.
+        ``levels`` (streaming only): a hashable name of this call's per-frame noise levels;
+        every call with the same name must have the same ``sigma_v_BT`` / ``sigma_s_BT``
+        (they are then read once, see ``cache_modulations``). ``outputs=False`` (a committing
+        streaming call whose velocities are discarded): only the cache is written; returns
+        None.
         """
         z, s = z_BTCHW.to(self.dtype), s_BTDs.to(self.dtype) if s_BTDs is not None else None
         audio = audio_BTLaDa.to(self.dtype)
@@ -116,17 +137,29 @@ class Denoiser:
                 # pass may reuse the previous pass's output memory, which the Euler step has
                 # already consumed. A no-op for eager models.
                 torch.compiler.cudagraph_mark_step_begin()
-            v_hat, s_hat = self.model.forward_stream(
+            mods = None
+            if levels is not None and self.cache_modulations:
+                mods = self._modulations.get(levels)
+                if mods is None:
+                    mods = self._modulations[levels] = self.model.modulations(*inputs[2:4])
+            out = self.model.forward_stream(
                 self.cache,
                 *inputs,
                 commit=commit,
                 ref_latent_BCHW=self.ref_latent_BCHW,  # read by models with ref_concat
                 ref_feats_BRD=self.ref_feats_BRD,
                 drop_audio_B=self.drop_audio_B,
+                modulations=mods,
+                outputs=outputs,
             )
+            if not outputs:
+                return None
+            v_hat, s_hat = out
         else:
-            if commit is not False:
-                raise ValueError("commit needs a cache: the full forward writes none")
+            if commit is not False or not outputs or levels is not None:
+                raise ValueError(
+                    "commit, outputs=False and levels need a cache: the full forward writes none"
+                )
             v_hat, s_hat = self.model(
                 *inputs,
                 ref_latent_BCHW=self.ref_latent_BCHW,

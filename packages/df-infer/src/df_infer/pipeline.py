@@ -183,6 +183,9 @@ class StreamingGenerator:
                 f"{c.latent_height}x{c.latent_width}"
             )
         bundle_sampler(meta)  # a bad recommended sampler is named now, not at the first frame
+        # The exact streaming levers (df_infer.stream.sample_stream); off only to measure them.
+        self.cache_modulations = True
+        self.key_only_clean = True
         self._cache = None
         self._struct_stats = None  # on the device once, not copied per frame
         if meta.struct_mean is not None:
@@ -215,6 +218,14 @@ class StreamingGenerator:
             audio_model=audio_model,
             ref_model=ref_model,
         )
+
+    def fp8(self) -> StreamingGenerator:
+        """Runs the video-token linears in FP8 (rowwise scales; compute capability 8.9+, a
+        bf16 generator, before :meth:`compile`); returns ``self``. See :mod:`df_infer.fp8`."""
+        from df_infer.fp8 import fp8_linears
+
+        fp8_linears(self.model)
+        return self
 
     def compile(self, mode: str = "stream") -> StreamingGenerator:
         """Compiles the hot loop with ``torch.compile`` (returns ``self``).
@@ -367,6 +378,8 @@ class StreamingGenerator:
             cache=cache,
             ref_feats_BRD=ref_feats_BRD,
             seeds=seeds,
+            cache_modulations=self.cache_modulations,
+            key_only_clean=self.key_only_clean,
         )
         lookahead = all(isinstance(a, str | Path | np.ndarray | torch.Tensor) for a in audios)
         try:

@@ -56,6 +56,8 @@ def sample_stream(
     max_frames: int | None = None,
     cache=None,
     seeds: Sequence[int] | None = None,
+    cache_modulations: bool = True,
+    key_only_clean: bool = True,
 ) -> Iterator[SampledFrames]:
     """Generates frames as their audio arrives, yielding each chunk as soon as it is clean.
 
@@ -71,6 +73,11 @@ def sample_stream(
         cache: a cache from ``model.new_cache`` to reuse (it is reset); built when None.
         seeds: one noise seed per batch element (each element then samples exactly what a
             batch of one with its seed does); None draws the batch's noise from ``config.seed``.
+        cache_modulations: compute the model's modulations once per noise level of the
+            schedule (each pass names its levels to the denoiser) rather than in every pass.
+        key_only_clean: the exact clean pass (its own pass) writes only keys/values and
+            skips what only its discarded output needs (each stream's last block and heads).
+            Both are exact; off, they measure what they save.
 
     Yields:
         :class:`SampledFrames`, in frame order.
@@ -89,6 +96,7 @@ def sample_stream(
         cfg,
         ref_feats_BRD=ref_feats_BRD,
         cache=_stream_cache(model, cfg, B, device, cache),
+        cache_modulations=cache_modulations,
     )
     denoise.write_sink()
     # The flow state and the levels stay in float32; only the model's inputs take its dtype.
@@ -122,7 +130,8 @@ def sample_stream(
         # Step 3: unfused, the clean chunk's own pass at sigma_ctx (only its cache write
         # matters: DESIGN.md's extra forward on the clean chunk).
         if clean is not None and not cfg.fuse_clean:
-            denoise(*_pass_inputs([clean], [], levels, audio, denoise.dtype), commit=clean.n)
+            *inputs, key = _pass_inputs([clean], [], levels, audio, denoise.dtype)
+            denoise(*inputs, commit=clean.n, levels=key, outputs=not key_only_clean)
             clean = None
         # Step 4: one pass over [the clean chunk, fused] + the chunks in flight. It commits the
         # clean chunk, or, with the approximate clean pass, the chunk taking its last step.
@@ -133,8 +142,8 @@ def sample_stream(
             commit = stepping[0][0].n
         else:
             commit = False
-        inputs = _pass_inputs(riding, stepping, levels, audio, denoise.dtype)
-        v_hat, s_hat = denoise(*inputs, commit=commit)
+        *inputs, key = _pass_inputs(riding, stepping, levels, audio, denoise.dtype)
+        v_hat, s_hat = denoise(*inputs, commit=commit, levels=key)
         # Step 5: an Euler step for every chunk in flight.
         offset = sum(ch.n for ch in riding)
         for ch, k in stepping:
@@ -173,10 +182,14 @@ def _start_chunk(mc, cfg, t0, n, B, prior_s, sig_s0, gen, seed) -> _Chunk:
 def _pass_inputs(clean: list[_Chunk], stepping: list[tuple[_Chunk, int]], levels, audio, dtype):
     """The inputs ``(z, s, sigma_v, sigma_s, audio)`` of one pass over ``clean`` chunks (at
     the context level, re-noised with their context noise) then ``stepping`` chunks (each at
-    the level of the step it takes), all at batch B."""
+    the level of the step it takes), all at batch B; and the name of the pass's levels: the
+    step index (-1: the context level) and frame count of each chunk, which fix the levels
+    within one stream."""
     sig_v, sig_s, ctx = levels
     zv, zs, sv, ss, aud = [], [], [], [], []
-    for ch, k in [(ch, None) for ch in clean] + stepping:
+    parts = [(ch, None) for ch in clean] + stepping
+    key = tuple((-1 if k is None else k, ch.n) for ch, k in parts)
+    for ch, k in parts:
         B = ch.xv.shape[0]
         if k is None:
             zv.append((1 - ctx) * ch.xv + ctx * ch.ctx_v)
@@ -206,6 +219,7 @@ def _pass_inputs(clean: list[_Chunk], stepping: list[tuple[_Chunk, int]], levels
         cat(sv, 1),
         cat(ss, 1) if ss else None,
         cat(aud, 1),
+        key,
     )
 
 

@@ -2,7 +2,7 @@
 
 from df_models.codecs import DiffusersVAECodec, LatentCodec, TinyAutoencoder, TinyAutoencoderConfig
 from df_models.config import PRESETS, DualForceConfig, base, base_t4, synthtalk_small, tiny
-from df_models.dit import DualForceDiT
+from df_models.dit import DualForceDiT, Modulations
 from df_models.layers import gather_audio_windows
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "DualForceConfig",
     "DualForceDiT",
     "LatentCodec",
+    "Modulations",
     "TinyAutoencoder",
     "TinyAutoencoderConfig",
     "base",

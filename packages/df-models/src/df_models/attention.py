@@ -89,6 +89,16 @@ class AttnSite:
         k_all, v_all, _ = self.cache.view(self.cache_stream, layer)
         return k_all, v_all
 
+    def write_keys_values(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Writes this pass's own ``k``, ``v`` into the cache and reads nothing back (a pass
+        that needs only this layer's keys/values)."""
+        if self.cache is None:
+            raise ValueError("only a streaming pass writes keys/values: this site has no cache")
+        if self.sink_pass:
+            self.cache.write_sink(self.cache_stream, layer, k, v)
+        else:
+            self.cache.write(self.cache_stream, layer, k, v)
+
 
 class RMSNorm(nn.Module):
     """RMS normalisation over the last dim with a learned scale (for per-head q/k norm)."""
@@ -120,15 +130,23 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim, eps) if qk_norm else nn.Identity()
         self.k_norm = RMSNorm(self.head_dim, eps) if qk_norm else nn.Identity()
 
+    def _keys_values(self, xkv_BSD: torch.Tensor, site: AttnSite) -> tuple[torch.Tensor, ...]:
+        k, v = rearrange(self.kv(xkv_BSD), "b s (two h d) -> two b h s d", two=2, h=self.heads)
+        k = self.k_norm(k)
+        return (apply_rope(k, *site.rope) if site.rope is not None else k), v
+
+    def write_kv(self, xkv_BSD: torch.Tensor, site: AttnSite, layer: int) -> None:
+        """Only the keys/values of ``xkv_BSD``, written into the site's cache (the last
+        layer of a clean pass, whose attention output nobody reads)."""
+        site.write_keys_values(layer, *self._keys_values(xkv_BSD, site))
+
     def forward(
         self, xq_BLD: torch.Tensor, xkv_BSD: torch.Tensor, site: AttnSite, layer: int
     ) -> torch.Tensor:
-        q = rearrange(self.q(xq_BLD), "b l (h d) -> b h l d", h=self.heads)
-        k, v = rearrange(self.kv(xkv_BSD), "b s (two h d) -> two b h s d", two=2, h=self.heads)
-        q, k = self.q_norm(q), self.k_norm(k)
+        q = self.q_norm(rearrange(self.q(xq_BLD), "b l (h d) -> b h l d", h=self.heads))
         if site.rope is not None:
-            q, k = apply_rope(q, *site.rope), apply_rope(k, *site.rope)
-        k, v = site.keys_values(layer, k, v)
+            q = apply_rope(q, *site.rope)
+        k, v = site.keys_values(layer, *self._keys_values(xkv_BSD, site))
         if site.per_frame:
             frames = k.shape[2] // site.kv_tokens
             q = rearrange(q, "b h (f n) d -> (b f) h n d", f=frames)

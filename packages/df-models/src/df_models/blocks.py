@@ -80,15 +80,25 @@ class StreamBlock(nn.Module):
             self.ref_norm = nn.LayerNorm(dim, eps=eps)
             self.ref = Attention(dim, ref_token_dim, heads, **kw)
 
-    def modulations(self, c_BFD: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """shift/scale/gate for attention and MLP, each ``[B, F, D]``."""
-        return self.modulation(nn.functional.silu(c_BFD)).chunk(6, dim=-1)
+    def modulations(self, c_BFD: torch.Tensor) -> torch.Tensor:
+        """shift/scale/gate for attention and MLP side by side, ``[B, F, 6D]`` (a function of
+        the frames' noise levels only: :meth:`DualForceDiT.modulations` computes it once per
+        level for a whole stream)."""
+        return self.modulation(nn.functional.silu(c_BFD))
+
+    def _attn_input(self, x_BFND, mods) -> torch.Tensor:
+        shift, scale = mods[:2]
+        return rearrange(modulate(self.norm1(x_BFND), shift, scale), "b f n d -> b (f n) d")
 
     def self_attention(self, x_BFND, mods, site: AttnSite, layer: int) -> torch.Tensor:
-        shift, scale, gate = mods[:3]
-        h = rearrange(modulate(self.norm1(x_BFND), shift, scale), "b f n d -> b (f n) d")
+        """``mods``: the 6 chunks of :meth:`modulations`."""
+        h = self._attn_input(x_BFND, mods)
         out = rearrange(self.attn(h, h, site, layer), "b (f n) d -> b f n d", n=x_BFND.shape[2])
-        return x_BFND + gate[:, :, None] * out
+        return x_BFND + mods[2][:, :, None] * out
+
+    def write_self_kv(self, x_BFND, mods, site: AttnSite, layer: int) -> None:
+        """Only this block's self-attention keys/values, into the cache."""
+        self.attn.write_kv(self._attn_input(x_BFND, mods), site, layer)
 
     def bridge_update(self, x_BFND, other_BFND, site: AttnSite, layer: int) -> torch.Tensor:
         q = rearrange(self.bridge_norm(x_BFND), "b f n d -> b (f n) d")
@@ -176,42 +186,67 @@ class DualBlock(nn.Module):
         xv: torch.Tensor,
         xs: torch.Tensor | None,
         *,
-        video_cond_BFD: torch.Tensor,
+        video_cond_BFD: torch.Tensor | None,
         struct_cond_BFD: torch.Tensor | None,
         audio_BFAD: torch.Tensor,
         ref_BRD: torch.Tensor | None,
         sites: AttentionSites,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        video_mod_BF6D: torch.Tensor | None = None,
+        struct_mod_BF6D: torch.Tensor | None = None,
+        video_out: bool = True,
+        struct_out: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Video tokens ``xv`` ``[B, F, N_v, D_v]`` and struct tokens ``xs`` ``[B, F, N_s, D_s]``
         (None without the struct stream) through this block, with each stream's per-frame
         noise embedding ``[B, F, D]``, audio tokens ``[B, F, La, D_v]`` and reference tokens
         ``[B, R, D_v]`` (or None). Tensors are keyword arguments at the top level, not in a
-        container, so that df-train's mixed-precision hook casts them."""
+        container, so that df-train's mixed-precision hook casts them.
+
+        ``video_mod_BF6D`` / ``struct_mod_BF6D``: the stream's modulations computed before
+        (:meth:`StreamBlock.modulations`; its noise embedding is then not read).
+        ``video_out=False`` / ``struct_out=False``: nothing reads that stream's state after
+        this block (the last block of a clean pass), which comes back as None; in a block
+        without a bridge the stream then only writes its self-attention keys/values."""
         i = self.index
-        mv = self.video.modulations(video_cond_BFD)
-        xv = self.video.self_attention(xv, mv, sites.video_self, i)
-        if self.struct is not None:
-            ms = self.struct.modulations(struct_cond_BFD)
-            xs = self.struct.self_attention(xs, ms, sites.struct_self, i)
-            # Both directions read the post-self-attention states of this block.
-            dv = (
-                self.video.bridge_update(xv, xs, sites.bridge_to_video, i)
-                if self.video.bridge
-                else None
-            )
-            ds = (
-                self.struct.bridge_update(xs, xv, sites.bridge_to_struct, i)
-                if self.struct.bridge
-                else None
-            )
-            xv = xv if dv is None else xv + dv
-            xs = xs if ds is None else xs + ds
-            xs = self.struct.conditions(
-                xs, audio_BFAD=audio_BFAD, ref_BRD=None, sites=sites, layer=i
-            )
-            xs = self.struct.feed_forward(xs, ms)
-        xv = self.video.conditions(xv, audio_BFAD=audio_BFAD, ref_BRD=ref_BRD, sites=sites, layer=i)
-        xv = self.video.feed_forward(xv, mv)
+        video, struct = self.video, self.struct
+        mv = video.modulations(video_cond_BFD) if video_mod_BF6D is None else video_mod_BF6D
+        mv = mv.chunk(6, dim=-1)
+        # A bridge reads both streams' post-self-attention states (and a causal one caches
+        # its keys), so only a block without one may stop a stream at its keys/values.
+        bridged = video.bridge is not None or (struct is not None and struct.bridge is not None)
+        if not video_out and not bridged:
+            video.write_self_kv(xv, mv, sites.video_self, i)
+            xv = None
+        else:
+            xv = video.self_attention(xv, mv, sites.video_self, i)
+        if struct is not None:
+            ms = struct.modulations(struct_cond_BFD) if struct_mod_BF6D is None else struct_mod_BF6D
+            ms = ms.chunk(6, dim=-1)
+            if not struct_out and not bridged:
+                struct.write_self_kv(xs, ms, sites.struct_self, i)
+                xs = None
+            else:
+                xs = struct.self_attention(xs, ms, sites.struct_self, i)
+                # Both directions read the post-self-attention states of this block.
+                dv = video.bridge_update(xv, xs, sites.bridge_to_video, i) if video.bridge else None
+                ds = (
+                    struct.bridge_update(xs, xv, sites.bridge_to_struct, i)
+                    if struct.bridge
+                    else None
+                )
+                xv = xv if dv is None else xv + dv
+                xs = xs if ds is None else xs + ds
+                if struct_out:
+                    xs = struct.conditions(
+                        xs, audio_BFAD=audio_BFAD, ref_BRD=None, sites=sites, layer=i
+                    )
+                    xs = struct.feed_forward(xs, ms)
+                else:
+                    xs = None
+        if not video_out:
+            return None, xs
+        xv = video.conditions(xv, audio_BFAD=audio_BFAD, ref_BRD=ref_BRD, sites=sites, layer=i)
+        xv = video.feed_forward(xv, mv)
         return xv, xs
 
     def init_weights(self) -> None:

@@ -60,6 +60,18 @@ class StreamTokens(NamedTuple):
     struct_cond: torch.Tensor | None  # [B, F, D_s]
 
 
+class Modulations(NamedTuple):
+    """Every AdaLN modulation of one pass, a function of its frames' noise levels only
+    (:meth:`DualForceDiT.modulations`): a stream whose frames take the same few levels over
+    and over computes them once per level instead of once per pass. The struct fields are None
+    without the struct stream."""
+
+    video: torch.Tensor  # [L, B, F, 6 D_v]: each block's shift/scale/gate x 2
+    video_final: torch.Tensor  # [B, F, 2 D_v]: the video head's shift/scale
+    struct: torch.Tensor | None  # [L_s, B, F, 6 D_s]: each struct block's
+    struct_final: torch.Tensor | None  # [B, F, 2 D_s]
+
+
 class DualForceDiT(nn.Module):
     def __init__(self, config: DualForceConfig) -> None:
         super().__init__()
@@ -128,15 +140,31 @@ class DualForceDiT(nn.Module):
     # Embeddings ------------------------------------------------------------------------------
 
     def _embed_frames(
-        self, z_BTCHW, s_BTDs, sigma_v_BT, sigma_s_BT, ref_latent_BCHW=None
+        self, z_BTCHW, s_BTDs, sigma_v_BT, sigma_s_BT, ref_latent_BCHW=None, *, cond=True
     ) -> StreamTokens:
+        """``cond=False``: no noise embeddings (the pass's modulations are given)."""
         struct = self.config.struct_enabled
         return StreamTokens(
             video=self._video_tokens(z_BTCHW, ref_latent_BCHW),
-            video_cond=self.video_noise(sigma_v_BT),
+            video_cond=self.video_noise(sigma_v_BT) if cond else None,
             struct=self.struct_tokenizer(s_BTDs) if struct else None,
-            struct_cond=self.struct_noise(sigma_s_BT) if struct else None,
+            struct_cond=self.struct_noise(sigma_s_BT) if struct and cond else None,
         )
+
+    def modulations(self, sigma_v_BT: torch.Tensor, sigma_s_BT: torch.Tensor | None) -> Modulations:
+        """The modulations of a pass whose frames have these noise levels ``[B, F]``: give
+        them to :meth:`forward_stream` to skip computing them there (the same values)."""
+        c = self.config
+        if c.struct_enabled and sigma_s_BT is None:
+            raise ValueError("sigma_s_BT is required: the model has the struct stream")
+        cv = self.video_noise(sigma_v_BT)
+        video = torch.stack([b.video.modulations(cv) for b in self.blocks])
+        struct = struct_final = None
+        if c.struct_enabled:
+            cs = self.struct_noise(sigma_s_BT)
+            struct = torch.stack([b.struct.modulations(cs) for b in self.blocks if b.struct])
+            struct_final = self.struct_final.modulations(cs)
+        return Modulations(video, self.video_head.modulations(cv), struct, struct_final)
 
     def _video_tokens(self, z_BTCHW: torch.Tensor, ref_latent_BCHW) -> torch.Tensor:
         """``[B, T, N_v, D_v]``: the frames' patches, plus the reference's at the same
@@ -222,11 +250,17 @@ class DualForceDiT(nn.Module):
         audio_BFAD: torch.Tensor,
         ref_BRD: torch.Tensor | None,
         sites: AttentionSites,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        mods: Modulations | None = None,
+        outputs: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Every block over the tokens of one pass; the video head's output ``[B, F, N_v,
-        p*p*C]`` and the struct head's ``[B, F, Ds]`` (None without the struct stream)."""
+        p*p*C]`` and the struct head's ``[B, F, Ds]`` (None without the struct stream).
+        ``mods``: the pass's modulations, computed before (``tokens`` then need no noise
+        embeddings). ``outputs=False``: only the keys/values matter (a clean pass): each
+        stream's last block writes its keys/values and stops, no head runs, ``(None, None)``."""
         c = self.config
         last_struct = struct_layers(c) - 1
+        last = len(self.blocks) - 1
         xv, xs = tokens.video, tokens.struct
         out_s = None
         for i, block in enumerate(self.blocks):
@@ -238,10 +272,21 @@ class DualForceDiT(nn.Module):
                 audio_BFAD=audio_BFAD,
                 ref_BRD=ref_BRD,
                 sites=sites,
+                video_mod_BF6D=None if mods is None else mods.video[i],
+                struct_mod_BF6D=None if mods is None or block.struct is None else mods.struct[i],
+                video_out=outputs or i < last,
+                struct_out=outputs or i < last_struct,
             )
-            if c.struct_enabled and i == last_struct:
-                out_s = self.struct_head(self.struct_final(xs, tokens.struct_cond))
-        return self.video_head(xv, tokens.video_cond), out_s
+            if c.struct_enabled and i == last_struct and outputs:
+                out_s = self.struct_head(
+                    self.struct_final(
+                        xs, tokens.struct_cond, None if mods is None else mods.struct_final
+                    )
+                )
+        if not outputs:
+            return None, None
+        head_mod = None if mods is None else mods.video_final
+        return self.video_head(xv, tokens.video_cond, head_mod), out_s
 
     def _velocity(
         self,
@@ -431,7 +476,9 @@ class DualForceDiT(nn.Module):
         ref_feats_BRD: torch.Tensor | None = None,
         drop_audio_B: torch.Tensor | None = None,
         drop_ref_B: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        modulations: Modulations | None = None,
+        outputs: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """Streaming forward of one chunk of ``T`` frames against the cache.
 
         ``commit=True`` is the clean pass: the chunk's keys/values stay in the cache. With
@@ -444,6 +491,13 @@ class DualForceDiT(nn.Module):
         The pass itself is :meth:`forward_chunk`; when the cache says every slot is visible
         to the chunk (:meth:`~df_core.KVCache.all_visible`: one frame, window full) it runs
         with no attention masks.
+
+        ``modulations``: :meth:`modulations` of ``sigma_v_BT`` / ``sigma_s_BT``, computed once
+        for the stream (the noise embeddings and every block's modulation layer are then
+        skipped; the result is the same). ``outputs=False`` (a committing pass whose outputs
+        are discarded, the exact clean pass): the last block of each stream writes only its
+        keys/values and no head runs; returns None, and the cache holds what a full pass
+        writes.
         """
         check_frames(self.config, z_BTCHW, s_BTDs, sigma_v_BT, sigma_s_BT, audio_BTLDa)
         B, T = sigma_v_BT.shape
@@ -457,6 +511,11 @@ class DualForceDiT(nn.Module):
             n_commit = commit
         else:
             raise ValueError(f"commit must be a bool or an int in [0, {T}], got {commit!r}")
+        if not outputs and not n_commit:
+            raise ValueError(
+                "outputs=False is for a committing pass (its keys/values are all it leaves): "
+                "with commit=False nothing of it would remain"
+            )
         check_stream_fits(self.config, cache, T)
         out = self.forward_chunk(
             cache,
@@ -470,6 +529,8 @@ class DualForceDiT(nn.Module):
             ref_feats_BRD=ref_feats_BRD,
             drop_audio_B=drop_audio_B,
             drop_ref_B=drop_ref_B,
+            modulations=modulations,
+            outputs=outputs,
         )
         if n_commit:
             cache.commit(n_commit)
@@ -489,7 +550,9 @@ class DualForceDiT(nn.Module):
         ref_feats_BRD: torch.Tensor | None = None,
         drop_audio_B: torch.Tensor | None = None,
         drop_ref_B: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        modulations: Modulations | None = None,
+        outputs: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """The pass of :meth:`forward_stream` without its checks and commit: claims the
         chunk's ring slots, writes its keys/values and attends over the cache view. This is
         the function to compile (one graph per chunk length and ``all_visible``); the cache is
@@ -497,7 +560,9 @@ class DualForceDiT(nn.Module):
         the masks."""
         c = self.config
         B, T = sigma_v_BT.shape
-        tokens = self._embed_frames(z_BTCHW, s_BTDs, sigma_v_BT, sigma_s_BT, ref_latent_BCHW)
+        tokens = self._embed_frames(
+            z_BTCHW, s_BTDs, sigma_v_BT, sigma_s_BT, ref_latent_BCHW, cond=modulations is None
+        )
         audio_BFAD = self._audio_tokens(audio_BTLDa, drop_audio_B)
         q_frames_T = cache.begin_chunk(T)
         struct_q_L = repeat(q_frames_T, "t -> (t n)", n=c.struct_tokens)
@@ -518,6 +583,10 @@ class DualForceDiT(nn.Module):
             audio_BFAD=audio_BFAD,
             ref_BRD=self._ref_tokens(ref_feats_BRD, B, drop_ref_B),
             sites=sites,
+            mods=modulations,
+            outputs=outputs,
         )
+        if not outputs:
+            return None
         v_video = self._velocity(self._unpatchify(v_out), z_BTCHW, sigma_v_BT, ref_latent_BCHW)
         return v_video, s_out

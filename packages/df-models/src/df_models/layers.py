@@ -172,8 +172,17 @@ class FinalLayer(nn.Module):
         self.modulation = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, out_dim)
 
-    def forward(self, x_BFND: torch.Tensor, c_BFD: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.modulation(nn.functional.silu(c_BFD)).chunk(2, dim=-1)
+    def modulations(self, c_BFD: torch.Tensor) -> torch.Tensor:
+        """shift and scale side by side, ``[B, F, 2D]``."""
+        return self.modulation(nn.functional.silu(c_BFD))
+
+    def forward(
+        self, x_BFND: torch.Tensor, c_BFD: torch.Tensor | None, mod_BF2D: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``mod_BF2D``: this layer's :meth:`modulations` of ``c_BFD``, computed before
+        (then ``c_BFD`` is not read)."""
+        mod = self.modulations(c_BFD) if mod_BF2D is None else mod_BF2D
+        shift, scale = mod.chunk(2, dim=-1)
         return self.proj(modulate(self.norm(x_BFND), shift, scale))
 
     def init_weights(self) -> None:

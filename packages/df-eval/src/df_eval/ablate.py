@@ -112,7 +112,7 @@ class AblatePreset:
 
 PRESETS: dict[str, AblatePreset] = {
     # 11 distinct trainings of 500 steps on the demo's corpus and codec: 52 min on one core
-    # (measured, one seed; two seeds with --jobs 2 on two cores not measured yet).
+    # for one seed (measured); --seeds 0,1 --jobs 2 then adds seed 1 in 28 min on two cores.
     "cpu": AblatePreset(name="cpu", demo="cpu", train_steps=500, eval_clips=4, long_clips=2),
     # Sized for one H200: the gpu demo trains 1,500 steps in 192 s, so a variant's stages
     # should fit one 10-minute call (each stage resumes if not); not run yet.
@@ -577,15 +577,21 @@ def write_ablation_report(ablation: Ablation, results: dict, baselines: dict) ->
     table = summarise(ablation, results)
     plots = ablation.out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
-    # Drift curves over the long clips: every variant on one plot per quantity (seed 0).
-    first = p.seeds[0]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    # Drift curves over the long clips: every distinct variant on one plot per quantity (the
+    # mean over seeds; a variant equal to another is drawn once, as that one).
+    drawn = [v for v in ablation.variants if table[v.name]["same_as"] in (None, v.name)]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 3.8))
     window = max(1, max(p.long_frames) // 32)
-    for variant in ablation.variants:
-        curves = results[(variant.name, first)]["evaluate"]["long"]["curves"]
+    # One colour per variant (more variants than matplotlib's default cycle of 10).
+    colour = {v.name: plt.cm.tab20(i % 20) for i, v in enumerate(drawn)}
+    for variant in drawn:
         style = {"lw": 2.2} if variant.name in ("full", "no_struct") else {"lw": 0.9, "alpha": 0.7}
+        style["color"] = colour[variant.name]
         for ax, key in zip(axes, ("id_drift", "pose_err", "jitter"), strict=True):
-            ax.plot(_smooth(curves[key], window), label=variant.name, **style)
+            runs = [results[(variant.name, s)]["evaluate"]["long"]["curves"][key] for s in p.seeds]
+            n = min(len(r) for r in runs)
+            curve = np.mean([np.asarray(r[:n], np.float64) for r in runs], axis=0)
+            ax.plot(_smooth(curve, window), label=variant.name, **style)
     for ax, (key, label) in zip(
         axes,
         (("id_drift", "identity distance"), ("pose_err", "head-pose error"), ("jitter", "jitter")),
@@ -595,20 +601,24 @@ def write_ablation_report(ablation: Ablation, results: dict, baselines: dict) ->
         ax.plot(_smooth(gt, window), color="black", ls="--", label="real video")
         ax.set(xlabel="frame", ylabel=label, title=f"{label} against frame ({window}-frame mean)")
         ax.grid(alpha=0.3)
-    axes[-1].legend(fontsize=7, ncol=2)
+    # The legend beside the plots, not over the curves.
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1, 0.5))
     save_figure(fig, plots / "drift.png")
     # Long-sequence metrics against length.
-    fig, axes = plt.subplots(1, len(LONG_METRICS), figsize=(4 * len(LONG_METRICS), 3.5))
-    for variant in ablation.variants:
+    fig, axes = plt.subplots(1, len(LONG_METRICS), figsize=(4 * len(LONG_METRICS) + 1, 3.5))
+    for variant in drawn:
         row = table[variant.name]
         style = {"lw": 2.2} if variant.name in ("full", "no_struct") else {"lw": 0.9}
+        style["color"] = colour[variant.name]
         for ax, metric in zip(axes, LONG_METRICS, strict=True):
             ys = [row[f"{metric}@{L}"]["mean"] for L in p.long_frames]
             ax.plot(p.long_frames, ys, marker="o", label=variant.name, **style)
     for ax, metric in zip(axes, LONG_METRICS, strict=True):
         ax.set(xscale="log", xlabel="frames", title=metric)
+        ax.set_xticks(p.long_frames, [str(L) for L in p.long_frames])
+        ax.minorticks_off()
         ax.grid(alpha=0.3)
-    axes[-1].legend(fontsize=7, ncol=2)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1, 0.5))
     save_figure(fig, plots / "lengths.png")
 
     lines = [

@@ -142,6 +142,11 @@ class Denoiser:
                 mods = self._modulations.get(levels)
                 if mods is None:
                     mods = self._modulations[levels] = self.model.modulations(*inputs[2:4])
+            # The levers' arguments only where used: a model with the plain streaming
+            # signature still streams.
+            levers = {} if mods is None else {"modulations": mods}
+            if not outputs:
+                levers["outputs"] = False
             out = self.model.forward_stream(
                 self.cache,
                 *inputs,
@@ -149,8 +154,7 @@ class Denoiser:
                 ref_latent_BCHW=self.ref_latent_BCHW,  # read by models with ref_concat
                 ref_feats_BRD=self.ref_feats_BRD,
                 drop_audio_B=self.drop_audio_B,
-                modulations=mods,
-                outputs=outputs,
+                **levers,
             )
             if not outputs:
                 return None
@@ -158,7 +162,8 @@ class Denoiser:
         else:
             if commit is not False or not outputs or levels is not None:
                 raise ValueError(
-                    "commit, outputs=False and levels need a cache: the full forward writes none"
+                    "commit needs a cache (so do outputs=False and levels): the full forward "
+                    "writes none"
                 )
             v_hat, s_hat = self.model(
                 *inputs,

@@ -60,6 +60,14 @@ def test_cli_reference_without_a_face_is_a_clear_error(bundle, ref_png, tmp_path
     assert not out.exists()
 
 
+def test_cli_fp8_off_a_capable_gpu_is_a_clear_error(bundle, ref_png, tmp_path, capsys):
+    audio = _wav(tmp_path / "speech.wav", 0.5)
+    out = tmp_path / "out.mp4"
+    assert main(_argv(bundle, ref_png, audio, out, "--fp8")) == 2
+    assert "FP8 linears need the model on a CUDA device" in capsys.readouterr().err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("silent", [False, True])
 def test_cli_writes_matching_mp4(bundle, ref_png, tmp_path, capsys, silent):
     seconds = 1.37

@@ -23,6 +23,7 @@ def test_bench_stream_tiny_cpu(tmp_path, capsys):
     assert result["gflop_per_frame"] > 0 and result["mfu"] > 0
     assert result["per_frame_ms_p50"] > 0 and result["cache_mib"] > 0
     assert result["compiled_graphs"] == 0  # --compile none
+    assert result["warmup_s"] > 0
     assert result["modulation_cache"] and result["key_only_clean"] and not result["fp8"]
     parts = result["first_frame_parts_ms"]
     assert parts["encode_reference"] > 0 and parts["prefill"] > 0
@@ -39,6 +40,13 @@ def test_bench_stream_levers_off_and_fp8_off_a_capable_gpu(tmp_path, capsys):
     # FP8 needs a CUDA device of compute capability 8.9+: a clear error, not a traceback.
     assert main([*argv, "--fp8"]) == 2
     assert "FP8" in capsys.readouterr().err
+
+
+def test_bench_stream_guided_times_the_prefill_of_the_doubled_batch(tmp_path):
+    out = tmp_path / "stream.json"
+    argv = ["--preset", "tiny", "--device", "cpu", "--dtype", "fp32", "--frames", "14"]
+    assert main([*argv, "--steps", "2", "--cfg", "2.0", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["first_frame_parts_ms"]["prefill"] > 0
 
 
 def test_bench_stream_fused_clean_pass(tmp_path):

@@ -107,6 +107,19 @@ def test_streams_through_the_cache_and_casts_to_the_model_dtype():
     assert torch.all(s == model.cond_s) and torch.all(v == 1.0 + 2.0 * 2.0)
 
 
+def test_a_model_without_the_levers_still_streams_with_them_asked_for():
+    """A model whose forward_stream has the plain signature (no modulations, no outputs):
+    naming the levels and asking for a key-only pass run it as a full committing pass."""
+    model = Halves()
+    denoise = Denoiser(model, torch.zeros(1, 2, 1, 1), cache=Cache(batch=1))
+    assert not denoise.cache_modulations
+    assert denoise(*_inputs(B=1), commit=3, levels=((0, 3),), outputs=False) is None
+    ((kind, _, _, _, commit),) = model.calls
+    assert kind == "stream" and commit == 3
+    v, _ = denoise(*_inputs(B=1), levels=((0, 3),))
+    assert torch.all(v == model.cond_v)
+
+
 def test_cache_batch_and_commit_are_checked():
     with pytest.raises(ValueError, match="batch 2"):
         Denoiser(Halves(), torch.zeros(1, 2, 1, 1), cfg_struct=2.0, cache=Cache(batch=1))

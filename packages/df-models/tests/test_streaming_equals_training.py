@@ -225,6 +225,28 @@ def test_precomputed_modulations_and_key_only_commits_change_nothing(
     """The streaming levers of issue 18 are exact: modulations computed once per noise level
     (``model.modulations``) give the pass's own outputs, and a clean pass that only writes its
     keys/values (``outputs=False``) leaves the cache exactly as the full clean pass does."""
+    _check_levers(config, batch, frames, chunk, seed)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        # the struct stream as deep as the video stream: both end in the same block
+        tiny(struct_depth=3, n_fusion=1),
+        # fusion through the whole struct stream, with a causal (cached) bridge
+        tiny(struct_depth=2, n_fusion=2, bridge_temporal="causal"),
+        # every block bridged: the last block writes its bridge keys too
+        tiny(struct_depth=3, n_fusion=3, bridge_temporal="causal", audio_into="all"),
+        tiny(struct_enabled=False, n_fusion=0, audio_into="all", ref_into="all"),
+    ],
+    ids=["equal-depths", "fusion-to-struct-depth", "all-bridged", "no-struct"],
+)
+def test_levers_change_nothing_where_the_streams_end_together(config):
+    _check_levers(config, batch=2, frames=4, chunk=2, seed=3)
+
+
+def _check_levers(config, batch, frames, chunk, seed):
+    exact = {"rtol": 0, "atol": 0}
     model = random_model(config, seed)
     x = random_inputs(config, batch, frames, seed)
     refs = {"ref_latent_BCHW": x["ref_latent_BCHW"], "ref_feats_BRD": x["ref_feats_BRD"]}
@@ -242,9 +264,9 @@ def test_precomputed_modulations_and_key_only_commits_change_nothing(
             mods = model.modulations(noisy["sigma_v_BT"], noisy["sigma_s_BT"])
             v, s = model.forward_stream(full, **noisy, commit=False, **refs)
             v2, s2 = model.forward_stream(lean, **noisy, commit=False, modulations=mods, **refs)
-            torch.testing.assert_close(v2, v, rtol=0, atol=1e-6)
+            torch.testing.assert_close(v2, v, **exact)
             if config.struct_enabled:
-                torch.testing.assert_close(s2, s, rtol=0, atol=1e-6)
+                torch.testing.assert_close(s2, s, **exact)
             model.forward_stream(full, **part, commit=True, **refs)
             clean = model.modulations(part["sigma_v_BT"], part["sigma_s_BT"])
             out = model.forward_stream(
@@ -252,7 +274,7 @@ def test_precomputed_modulations_and_key_only_commits_change_nothing(
             )
             assert out is None
             for a, b in zip(_cache_state(lean), _cache_state(full), strict=True):
-                torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+                torch.testing.assert_close(a, b, **exact)
 
 
 def test_key_only_passes_must_commit():

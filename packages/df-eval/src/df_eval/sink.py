@@ -7,7 +7,9 @@ layer. The sink is the first ``video_tokens`` keys of every such call: the sink 
 training sequence and the KV cache alike (:mod:`df_core.kv_cache`).
 
 - :func:`sink_attention` records, per layer, the softmax mass the current queries put on the
-  sink keys, next to the share a uniform attention over the visible keys would give them.
+  sink keys, next to the share a uniform attention over the visible keys would give them
+  (over the passes that attend: the key-only clean pass computes no attention in the last
+  layer; stream with ``key_only_clean=False`` to count it there too).
 - :func:`without_sink` masks the sink keys out of every video self-attention (the reference
   then reaches the video only through ``ref_concat``, if the model has it, and the bridge).
 

@@ -177,7 +177,7 @@ def count_frame_flops(gen: StreamingGenerator, cfg: SamplerConfig, audio, ref, f
     return counter.get_total_flops() / per
 
 
-def first_frame_parts(gen: StreamingGenerator, ref) -> dict:
+def first_frame_parts(gen: StreamingGenerator, ref, feats) -> dict:
     """What a stream does before its first pass, timed alone (median of 5, synchronised):
     encoding the reference image, and the sink prefill (the reference through every block
     into the KV cache)."""
@@ -195,9 +195,12 @@ def first_frame_parts(gen: StreamingGenerator, ref) -> dict:
         del out
         return float(np.median(times))
 
-    latent = gen.encode_reference(ref).to(gen.dtype)
+    cache = gen._cache  # the stream's own: batch 2 with guidance (the unconditional half)
+    b = cache.batch
+    latent = gen.encode_reference(ref).to(gen.dtype).expand(b, -1, -1, -1)
+    tokens = None if feats is None else feats.expand(b, -1, -1)
     with torch.no_grad():
-        prefill = timed(lambda: gen.model.prefill(gen._cache, latent))
+        prefill = timed(lambda: gen.model.prefill(cache, latent, tokens))
     return {"encode_reference": timed(lambda: gen.encode_reference(ref)), "prefill": prefill}
 
 
@@ -274,7 +277,9 @@ def main(argv: list[str]) -> int:
     gen.key_only_clean = not args.full_clean_pass
     # FLOPs are counted on the eager model, before compiling (a dispatch mode around a
     # compiled model would run it differently from the timed stream).
+    t = time.perf_counter()
     flops = count_frame_flops(gen, cfg, audio, ref, feats)
+    log.info("FLOPs counted in %.1f s", time.perf_counter() - t)
     fp8_check = None
     if args.fp8:
         fp8_check = fp8_accuracy(gen, cfg, audio, ref, feats)
@@ -288,11 +293,14 @@ def main(argv: list[str]) -> int:
     warm = 2 * (c.window or 8) + args.chunk
     warm += (latent_frames_covering(args.frames, k) - warm) % args.chunk
     warm = video_span(warm - 1, k)[1]
+    warm_start = time.perf_counter()
     for _ in gen.frames(ref, audio[: 640 * warm], cfg, ref_feats_BRD=feats):
         pass
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
+    warmup_s = time.perf_counter() - warm_start  # compiling every pass shape, with --compile
+    log.info("warm-up (compilation) took %.1f s", warmup_s)
     ready = []
     start = time.perf_counter()
     for frame in gen.frames(ref, audio, cfg, ref_feats_BRD=feats):
@@ -343,6 +351,7 @@ def main(argv: list[str]) -> int:
         "per_frame_ms_p95": float(np.percentile(steady, 95)),
         "per_frame_ms_first_quarter": float(np.mean(steady[:quarter])),
         "per_frame_ms_last_quarter": float(np.mean(steady[-quarter:])),
+        "warmup_s": warmup_s,
         "peak_memory_gib": peak,
         "cache_mib": gen._cache.memory_bytes() / 2**20,
         "gflop_per_frame": flops / 1e9,
@@ -352,7 +361,7 @@ def main(argv: list[str]) -> int:
         # whole pass (graph breaks show up as extra graphs)
         **graphs,
     }
-    result["first_frame_parts_ms"] = first_frame_parts(gen, ref)
+    result["first_frame_parts_ms"] = first_frame_parts(gen, ref, feats)
     print(json.dumps(result, indent=2))
     print(
         f"| {args.preset} | {args.steps} | {args.chunk} | {args.clean_pass}"

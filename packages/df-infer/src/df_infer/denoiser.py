@@ -12,6 +12,8 @@ commit the frames it carries to the cache.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 
@@ -61,7 +63,17 @@ class Denoiser:
         cache_modulations: bool = True,
     ) -> None:
         self.model, self.cache = model, cache
-        self.cache_modulations = cache_modulations
+        # The streaming levers where the model has them (a model with the plain streaming
+        # signature still streams, without them).
+        stream_args = (
+            inspect.signature(model.forward_stream).parameters
+            if hasattr(model, "forward_stream")
+            else {}
+        )
+        self._key_only = "outputs" in stream_args
+        self.cache_modulations = (
+            cache_modulations and "modulations" in stream_args and hasattr(model, "modulations")
+        )
         self._modulations: dict = {}  # levels key -> the model's Modulations
         self.cfg_video, self.cfg_struct = cfg_video, cfg_struct
         self.guided = cfg_video != 1.0 or cfg_struct != 1.0
@@ -142,10 +154,8 @@ class Denoiser:
                 mods = self._modulations.get(levels)
                 if mods is None:
                     mods = self._modulations[levels] = self.model.modulations(*inputs[2:4])
-            # The levers' arguments only where used: a model with the plain streaming
-            # signature still streams.
             levers = {} if mods is None else {"modulations": mods}
-            if not outputs:
+            if not outputs and self._key_only:
                 levers["outputs"] = False
             out = self.model.forward_stream(
                 self.cache,
@@ -157,7 +167,7 @@ class Denoiser:
                 **levers,
             )
             if not outputs:
-                return None
+                return None  # the cache is written; the velocities are not wanted
             v_hat, s_hat = out
         else:
             if commit is not False or not outputs or levels is not None:

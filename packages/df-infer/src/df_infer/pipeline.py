@@ -244,6 +244,10 @@ class StreamingGenerator:
             for block in self.model.blocks:
                 block.compile(dynamic=False)
         elif mode in ("stream", "stream-graphs"):
+            # One graph per pass shape: masked or not, full or key-only clean pass, and the
+            # chunk lengths of the schedule (fused clean passes and a shorter last chunk add
+            # more). Past dynamo's default limit of 8 a pass would silently run eagerly.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
             options = {"mode": "reduce-overhead"} if mode == "stream-graphs" else {}
             self.model.forward_chunk = torch.compile(
                 self.model.forward_chunk, dynamic=False, **options

@@ -158,7 +158,7 @@ def test_noise_is_per_frame_and_seeded():
     assert not torch.allclose(a, c)
 
 
-@settings(deadline=None, max_examples=12)
+@settings(deadline=None, max_examples=10)
 @given(
     steps=st.integers(1, 3),
     chunk=st.integers(1, 2),
@@ -174,7 +174,9 @@ def test_modulations_once_per_level_and_key_only_clean_passes_are_exact(
     not, chunk-wise or staggered), and a stream computes each level's modulations once."""
     config = tiny(window=3)
     model = random_model(config, seed)
-    x = random_inputs(config, 1, 6, seed)
+    # 12 frames: long enough for the schedule's passes to repeat their levels (a short
+    # staggered stream can have as many distinct level sets as passes)
+    x = random_inputs(config, 1, 12, seed)
     cfg = sampler(
         steps=steps,
         chunk=chunk,

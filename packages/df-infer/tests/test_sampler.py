@@ -288,8 +288,9 @@ def test_fusing_needs_the_exact_clean_pass():
         # the other passes 1 frame (and the cache's spare slot means masks throughout)
         (sampler(steps=3, cfg_audio=2.0, shift=2.0, fuse_clean=True), 2),
         # separate clean passes: 1-frame passes with masks until the window is full, then
-        # without; the clean pass, which writes only keys/values, is a graph of each too
-        (sampler(steps=3, cfg_audio=2.0, shift=2.0), 4),
+        # without; once without, the clean pass writes only keys/values (a third graph);
+        # with masks it is a full pass, the masked denoising pass's graph
+        (sampler(steps=3, cfg_audio=2.0, shift=2.0), 3),
         (sampler(steps=2, clean_pass="approx", shift=2.0), 2),
     ],
 )
@@ -322,16 +323,19 @@ def test_stream_forward_compiles_once_per_pass_shape(cfg, shapes):
 @pytest.mark.parametrize("clean_pass", ["exact", "approx"])
 def test_passes_run_without_masks_once_the_window_is_full(clean_pass, monkeypatch):
     """With separate clean passes and one-frame chunks, every pass from frame ``window - 1``
-    on sees the whole cache and runs with no mask; before that, and when fused, masks."""
+    on sees the whole cache and runs with no mask; before that, and when fused, masks. The
+    exact clean pass is key-only (``outputs=False``) exactly where it has no mask, so that a
+    masked clean pass is the masked denoising pass's graph (3 pass shapes, not 4)."""
     config = tiny(window=3, bridge_temporal="causal")
     model = random_model(config, seed=0)
     x = random_inputs(config, batch=1, frames=8, seed=1)
-    seen = []
+    seen, key_only = [], []
     inner = model.forward_chunk
 
-    def spy(*args, all_visible, **kw):
+    def spy(*args, all_visible, outputs=True, **kw):
         seen.append(all_visible)
-        return inner(*args, all_visible=all_visible, **kw)
+        key_only.append(not outputs)
+        return inner(*args, all_visible=all_visible, outputs=outputs, **kw)
 
     monkeypatch.setattr(model, "forward_chunk", spy)
     _stream(model, x, sampler(steps=2, clean_pass=clean_pass, shift=2.0))
@@ -339,6 +343,10 @@ def test_passes_run_without_masks_once_the_window_is_full(clean_pass, monkeypatc
     early = 2 * per_frame  # frames 0 and 1: the window of 3 is not full yet
     assert seen == [False] * early + [True] * (len(seen) - early)
     assert len(seen) == 8 * per_frame - (clean_pass == "exact")  # no clean pass after the last
+    if clean_pass == "exact":  # the third pass of each frame from frame 2 on, frame 7's none
+        assert key_only == [i >= early and i % 3 == 2 for i in range(len(seen))]
+    else:
+        assert not any(key_only)
     seen.clear()
     _stream(model, x, sampler(steps=2, shift=2.0, fuse_clean=True))
     assert not any(seen)

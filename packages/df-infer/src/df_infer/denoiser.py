@@ -135,8 +135,8 @@ class Denoiser:
         ``levels`` (streaming only): a hashable name of this call's per-frame noise levels;
         every call with the same name must have the same ``sigma_v_BT`` / ``sigma_s_BT``
         (they are then read once, see ``cache_modulations``). ``outputs=False`` (a committing
-        streaming call whose velocities are discarded): only the cache is written; returns
-        None.
+        streaming call whose velocities are discarded): only the cache is written (by a
+        key-only pass once the window is full, a full pass before); returns None.
         """
         z, s = z_BTCHW.to(self.dtype), s_BTDs.to(self.dtype) if s_BTDs is not None else None
         audio = audio_BTLaDa.to(self.dtype)
@@ -155,7 +155,10 @@ class Denoiser:
                 if mods is None:
                     mods = self._modulations[levels] = self.model.modulations(*inputs[2:4])
             levers = {} if mods is None else {"modulations": mods}
-            if not outputs and self._key_only:
+            # Key-only only where the pass has no masks (the window is full: the whole
+            # stream but its first frames): a masked clean pass then shares the masked
+            # denoising pass's compiled graph, 3 pass shapes to compile instead of 4.
+            if not outputs and self._key_only and self.cache.all_visible(z.shape[1]):
                 levers["outputs"] = False
             out = self.model.forward_stream(
                 self.cache,

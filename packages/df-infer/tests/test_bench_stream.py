@@ -25,6 +25,7 @@ def test_bench_stream_tiny_cpu(tmp_path, capsys):
     assert result["compiled_graphs"] == 0  # --compile none
     assert result["warmup_s"] > 0
     assert result["modulation_cache"] and result["key_only_clean"] and not result["fp8"]
+    assert not result["decode_stream"]
     parts = result["first_frame_parts_ms"]
     assert parts["encode_reference"] > 0 and parts["prefill"] > 0
     assert "| tiny | 2 | 1 |" in capsys.readouterr().out
@@ -33,10 +34,11 @@ def test_bench_stream_tiny_cpu(tmp_path, capsys):
 def test_bench_stream_levers_off_and_fp8_off_a_capable_gpu(tmp_path, capsys):
     out = tmp_path / "stream.json"
     argv = ["--preset", "tiny", "--device", "cpu", "--dtype", "fp32", "--frames", "14"]
-    levers = ["--no-modulation-cache", "--full-clean-pass"]
+    levers = ["--no-modulation-cache", "--full-clean-pass", "--decode-stream"]
     assert main([*argv, "--steps", "2", *levers, "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert not result["modulation_cache"] and not result["key_only_clean"]
+    assert result["decode_stream"]  # a no-op off CUDA: one stream of work
     # FP8 needs a CUDA device of compute capability 8.9+: a clear error, not a traceback.
     assert main([*argv, "--fp8"]) == 2
     assert "FP8" in capsys.readouterr().err

@@ -90,6 +90,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="the clean pass runs every block and head (default: keys/values of the last block "
         "only, as its outputs are discarded)",
     )
+    p.add_argument(
+        "--decode-stream",
+        action="store_true",
+        help="decode on a second CUDA stream, beside the next chunk's passes (the same frames)",
+    )
     p.add_argument("--cfg", type=float, default=1.0)
     p.add_argument("--backend", default="auto", help="attention backend: auto, flex, sdpa, dense")
     p.add_argument(
@@ -275,6 +280,7 @@ def main(argv: list[str]) -> int:
         feats = torch.randn(1, 257, c.ref_feature_dim, device=device, dtype=dtype)
     gen.cache_modulations = not args.no_modulation_cache
     gen.key_only_clean = not args.full_clean_pass
+    gen.decode_stream = args.decode_stream
     # FLOPs are counted on the eager model, before compiling (a dispatch mode around a
     # compiled model would run it differently from the timed stream).
     t = time.perf_counter()
@@ -333,6 +339,7 @@ def main(argv: list[str]) -> int:
         "fp8_check": fp8_check,
         "modulation_cache": gen.cache_modulations,
         "key_only_clean": gen.key_only_clean,
+        "decode_stream": gen.decode_stream,
         "frames": len(ready),
         "fps": len(ready) / wall,
         # Codecs and resolutions compared honestly: a codec of k video frames per latent frame

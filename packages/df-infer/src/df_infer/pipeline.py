@@ -186,6 +186,10 @@ class StreamingGenerator:
         # The exact streaming levers (df_infer.stream.sample_stream); off only to measure them.
         self.cache_modulations = True
         self.key_only_clean = True
+        # Decode on a second CUDA stream, beside the next chunk's passes (see _queue_decode).
+        # The same kernels on the same values; off until its speed is measured (issue 18).
+        self.decode_stream = False
+        self._side: torch.cuda.Stream | None = None
         self._cache = None
         self._struct_stats = None  # on the device once, not copied per frame
         if meta.struct_mean is not None:
@@ -425,7 +429,28 @@ class StreamingGenerator:
             yield from self._hand_out(pending, start)
 
     def _queue_decode(self, out) -> _Decoded:
-        """Queues the decode of a chunk of latent frames ``out`` to its video frames."""
+        """Queues the decode of a chunk of latent frames ``out`` to its video frames.
+
+        With ``decode_stream`` (CUDA) the decode and the copy to the host go on a second
+        stream, which waits for the passes that made the chunk and nothing after: the next
+        chunk's passes, queued behind on the main stream, run beside it and fill the GPU
+        where one-frame passes leave it idle."""
+        if self.device.type != "cuda" or not self.decode_stream:
+            return self._decode(out)
+        if self._side is None:
+            self._side = torch.cuda.Stream(self.device)
+        self._side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self._side):
+            decoded = self._decode(out)
+        # The chunk's tensors came from the main stream's pool: not to be reused there
+        # before the side stream has read them (the sampler makes new ones each step, so
+        # nothing writes them in place).
+        for t in (out.z, out.s):
+            if t is not None:
+                t.record_stream(self._side)
+        return decoded
+
+    def _decode(self, out) -> _Decoded:
         cuda = self.device.type == "cuda"
         half = cuda and self.dtype in (torch.bfloat16, torch.float16)
         k = self.codec.frames_per_latent

@@ -288,8 +288,9 @@ def main(argv: list[str]) -> int:
     log.info("FLOPs counted in %.1f s", time.perf_counter() - t)
     fp8_check = None
     if args.fp8:
+        t = time.perf_counter()
         fp8_check = fp8_accuracy(gen, cfg, audio, ref, feats)
-        log.info("fp8 against bf16: %s", fp8_check)
+        log.info("fp8 against bf16 (%.1f s): %s", time.perf_counter() - t, fp8_check)
     graphs_before = _compiled_graphs()
     gen.compile(args.compile)
     # Warm-up (compilation, allocator, cuDNN autotuning) on a short clip past the window,
@@ -299,6 +300,7 @@ def main(argv: list[str]) -> int:
     warm = 2 * (c.window or 8) + args.chunk
     warm += (latent_frames_covering(args.frames, k) - warm) % args.chunk
     warm = video_span(warm - 1, k)[1]
+    log.info("warm-up: %d video frames (compiling every pass shape, with --compile)", warm)
     warm_start = time.perf_counter()
     for _ in gen.frames(ref, audio[: 640 * warm], cfg, ref_feats_BRD=feats):
         pass

@@ -11,7 +11,7 @@ from df_infer.bench_stream import main
 def test_bench_stream_tiny_cpu(tmp_path, capsys):
     out = tmp_path / "stream.json"
     argv = ["--preset", "tiny", "--device", "cpu", "--dtype", "fp32", "--frames", "14"]
-    assert main([*argv, "--steps", "2", "--json", str(out)]) == 0
+    assert main([*argv, "--steps", "2", "--decode-stream", "both", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["frames"] == 14
     assert result["fps"] > 0 and result["first_frame_ms"] > 0
@@ -26,9 +26,13 @@ def test_bench_stream_tiny_cpu(tmp_path, capsys):
     assert result["warmup_s"] > 0
     assert result["modulation_cache"] and result["key_only_clean"] and not result["fp8"]
     assert not result["decode_stream"]
+    # --decode-stream both: a second timed stream after the same compile, decoded beside
+    side = result["with_decode_stream"]
+    assert side["frames"] == 14 and side["fps"] > 0 and side["per_frame_ms_p50"] > 0
     parts = result["first_frame_parts_ms"]
     assert parts["encode_reference"] > 0 and parts["prefill"] > 0
-    assert "| tiny | 2 | 1 |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| tiny | 2 | 1 |" in printed and "| with --decode-stream |" in printed
 
 
 def test_bench_stream_levers_off_and_fp8_off_a_capable_gpu(tmp_path, capsys):

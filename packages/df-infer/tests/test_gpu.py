@@ -130,3 +130,19 @@ def test_decoding_on_a_second_stream_gives_the_same_frames():
         np.testing.assert_array_equal(a.image, c.image)  # the main stream is deterministic
         np.testing.assert_array_equal(a.image, b.image)
         np.testing.assert_array_equal(a.struct, b.struct)
+
+
+def test_bench_times_the_stream_with_and_without_the_decode_stream(tmp_path):
+    """``bench stream --decode-stream both``: the second timed stream, after the same
+    compile, is reported beside the first."""
+    import json
+
+    from df_infer.bench_stream import main
+
+    out = tmp_path / "stream.json"
+    argv = ["--preset", "tiny", "--device", "cuda", "--frames", "14", "--steps", "2"]
+    assert main([*argv, "--decode-stream", "both", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    side = result["with_decode_stream"]
+    assert not result["decode_stream"] and result["frames"] == side["frames"] == 14
+    assert side["fps"] > 0 and side["per_frame_ms_p50"] > 0

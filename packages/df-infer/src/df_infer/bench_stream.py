@@ -258,6 +258,14 @@ def main(argv: list[str]) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("dualforce bench stream: CUDA is not available", file=sys.stderr)
         return 2
+    if args.decode_stream != "off" and device.type != "cuda":
+        # One stream of work off CUDA: a figure labelled with it would be the plain stream's.
+        print(
+            f"dualforce bench stream: --decode-stream {args.decode_stream} needs a CUDA device "
+            f"(its second stream runs beside the passes), got --device {args.device}",
+            file=sys.stderr,
+        )
+        return 2
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     gen = build(args.preset, device, dtype, args.backend, args.frames_per_latent)
     if args.fp8:

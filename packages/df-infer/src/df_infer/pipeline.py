@@ -186,8 +186,9 @@ class StreamingGenerator:
         # The exact streaming levers (df_infer.stream.sample_stream); off only to measure them.
         self.cache_modulations = True
         self.key_only_clean = True
-        # Decode on a second CUDA stream, beside the next chunk's passes (see _queue_decode).
-        # The same kernels on the same values; off until its speed is measured (issue 18).
+        # Decode on a second CUDA stream, beside the next chunk's passes (see _queue_decode;
+        # a no-op off CUDA). The same kernels on the same values; off until its speed is
+        # measured (issue 18).
         self.decode_stream = False
         self._side: torch.cuda.Stream | None = None
         self._cache = None

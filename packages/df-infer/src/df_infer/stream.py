@@ -75,9 +75,11 @@ def sample_stream(
             batch of one with its seed does); None draws the batch's noise from ``config.seed``.
         cache_modulations: compute the model's modulations once per noise level of the
             schedule (each pass names its levels to the denoiser) rather than in every pass.
-        key_only_clean: the exact clean pass (its own pass) writes only keys/values and
-            skips what only its discarded output needs (each stream's last block and heads).
-            Both are exact; off, they measure what they save.
+        key_only_clean: once the window is full (passes without masks), the exact clean
+            pass (its own pass) writes only keys/values and skips what only its discarded
+            output needs (each stream's last block and heads); a masked clean pass runs in
+            full, as the masked denoising pass's compiled graph. Both are exact; off, they
+            measure what they save.
 
     Yields:
         :class:`SampledFrames`, in frame order.

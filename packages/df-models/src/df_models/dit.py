@@ -495,10 +495,10 @@ class DualForceDiT(nn.Module):
         ``modulations``: :meth:`modulations` of ``sigma_v_BT`` / ``sigma_s_BT``, computed once
         for the stream (the noise embeddings and every block's modulation layer are then
         skipped; the same ops on the same values, so bit-identical eagerly; a compiled pass
-        may round its own fused modulations differently in bf16). ``outputs=False`` (a committing pass whose outputs
-        are discarded, the exact clean pass): the last block of each stream writes only its
-        keys/values and no head runs; returns None, and the cache holds what a full pass
-        writes.
+        may round its own fused modulations differently in bf16). ``outputs=False`` (a
+        committing pass whose outputs are discarded, the exact clean pass): the last block of
+        each stream writes only its keys/values and no head runs; returns None, and the cache
+        holds what a full pass writes.
         """
         check_frames(self.config, z_BTCHW, s_BTDs, sigma_v_BT, sigma_s_BT, audio_BTLDa)
         B, T = sigma_v_BT.shape
